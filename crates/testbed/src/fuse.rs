@@ -20,11 +20,14 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A FUSE mount made by a daemon that the guard started.
 ///
 /// The guard runs the caller's [`Command`] with stdin from /dev/null,
-/// stdout and stderr appended to a log file ([`log`](Self::log)), and
-/// `ROVL_TESTBED_OWNER=<id>` in its environment. That variable survives
-/// daemonizing (fork + setsid), so the guard finds the daemon even after it
-/// left the process tree; [`add_daemon_pid`](Self::add_daemon_pid) covers
-/// programs that scrub their environment.
+/// stdout and stderr going to a log file ([`log`](Self::log)), and
+/// `ROVL_TESTBED_OWNER=<id>` in its environment. It finds the daemon even
+/// after it daemonized (fork + setsid) and left the process tree, two
+/// ways: that variable survives daemonizing, and the process holding the
+/// mount's FUSE connection is found through `/proc/PID/fdinfo` of its
+/// `/dev/fuse` descriptor (`fuse_connection: N`, N being the minor of the
+/// mount's device). [`add_daemon_pid`](Self::add_daemon_pid) covers the
+/// rest.
 ///
 /// Drop: `fusermount3 -u` (if that hangs for 10 s — a stuck daemon with
 /// dirty pages — the connection is aborted; if the mount is busy it is
@@ -150,8 +153,9 @@ impl FuseMount {
     }
 
     /// Pids of the daemon processes that are still running: the spawned
-    /// child if it has not exited, everything carrying our environment
-    /// marker, and pids given to [`add_daemon_pid`](Self::add_daemon_pid).
+    /// child if it has not exited, the holders of the FUSE connection,
+    /// everything carrying our environment marker, and pids given to
+    /// [`add_daemon_pid`](Self::add_daemon_pid).
     pub fn daemon_pids(&mut self) -> Vec<u32> {
         self.refresh_daemons();
         let mut v: Vec<u32> = self
@@ -224,7 +228,11 @@ impl FuseMount {
     }
 
     fn refresh_daemons(&mut self) {
-        for p in sys::procs_with_env(OWNER_ENV, self.scratch.name(), false) {
+        let mut found = sys::procs_with_env(OWNER_ENV, self.scratch.name(), false);
+        if let Some(c) = self.conn {
+            found.extend(sys::fuse_conn_holders(c));
+        }
+        for p in found {
             if !self.daemons.contains(&p) {
                 self.daemons.push(p);
             }
@@ -351,4 +359,31 @@ fn run_timeout(
     let _ = child.kill();
     let _ = child.wait();
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn run_timeout_unblocks_and_kills_a_hung_command() {
+        let t = Instant::now();
+        let mut called = false;
+        let r = run_timeout(
+            Command::new("sleep").arg("30"),
+            Duration::from_millis(100),
+            || called = true,
+        )
+        .unwrap();
+        assert!(r.is_none());
+        assert!(called);
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let r = run_timeout(
+            Command::new("true").arg("x"),
+            Duration::from_secs(5),
+            || panic!("not hung"),
+        );
+        assert!(r.unwrap().unwrap().status.success());
+    }
 }

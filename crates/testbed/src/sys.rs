@@ -736,6 +736,38 @@ pub(crate) fn procs_with_env(key: &str, value: &str, prefix: bool) -> Vec<Proc> 
     out
 }
 
+/// Processes holding a `/dev/fuse` descriptor of FUSE connection `conn`,
+/// found through the `fuse_connection:` line Linux (6.x) shows in
+/// `/proc/PID/fdinfo/FD` of a /dev/fuse descriptor.
+pub(crate) fn fuse_conn_holders(conn: u32) -> Vec<Proc> {
+    let me = std::process::id();
+    let want = format!("fuse_connection:\t{conn}\n");
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(e.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            fs::read_link(fd.path()).is_ok_and(|t| t == Path::new("/dev/fuse"))
+                && fs::read_to_string(e.path().join("fdinfo").join(fd.file_name()))
+                    .is_ok_and(|info| info.contains(&want))
+        });
+        if holds {
+            out.extend(Proc::get(pid));
+        }
+    }
+    out
+}
+
 /// Polls `cond` every 10 ms until it holds or `timeout` passes.
 pub(crate) fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;

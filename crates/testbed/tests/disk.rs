@@ -32,10 +32,24 @@ fn is_write_error(e: Option<i32>) -> bool {
 
 #[test]
 fn fsync_fails_after_balloon_and_works_after_heal() {
-    let mut disk = FailingDisk::new().unwrap();
-    assert!(
+    balloon_then_heal(true);
+}
+
+#[test]
+fn buffered_loop_device_fails_the_same_way() {
+    balloon_then_heal(false);
+}
+
+fn balloon_then_heal(direct_io: bool) {
+    let mut disk = FailingDisk::with_options(DiskOptions {
+        direct_io,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
         disk.direct_io(),
-        "loop device should do direct I/O on tmpfs"
+        direct_io,
+        "loop device direct I/O on tmpfs"
     );
     let a = write_file(&disk.path().join("a"), &pattern(MIB, 1));
     a.sync_all().unwrap();
@@ -47,7 +61,10 @@ fn fsync_fails_after_balloon_and_works_after_heal() {
     let b = write_file(&disk.path().join("b"), &pattern(MIB, 2));
     let t = Instant::now();
     let first = errno(b.sync_all());
-    eprintln!("fsync after balloon: errno {first:?} in {:?}", t.elapsed());
+    eprintln!(
+        "direct_io={direct_io}: fsync after balloon: errno {first:?} in {:?}",
+        t.elapsed()
+    );
     assert!(
         is_write_error(first),
         "fsync after balloon returned {first:?}"

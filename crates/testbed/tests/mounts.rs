@@ -131,6 +131,22 @@ fn fuse_daemonizing_program_is_found_and_reaped() {
 }
 
 #[test]
+fn fuse_daemon_is_found_by_its_connection_without_the_env_marker() {
+    let s = Scratch::new().unwrap();
+    let (lower, upper, work, merged) = layers(&s);
+    let inner = fuse_overlayfs(&lower, &upper, &work, &merged, false);
+    let mut c = Command::new("env");
+    c.arg("-i").arg(inner.get_program()).args(inner.get_args());
+    let mut m = FuseMount::spawn(c, &merged).unwrap();
+    let pids = m.daemon_pids();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let env = fs::read(format!("/proc/{}/environ", pids[0])).unwrap();
+    assert!(!String::from_utf8_lossy(&env).contains(OWNER_ENV));
+    drop(m);
+    assert!(wait_gone(&pids, Duration::from_secs(5)));
+}
+
+#[test]
 fn fuse_foreground_unmount_reports_exit_status() {
     let s = Scratch::new().unwrap();
     let (lower, upper, work, merged) = layers(&s);
