@@ -9,7 +9,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use crate::scratch::{self, parse_owner, root};
-use crate::sys::{self, log_warn};
+use crate::sys::{self, MountEntry, Proc, log_warn};
 
 /// Environment variable set on every daemon started through
 /// [`FuseMount`](crate::FuseMount): `<scratch dir name>`, i.e.
@@ -91,17 +91,24 @@ pub fn sweep_stale() -> io::Result<Swept> {
         dirs.extend(owner_dir(&backing));
     }
 
-    for dir in dirs {
-        let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        let Some(owner) = parse_owner(name) else {
-            continue; // not ours (or the lock file)
-        };
-        if owner.alive() {
-            continue;
+    let dead: Vec<(PathBuf, Proc)> = dirs
+        .into_iter()
+        .filter_map(|dir| {
+            let owner = parse_owner(dir.file_name()?.to_str()?)?;
+            (!owner.alive()).then_some((dir, owner))
+        })
+        .collect();
+    if dead.is_empty() {
+        return Ok(swept);
+    }
+    // 1. Daemons started on a dead owner's behalf.
+    let mut owners: Vec<Proc> = Vec::new();
+    for (_, owner) in &dead {
+        if !owners.contains(owner) {
+            owners.push(*owner);
         }
-        // 1. Daemons started on the dead owner's behalf.
+    }
+    for owner in &owners {
         let procs =
             sys::procs_with_env(OWNER_ENV, &format!("{}-{}-", owner.pid, owner.start), true);
         for p in &procs {
@@ -109,7 +116,30 @@ pub fn sweep_stale() -> io::Result<Swept> {
         }
         sys::wait_until(Duration::from_secs(5), || procs.iter().all(|p| !p.alive()));
         swept.processes += procs.len();
-        // 2. Loop devices, mounts, files.
+    }
+    // 2. Loop devices backed by files in there, before the unmounts (which
+    //    could hide their paths): an unused one goes at once, one under a
+    //    mount is freed by the kernel with that mount.
+    for (dev, backing) in sys::loop_devices() {
+        if dead.iter().any(|(d, _)| backing.starts_with(d)) {
+            match sys::detach_loop_if(&dev, &backing) {
+                Ok(()) => swept.loops += 1,
+                Err(e) => log_warn!("sweeping {}: {e}", dev.display()),
+            }
+        }
+    }
+    // 3. Mounts, all dead owners' at once in reverse mount order: an
+    //    overlay in one directory may sit on an ext4 in another.
+    let doomed: Vec<MountEntry> = sys::mounts()?
+        .into_iter()
+        .filter(|m| dead.iter().any(|(d, _)| m.mount_point.starts_with(d)))
+        .collect();
+    swept.mounts += doomed.len();
+    for e in sys::unmount_list(&doomed) {
+        log_warn!("sweeping: {e}");
+    }
+    // 4. Whatever is left of the directories.
+    for (dir, _) in dead {
         let (loops, mounts) = scratch::destroy_dir(&dir);
         swept.loops += loops;
         swept.mounts += mounts;

@@ -326,11 +326,16 @@ impl Drop for MountGuard {
 /// detached lazily, FUSE ones get their connection aborted first so that
 /// nothing can hang on a dead or stuck daemon.
 pub(crate) fn unmount_all_under(dir: &Path) -> Vec<io::Error> {
+    match mounts_under(dir) {
+        Ok(list) => unmount_list(&list),
+        Err(e) => vec![e],
+    }
+}
+
+/// Unmounts `list` (in mountinfo order) from last to first, as
+/// [`unmount_all_under`] does.
+pub(crate) fn unmount_list(list: &[MountEntry]) -> Vec<io::Error> {
     let mut errs = Vec::new();
-    let list = match mounts_under(dir) {
-        Ok(l) => l,
-        Err(e) => return vec![e],
-    };
     for m in list.iter().rev() {
         if mount_by_id(m.id).is_none() {
             continue; // went away with a lazily detached parent
