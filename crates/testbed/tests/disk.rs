@@ -172,7 +172,9 @@ fn journal_abort_is_detected_and_recreate_recovers() {
 
 #[test]
 fn power_cut_keeps_fsynced_data_only() {
+    let t = Instant::now();
     let disk = FailingDisk::new().unwrap();
+    eprintln!("FailingDisk::new took {:?}", t.elapsed());
     let synced = pattern(2 * MIB, 9);
     let unsynced = pattern(MIB, 10);
     let a = write_file(&disk.path().join("synced"), &synced);
@@ -181,7 +183,9 @@ fn power_cut_keeps_fsynced_data_only() {
     // Plain buffered write: stays in the page cache (dirty_expire is 30 s).
     let _b = write_file(&disk.path().join("unsynced"), &unsynced);
 
+    let t = Instant::now();
     let cut = disk.power_cut().unwrap();
+    eprintln!("power_cut took {:?}", t.elapsed());
     assert_ne!(cut.path(), disk.path());
     assert_eq!(fs::read(cut.path().join("synced")).unwrap(), synced);
     match fs::read(cut.path().join("unsynced")) {
@@ -222,6 +226,7 @@ fn power_cut_after_write_error_shows_old_data() {
 #[test]
 fn ext4_disk_for_benchmarks() {
     let disk = Ext4Disk::new(128 << 20).unwrap();
+    eprintln!("Ext4Disk direct I/O: {}", disk.direct_io());
     let image = disk.image().to_path_buf();
     assert!(image.starts_with(testbed::root()));
     let data = pattern(4 * MIB, 13);
@@ -270,4 +275,31 @@ fn loop_backing(dev: &Path) -> Option<std::path::PathBuf> {
     let s =
         fs::read_to_string(Path::new("/sys/block").join(name).join("loop/backing_file")).ok()?;
     Some(s.trim_end().into())
+}
+
+#[test]
+fn many_disks_in_parallel_get_their_own_loop_devices() {
+    let threads: Vec<_> = (0..6)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut disk = FailingDisk::with_options(DiskOptions {
+                    tmpfs_size: 48 << 20,
+                    ..Default::default()
+                })
+                .unwrap();
+                let f = write_file(&disk.path().join("x"), &pattern(64 << 10, i));
+                disk.balloon().unwrap();
+                drop(f);
+                (disk.device().to_path_buf(), disk.image().to_path_buf())
+            })
+        })
+        .collect();
+    let mut devs: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (dev, image) in &devs {
+        assert!(!image.exists());
+        assert_ne!(loop_backing(dev).as_deref(), Some(image.as_path()));
+    }
+    devs.sort();
+    devs.dedup_by(|a, b| a.0 == b.0);
+    eprintln!("{} distinct loop devices used", devs.len());
 }
