@@ -38,9 +38,9 @@
 //!
 //! # The rules
 //!
-//! * An observer is told every error that happens after it sampled, once: its
-//!   next [`check_and_advance`](ErrSeq::check_and_advance) returns it, the one
-//!   after that does not (unless another error happened in between).
+//! * An observer is told of the errors that happen after it sampled: its
+//!   next [`check_and_advance`](ErrSeq::check_and_advance) returns an error,
+//!   the one after that does not (unless another error happened in between).
 //! * Every observer that exists when an error happens is told it; telling one
 //!   observer never stops another from being told.
 //! * An error that nobody has been told yet is also told to every observer
@@ -52,9 +52,9 @@
 //!   report; with a check in between they are two.
 //! * A new error that arrives while the previous one is still untold *and*
 //!   nobody has taken a cursor since it was recorded replaces its errno
-//!   without moving the counter. Nobody can tell the difference: everyone
-//!   who would have been told the old error is told the new one instead, still
-//!   exactly once, and nobody else is.
+//!   without moving the counter. This loses nothing: everyone who would have
+//!   been told the old error is told the new one instead, still exactly once,
+//!   and nobody else is.
 //! * [`peek`](ErrSeq::peek), [`check`](ErrSeq::check) and
 //!   [`peek_and_advance`](ErrSeq::peek_and_advance) never change who is told
 //!   what.
@@ -127,10 +127,12 @@
 //! (262 144) *and* the word's errno is again the errno in the cursor. Each
 //! counter step needs an error recorded after someone took a cursor, so this
 //! takes 262 144 rounds of "someone looks, then an error happens" between two
-//! checks of one cursor. What it hides is that one cursor's single pending
-//! report; other cursors are not affected, and the next error after that is
-//! reported normally. The "before any error" cursor of [`ErrSeq::sample`] can
-//! never be fooled by a wrap (its errno is 0).
+//! checks of one cursor. What it hides is the one report owed to each cursor
+//! that stood at exactly that counter and errno; cursors anywhere else are not
+//! affected. Such a cursor catches up at the next change of the word: an error
+//! with another errno, or any error after someone else has taken a cursor. The
+//! "before any error" cursor of [`ErrSeq::sample`] can never be fooled by a
+//! wrap (its errno is 0).
 //!
 //! # Concurrency
 //!
