@@ -272,3 +272,19 @@ fn debug_shows_the_decoded_word() {
         "Cursor { counter: 1, errno: Some(Errno(5, \"EIO\")) }"
     );
 }
+
+/// `ErrSeq::new` is `const`, so an `ErrSeq` can be a `static`; it is shared
+/// between threads by reference.
+#[test]
+fn usable_in_a_static_across_threads() {
+    static GLOBAL: ErrSeq = ErrSeq::new();
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<ErrSeq>();
+    shareable::<errseq::Cursor>();
+
+    let mut a = GLOBAL.sample();
+    std::thread::spawn(|| GLOBAL.set(Errno::EIO))
+        .join()
+        .unwrap();
+    assert_eq!(GLOBAL.check_and_advance(&mut a), Err(Errno::EIO));
+}
