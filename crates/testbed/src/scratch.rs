@@ -19,10 +19,12 @@ pub const DEFAULT_ROOT: &str = "/tmp/rovl-testbed";
 /// `$ROVL_TESTBED_ROOT`, or `/tmp/rovl-testbed`. It must be on a real disk
 /// filesystem (not tmpfs) for [`crate::Ext4Disk`] to mean anything.
 pub fn root() -> PathBuf {
-    std::env::var_os(ROOT_ENV)
+    let root = std::env::var_os(ROOT_ENV)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
+    // Canonical, because paths get compared with mountinfo's.
+    fs::canonicalize(&root).unwrap_or(root)
 }
 
 /// `<pid>-<starttime>` of this process: the start time makes the tag
@@ -71,6 +73,7 @@ impl Scratch {
             .mode(0o755)
             .create(&root)
             .map_err(|e| sys::ctx(e, format!("mkdir {}", root.display())))?;
+        let root = fs::canonicalize(root)?;
         loop {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             let path = root.join(format!("{}-{n}", owner_tag()));

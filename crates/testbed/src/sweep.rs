@@ -70,8 +70,8 @@ impl SweepLock {
 /// live processes are never touched. Called automatically, once, before a
 /// process makes its first [`Scratch`](crate::Scratch).
 pub fn sweep_stale() -> io::Result<Swept> {
-    let root = root();
-    let _lock = SweepLock::take(&root)?;
+    let _lock = SweepLock::take(&root())?;
+    let root = root(); // canonical now that it exists
     let mut swept = Swept::default();
 
     // Candidate owner directories: existing ones, and ones that only

@@ -381,7 +381,7 @@ pub(crate) fn fuse_abort(conn: u32) -> io::Result<()> {
 
 // ------------------------------------------------------------------- loop
 
-/// Bit in `losetup` output etc.; the ioctl numbers from <linux/loop.h>.
+/// From <linux/loop.h>.
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
 
 /// A loop device held open by us, so that it cannot be detached and reused
@@ -396,7 +396,9 @@ pub(crate) struct LoopDev {
 
 impl LoopDev {
     /// `losetup --find --show [--direct-io=on] IMAGE`, retried: parallel
-    /// processes race for free devices.
+    /// processes race for free devices, and losetup can lose that race.
+    /// (The device it prints is the one it set up for us: nobody else
+    /// detaches a device whose backing file belongs to a live owner.)
     pub fn attach(image: &Path, direct_io: bool) -> io::Result<LoopDev> {
         let mut last = None;
         for attempt in 0..20u64 {
@@ -414,25 +416,10 @@ impl LoopDev {
                         .write(true)
                         .open(&path)
                         .map_err(|e| ctx(e, format!("open {}", path.display())))?;
-                    let dev = LoopDev {
+                    return Ok(LoopDev {
                         path,
                         file: Some(file),
-                    };
-                    // Make sure we got what we asked for (paranoia about races).
-                    match dev.backing_file() {
-                        Some(b) if b == image => return Ok(dev),
-                        other => {
-                            // Not ours: never detach it, just let go.
-                            let mut dev = dev;
-                            dev.file = None;
-                            last = Some(io::Error::other(format!(
-                                "{} is backed by {:?}, not {}",
-                                dev.path.display(),
-                                other,
-                                image.display()
-                            )));
-                        }
-                    }
+                    });
                 }
                 Err(e) => last = Some(e),
             }
@@ -444,10 +431,6 @@ impl LoopDev {
     fn sys_dir(&self) -> PathBuf {
         let name = self.path.file_name().unwrap_or_default();
         Path::new("/sys/block").join(name).join("loop")
-    }
-
-    pub fn backing_file(&self) -> Option<PathBuf> {
-        read_backing_file(&self.sys_dir())
     }
 
     /// Whether the kernel really does direct I/O on the backing file.
