@@ -179,9 +179,9 @@ impl Drop for LoopExt4 {
 /// that is smaller than the image. [`balloon`](Self::balloon) fills the
 /// rest of the tmpfs, after which every write of the loop device to a part
 /// of the image that was never written before fails with ENOSPC, so ext4's
-/// writeback fails and fsync reports it. [`punch_holes_under`]
-/// (Self::punch_holes_under) makes chosen blocks "never written" again, so
-/// that overwrites of existing data fail too. See the crate README for the
+/// writeback fails and fsync reports it.
+/// [`punch_holes_under`](Self::punch_holes_under) makes chosen blocks
+/// "never written" again, so that overwrites of existing data fail too. See the crate README for the
 /// errors this produces on Linux 6.18.
 ///
 /// Layout: `<scratch>/tmpfs/{disk.img,balloon-N}`, ext4 at `<scratch>/mnt`.

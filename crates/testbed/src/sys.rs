@@ -533,38 +533,69 @@ pub(crate) const FIEMAP_EXTENT_ENCODED: u32 = 0x8;
 pub(crate) const FIEMAP_EXTENT_NOT_ALIGNED: u32 = 0x100;
 pub(crate) const FIEMAP_EXTENT_DATA_INLINE: u32 = 0x200;
 
-/// _IOWR('f', 11, struct fiemap), struct fiemap being 32 bytes.
+/// `struct fiemap` of <linux/fiemap.h> followed by room for `BATCH`
+/// `struct fiemap_extent`s.
+#[repr(C)]
+struct FiemapBuf {
+    fm_start: u64,
+    fm_length: u64,
+    fm_flags: u32,
+    fm_mapped_extents: u32,
+    fm_extent_count: u32,
+    fm_reserved: u32,
+    fm_extents: [FiemapExtent; FIEMAP_BATCH],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct FiemapExtent {
+    fe_logical: u64,
+    fe_physical: u64,
+    fe_length: u64,
+    fe_reserved64: [u64; 2],
+    fe_flags: u32,
+    fe_reserved: [u32; 3],
+}
+
+const FIEMAP_BATCH: usize = 128;
+/// _IOWR('f', 11, struct fiemap); the header alone is 32 bytes.
 const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
-const FIEMAP_HEADER: usize = 32;
-const FIEMAP_EXTENT_SIZE: usize = 56;
 
 /// The extents of `file` as FIEMAP reports them, without FIEMAP_FLAG_SYNC
 /// (a sync here could consume writeback errors a test wants to see).
 pub(crate) fn fiemap(file: &File) -> io::Result<Vec<Extent>> {
-    const BATCH: usize = 128;
     let mut out = Vec::new();
     let mut start: u64 = 0;
     loop {
-        // u64 storage keeps the buffer 8-byte aligned.
-        let mut buf = vec![0u64; (FIEMAP_HEADER + BATCH * FIEMAP_EXTENT_SIZE) / 8];
-        buf[0] = start; // fm_start
-        buf[1] = u64::MAX - start; // fm_length
-        // fm_flags = 0, fm_mapped_extents = 0 (word 2); fm_extent_count (low half of word 3)
-        buf[3] = BATCH as u64;
-        // SAFETY: buf is large enough for the header and BATCH extents.
-        cvt(unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP as _, buf.as_mut_ptr()) })?;
-        let mapped = (buf[2] >> 32) as usize;
+        let mut buf = Box::new(FiemapBuf {
+            fm_start: start,
+            fm_length: u64::MAX - start,
+            fm_flags: 0,
+            fm_mapped_extents: 0,
+            fm_extent_count: FIEMAP_BATCH as u32,
+            fm_reserved: 0,
+            fm_extents: [FiemapExtent::default(); FIEMAP_BATCH],
+        });
+        // SAFETY: buf is a valid struct fiemap with room for
+        // fm_extent_count extents.
+        cvt(unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                FS_IOC_FIEMAP as _,
+                &mut *buf as *mut FiemapBuf,
+            )
+        })?;
+        let mapped = (buf.fm_mapped_extents as usize).min(FIEMAP_BATCH);
         if mapped == 0 {
             return Ok(out);
         }
         let mut last = false;
-        for i in 0..mapped.min(BATCH) {
-            let w = (FIEMAP_HEADER + i * FIEMAP_EXTENT_SIZE) / 8;
+        for fe in &buf.fm_extents[..mapped] {
             let e = Extent {
-                logical: buf[w],
-                physical: buf[w + 1],
-                length: buf[w + 2],
-                flags: buf[w + 5] as u32,
+                logical: fe.fe_logical,
+                physical: fe.fe_physical,
+                length: fe.fe_length,
+                flags: fe.fe_flags,
             };
             start = e.logical + e.length;
             last |= e.flags & FIEMAP_EXTENT_LAST != 0;
@@ -655,7 +686,7 @@ pub(crate) fn statvfs(path: &Path) -> io::Result<(u64, u64)> {
 pub(crate) fn proc_stat(pid: u32) -> Option<(char, u64)> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain anything, so split after its last ')'.
-    let rest = &s[s.rfind(')')? + 2..];
+    let rest = s.get(s.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split(' ').collect();
     // rest starts at field 3 (state); starttime is field 22.
     Some((

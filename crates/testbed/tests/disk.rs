@@ -303,3 +303,17 @@ fn many_disks_in_parallel_get_their_own_loop_devices() {
     devs.dedup_by(|a, b| a.0 == b.0);
     eprintln!("{} distinct loop devices used", devs.len());
 }
+
+#[test]
+fn punching_covers_every_extent_of_a_fragmented_file() {
+    let mut disk = FailingDisk::new().unwrap();
+    let path = disk.path().join("sparse");
+    let f = File::create(&path).unwrap();
+    // 300 separate extents: one block, then a hole, and so on (more than
+    // one FIEMAP batch).
+    for i in 0..300u64 {
+        f.write_all_at(&[7; 4096], i * 8192).unwrap();
+    }
+    f.sync_all().unwrap();
+    assert_eq!(disk.punch_holes_under(&path).unwrap(), 300 * 4096);
+}
