@@ -1,0 +1,180 @@
+//! `rovl umount`, `rovl sync` and `rovl status`.
+
+use std::collections::HashSet;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use crate::daemon;
+use crate::sys::{self, Errno, Mode, OFlags};
+use crate::writeback::status::{self, Offline, Status};
+
+fn open_any(p: &Path) -> Result<std::os::fd::OwnedFd, Errno> {
+    rustix::fs::open(
+        p,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+fn strerror(e: Errno) -> String {
+    std::io::Error::from(e).to_string()
+}
+
+/// The live status of the rovl mount holding `p`, when it is one.
+fn live_status(p: &Path) -> Result<Status, Errno> {
+    let fd = open_any(p)?;
+    let raw = sys::ioctl_rovl_status(fd.as_fd())?;
+    serde_json::from_slice(&raw).map_err(|_| Errno::PROTO)
+}
+
+/// `rovl sync PATH...`: syncs each mount holding one of the paths (E2).
+pub fn sync(paths: &[PathBuf]) -> i32 {
+    let mut code = 0;
+    let mut done: HashSet<u64> = HashSet::new();
+    for p in paths {
+        let r = open_any(p).and_then(|fd| {
+            let dev = sys::stat_fd(fd.as_fd())?.st_dev;
+            if !done.insert(dev) {
+                return Ok(());
+            }
+            sys::ioctl_rovl_sync(fd.as_fd()).map_err(|e| match e {
+                Errno::NOTTY | Errno::INVAL => Errno::NOTTY,
+                e => e,
+            })
+        });
+        if let Err(e) = r {
+            let msg = if e == Errno::NOTTY {
+                "not on a rovl mount".to_string()
+            } else {
+                strerror(e)
+            };
+            eprintln!("{}: {msg}", p.display());
+            code = 1;
+        }
+    }
+    code
+}
+
+/// `rovl umount MNT`: unmounts, waits for the daemon to finish its unmount
+/// work, and returns its result.
+pub fn umount(mnt: &Path) -> i32 {
+    let st = live_status(mnt);
+    let (pid, workdir) = match &st {
+        Ok(s) => (
+            Some(s.pid),
+            (!s.workdir.is_empty()).then(|| PathBuf::from(&s.workdir)),
+        ),
+        Err(_) => (None, None),
+    };
+    let pidfd = pid.and_then(|p| {
+        rustix::process::Pid::from_raw(p as i32)
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+    });
+    if let Err(e) = rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::empty()) {
+        eprintln!("rovl: umount {}: {}", mnt.display(), strerror(e));
+        return 1;
+    }
+    if let Some(fd) = pidfd {
+        let mut pfd = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        while let Err(Errno::INTR) = rustix::event::poll(&mut pfd, None) {}
+    }
+    match workdir.map(|w| daemon::unmount_result(&w)) {
+        Some(Err(msg)) => {
+            eprintln!("rovl: {}: {msg}", mnt.display());
+            1
+        }
+        _ => 0,
+    }
+}
+
+/// `rovl status MNT|WORKDIR [--json]`.
+pub fn status(target: &Path, json: bool) -> i32 {
+    match live_status(target) {
+        Ok(s) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            } else {
+                print_live(&s);
+            }
+            0
+        }
+        Err(_) => match status::offline(target) {
+            Ok(o) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&o).unwrap_or_default());
+                } else {
+                    print_offline(&o);
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("rovl: {e}");
+                1
+            }
+        },
+    }
+}
+
+fn print_live(s: &Status) {
+    println!("mountpoint:  {}", s.mountpoint);
+    if !s.workdir.is_empty() {
+        println!("workdir:     {}", s.workdir);
+    }
+    println!("daemon pid:  {}", s.pid);
+    println!(
+        "mode:        {}{}",
+        s.mode,
+        if s.passthrough { " (passthrough)" } else { "" }
+    );
+    println!(
+        "dirty:       {} file(s), {} byte(s) not yet written back",
+        s.dirty_files, s.dirty_bytes
+    );
+    for d in &s.dirty {
+        println!("  {} ({} bytes)", d.path, d.bytes);
+    }
+    if s.dirty_truncated {
+        println!("  ...");
+    }
+    match &s.last_sync {
+        Some(l) => println!(
+            "last sync:   {} ({} file(s), {} dir(s), {} ms): {}",
+            l.time, l.files, l.dirs, l.duration_ms, l.result
+        ),
+        None => println!("last sync:   never"),
+    }
+    if let Some(e) = &s.volatile_error {
+        println!("volatile:    every fsync and sync now fails ({e})");
+    }
+    println!("errors since mount: {}", s.errors.len());
+    for e in &s.errors {
+        println!("  {} {} {}", e.time, e.errno, e.path);
+    }
+}
+
+fn print_offline(o: &Offline) {
+    println!("workdir:     {} (not mounted)", o.workdir);
+    match &o.session {
+        Some(r) => {
+            println!(
+                "last session: {:?}, {}, pid {}, started {}, ended {}",
+                r.state,
+                if r.volatile { "volatile" } else { "normal" },
+                r.pid,
+                r.started,
+                r.ended.as_deref().unwrap_or("never (daemon killed?)")
+            );
+            if let Some(m) = &r.result {
+                println!("  unmount: {m}");
+            }
+        }
+        None => println!("last session: unknown"),
+    }
+    println!("journal: {} error(s)", o.journal.len());
+    for e in &o.journal {
+        println!("  {} {} {}", e.time, e.errno, e.path);
+    }
+}

@@ -1,0 +1,306 @@
+//! Copy-up: building an upper copy of a lower object in the work directory
+//! and publishing it with one rename, so the upper layer never holds a
+//! partial copy (SPEC §2).
+//!
+//! The copy keeps data (reflink when the filesystem can, else data extents
+//! only, so sparse files stay sparse), owner, mode, times and xattrs, and
+//! records its origin the way kernel overlayfs does. Outside volatile mode
+//! the copy and its directory entry are durable before copy-up returns.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::layers::markers;
+use crate::overlay::Overlay;
+use crate::overlay::node::{Layers, Node, ROOT_ID};
+use crate::sys::{self, Errno, FileType, Mode, OFlags, RenameFlags, Stat, SysResult, Time, xattr};
+
+/// What to copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Data {
+    /// Everything.
+    Full,
+    /// Metadata only: the caller truncates the file to zero right away.
+    Truncated,
+}
+
+/// Makes sure `node` has an upper copy, copying its ancestors first.
+///
+/// The caller holds `ov.rename_lock` (shared or exclusive), so no name on
+/// the way changes meanwhile.
+pub fn copy_up(ov: &Overlay, node: &Arc<Node>, data: Data) -> SysResult<()> {
+    if node.upper().is_some() {
+        return Ok(());
+    }
+    if ov.opts.readonly {
+        return Err(Errno::ROFS);
+    }
+    let mut chain = vec![node.clone()];
+    loop {
+        let last = chain.last().cloned().ok_or(Errno::IO)?;
+        if last.id == ROOT_ID {
+            return Err(Errno::ROFS);
+        }
+        let (parent, unlinked) = {
+            let st = last.state.read();
+            (st.parent, st.unlinked)
+        };
+        if unlinked {
+            // Nothing to publish the copy under.
+            return Err(Errno::STALE);
+        }
+        let p = ov.node(parent)?;
+        if p.upper().is_some() {
+            break;
+        }
+        chain.push(p);
+    }
+    for n in chain.iter().rev() {
+        let d = if Arc::ptr_eq(n, node) {
+            data
+        } else {
+            Data::Full
+        };
+        copy_up_one(ov, n, d)?;
+    }
+    Ok(())
+}
+
+fn copy_up_one(ov: &Overlay, node: &Arc<Node>, data: Data) -> SysResult<()> {
+    let _g = node.copy_up_lock.lock();
+    if node.upper().is_some() {
+        return Ok(());
+    }
+    let (parent_id, name, layer, lower) = {
+        let st = node.state.read();
+        let (layer, fd) = match &st.layers {
+            Layers::Dir(d) => d
+                .lowers
+                .first()
+                .map(|l| (l.layer, l.fd.clone()))
+                .ok_or(Errno::IO)?,
+            Layers::NonDir { lower, .. } => lower.clone().ok_or(Errno::IO)?,
+        };
+        (st.parent, st.name.clone(), layer, fd)
+    };
+    let parent = ov.node(parent_id)?;
+    let pup = parent.upper().ok_or(Errno::IO)?;
+    let work = ov.work()?;
+    let st = sys::stat_fd(lower.as_fd())?;
+    let pstat = sys::stat_fd(pup.as_fd())?;
+    let tmp = ov.tmp_name();
+
+    let built = build(ov, layer, lower.as_fd(), &st, work, &tmp, data);
+    let copy = match built {
+        Ok(fd) => fd,
+        Err(e) => {
+            remove_tmp(ov, work, &tmp);
+            return Err(e);
+        }
+    };
+    if let Err(e) = sys::rename_at(work, &tmp, pup.as_fd(), &name, RenameFlags::NOREPLACE) {
+        remove_tmp(ov, work, &tmp);
+        return Err(e);
+    }
+    // The copy is published: record it before anything else can fail.
+    let ust = sys::stat_fd(copy.as_fd())?;
+    let copy = Arc::new(copy);
+    {
+        let mut s = node.state.write();
+        match &mut s.layers {
+            Layers::Dir(d) => d.upper = Some(copy.clone()),
+            Layers::NonDir { upper, .. } => *upper = Some(copy.clone()),
+        }
+        s.ident = (ust.st_dev, ust.st_ino);
+    }
+    // Best effort, like the kernel: the parent keeps its times.
+    let _ = sys::set_times(
+        pup.as_fd(),
+        Time::At(pstat.st_atime, pstat.st_atime_nsec as i64),
+        Time::At(pstat.st_mtime, pstat.st_mtime_nsec as i64),
+    );
+    mark_impure(&parent, pup.as_fd());
+    if ov.opts.volatile {
+        ov.wb.dir_changed(ov, &parent, pup.as_fd());
+        if node.kind == FileType::RegularFile {
+            ov.wb.file_copied_up(ov, node, copy.as_fd());
+        }
+        Ok(())
+    } else {
+        ov.wb.sync_dir_now(ov, &parent, pup.as_fd())
+    }
+}
+
+/// Marks an upper directory impure (it holds entries whose inode number is
+/// their origin's), once.
+pub(crate) fn mark_impure(dir: &Node, fd: BorrowedFd<'_>) {
+    if dir.state.read().impure {
+        return;
+    }
+    if xattr::set(fd, OsStr::new(markers::IMPURE), b"y", 0).is_ok() {
+        dir.state.write().impure = true;
+    }
+}
+
+/// Builds the copy as `work/tmp`; returns an `O_PATH` handle on it.
+fn build(
+    ov: &Overlay,
+    layer: usize,
+    lower: BorrowedFd<'_>,
+    st: &Stat,
+    work: BorrowedFd<'_>,
+    tmp: &OsStr,
+    data: Data,
+) -> SysResult<OwnedFd> {
+    let kind = FileType::from_raw_mode(st.st_mode);
+    let perm = st.st_mode & 0o7777;
+    let fd = match kind {
+        FileType::RegularFile => {
+            let f = rustix::fs::openat(
+                work,
+                tmp,
+                OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            if data == Data::Full && st.st_size > 0 {
+                let src = ov.stack.proc.reopen(lower, OFlags::RDONLY)?;
+                sys::copy_file_data(src.as_fd(), f.as_fd(), st.st_size as u64)?;
+            }
+            let fd = sys::open_path_at(work, tmp)?;
+            finish(ov, layer, lower, st, fd.as_fd(), perm, true)?;
+            if !ov.opts.volatile {
+                rustix::fs::fsync(&f)?;
+            }
+            return Ok(fd);
+        }
+        FileType::Directory => {
+            rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?;
+            sys::open_path_at(work, tmp)?
+        }
+        FileType::Symlink => {
+            let target = sys::read_link_fd(lower)?;
+            rustix::fs::symlinkat(target.as_slice(), work, tmp)?;
+            sys::open_path_at(work, tmp)?
+        }
+        FileType::Fifo | FileType::Socket | FileType::CharacterDevice | FileType::BlockDevice => {
+            sys::mknod_at(work, tmp, kind, perm, st.st_rdev)?;
+            sys::open_path_at(work, tmp)?
+        }
+        FileType::Unknown => return Err(Errno::IO),
+    };
+    finish(
+        ov,
+        layer,
+        lower,
+        st,
+        fd.as_fd(),
+        perm,
+        kind != FileType::Symlink,
+    )?;
+    if kind == FileType::Directory && !ov.opts.volatile {
+        let d = ov
+            .stack
+            .proc
+            .reopen(fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)?;
+        rustix::fs::fsync(&d)?;
+    }
+    Ok(fd)
+}
+
+/// Owner, mode, xattrs, origin and times, in the order that keeps each:
+/// chown first (it clears setuid bits and capabilities), then mode, then
+/// xattrs, times last.
+fn finish(
+    ov: &Overlay,
+    layer: usize,
+    lower: BorrowedFd<'_>,
+    st: &Stat,
+    fd: BorrowedFd<'_>,
+    perm: u32,
+    chmod: bool,
+) -> SysResult<()> {
+    sys::chown_fd(fd, Some(st.st_uid), Some(st.st_gid))?;
+    if chmod {
+        ov.stack.proc.chmod(fd, perm)?;
+    }
+    copy_xattrs(lower, fd)?;
+    if let Some(origin) = ov.stack.origin_of(layer, lower) {
+        // Without it the inode number survives only until the next remount.
+        let _ = xattr::set(fd, OsStr::new(markers::ORIGIN), &origin.encode(), 0);
+    }
+    sys::set_times(
+        fd,
+        Time::At(st.st_atime, st.st_atime_nsec as i64),
+        Time::At(st.st_mtime, st.st_mtime_nsec as i64),
+    )
+}
+
+/// Copies every xattr but overlay-private ones.
+pub(crate) fn copy_xattrs(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> SysResult<()> {
+    for name in xattr::list(from)? {
+        if markers::is_private_xattr(&name) {
+            continue;
+        }
+        let Some(value) = xattr::get(from, &name)? else {
+            continue;
+        };
+        match xattr::set(to, &name, &value, 0) {
+            Ok(()) => {}
+            // The upper filesystem cannot hold it (or not on this type).
+            Err(Errno::OPNOTSUPP | Errno::PERM) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Removes a temporary object from the work directory, whatever it is.
+pub(crate) fn remove_tmp(ov: &Overlay, work: BorrowedFd<'_>, name: &OsStr) {
+    match sys::stat_at(work, name) {
+        Ok(Some(st)) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+            let _ = remove_tree(ov, work, name, 0);
+        }
+        Ok(Some(_)) => {
+            let _ = rustix::fs::unlinkat(work, name, rustix::fs::AtFlags::empty());
+        }
+        _ => {}
+    }
+}
+
+/// Removes directory `name` of `dir` and everything in it (used on the work
+/// directory only; never follows a symlink).
+pub(crate) fn remove_tree(
+    ov: &Overlay,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    depth: u32,
+) -> SysResult<()> {
+    if depth > 4096 {
+        return Err(Errno::LOOP);
+    }
+    let sub = sys::open_path_at(dir, name)?;
+    for e in sys::read_dir(&ov.stack.proc, sub.as_fd())? {
+        let is_dir = match e.kind {
+            FileType::Directory => true,
+            FileType::Unknown => sys::stat_at(sub.as_fd(), &e.name)?
+                .is_some_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory),
+            _ => false,
+        };
+        if is_dir {
+            remove_tree(ov, sub.as_fd(), &e.name, depth + 1)?;
+        } else {
+            sys::optional(rustix::fs::unlinkat(
+                sub.as_fd(),
+                &e.name,
+                rustix::fs::AtFlags::empty(),
+            ))?;
+        }
+    }
+    sys::optional(rustix::fs::unlinkat(
+        dir,
+        name,
+        rustix::fs::AtFlags::REMOVEDIR,
+    ))?;
+    Ok(())
+}

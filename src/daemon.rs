@@ -1,0 +1,397 @@
+//! The daemon: from a checked mount request to a live mount, serving it,
+//! and the unmount work (SPEC §1, E6, E7).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tracing::{error, info, warn};
+
+use crate::cli::{Switch, SyncMode};
+use crate::fuse::{FuseConfig, RovlFs};
+use crate::layers::Stack;
+use crate::mount::{self, Checked, Ready, STATE_DIR, WORK_DIR};
+use crate::overlay::{Options, Overlay};
+use crate::sys;
+use crate::writeback::{Journal, Mode, MountWb, journal::rfc3339, session};
+
+/// Default entry/attribute cache timeout: layers do not change under a
+/// live mount, and rovl invalidates what it changes itself.
+const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
+
+/// How often background writeback checks run.
+const BACKGROUND_PERIOD: Duration = Duration::from_secs(1);
+
+/// What the parent of a daemonized mount is waiting for.
+pub enum Notify {
+    /// `-f`: report on stderr.
+    Foreground,
+    /// The pipe to the waiting parent.
+    Parent(Ready),
+}
+
+impl Notify {
+    fn fail(self, msg: &str) -> i32 {
+        match self {
+            Notify::Foreground => eprintln!("rovl: {msg}"),
+            Notify::Parent(r) => r.fail(msg),
+        }
+        1
+    }
+
+    fn ok(self) {
+        if let Notify::Parent(r) = self {
+            r.ok();
+        }
+    }
+}
+
+/// State the daemon holds for the life of the mount.
+struct Held {
+    state: Option<OwnedFd>,
+    _lock: Option<(std::fs::File, OwnedFd)>,
+    record: Option<session::Record>,
+}
+
+fn max_stack_depth(stack: &Stack) -> u32 {
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    let stacked = stack.layers.iter().any(|l| {
+        rustix::fs::fstatfs(&l.root)
+            .map(|s| {
+                let t = s.f_type;
+                t == OVERLAYFS_SUPER_MAGIC || t == FUSE_SUPER_MAGIC
+            })
+            .unwrap_or(false)
+    });
+    if stacked { 2 } else { 1 }
+}
+
+/// Prepares WORKDIR (state and work directories, lock, leftovers, volatile
+/// marker, session record). Runs only after every check passed.
+fn prepare_workdir(c: &Checked, stack: &Stack, adopt_ok: bool) -> Result<Held, String> {
+    let Some(workdir) = &c.workdir else {
+        return Ok(Held {
+            state: None,
+            _lock: None,
+            record: None,
+        });
+    };
+    let wd =
+        sys::open_dir_path(workdir).map_err(|e| format!("workdir {}: {e}", workdir.display()))?;
+    let state = mount::ensure_dir(wd.as_fd(), STATE_DIR, 0o700)
+        .map_err(|e| format!("cannot create {}/{STATE_DIR}: {e}", workdir.display()))?;
+    let upper = stack.upper_root().ok_or("no upper layer")?;
+    let lock = mount::lock_stack(state.as_fd(), upper)?;
+    let work = mount::ensure_dir(wd.as_fd(), WORK_DIR, 0o700)
+        .map_err(|e| format!("cannot create {}/{WORK_DIR}: {e}", workdir.display()))?;
+    match mount::clean_work(&stack.proc, work.as_fd()) {
+        Ok(0) => {}
+        Ok(n) => info!(
+            n,
+            "removed leftovers of an earlier daemon from the work directory"
+        ),
+        Err(e) => {
+            return Err(format!(
+                "cannot clean {}/{WORK_DIR}: {e}",
+                workdir.display()
+            ));
+        }
+    }
+    let volatile = c.opts.sync_mode == SyncMode::Volatile;
+    if volatile {
+        // The kernel's layout: kernel overlayfs refuses these directories
+        // too while the marker exists.
+        let incompat = mount::ensure_dir(work.as_fd(), "incompat", 0o700)
+            .map_err(|e| format!("cannot create the volatile marker: {e}"))?;
+        let vol = mount::ensure_dir(incompat.as_fd(), "volatile", 0o700)
+            .map_err(|e| format!("cannot create the volatile marker: {e}"))?;
+        mount::ensure_dir(vol.as_fd(), "dirty", 0o700)
+            .map_err(|e| format!("cannot create the volatile marker: {e}"))?;
+    } else if adopt_ok {
+        // A normal mount of a stack a clean volatile session left: the
+        // adopted files are synced right after mount, then the marker goes.
+    }
+    let record = session::Record {
+        state: session::State::Running,
+        volatile,
+        boot_id: sys::boot_id(),
+        pid: std::process::id(),
+        started: rfc3339(SystemTime::now()),
+        ended: None,
+        errors: 0,
+        dirtied: Vec::new(),
+        result: None,
+    };
+    session::write(state.as_fd(), &record)
+        .map_err(|e| format!("cannot write the session record: {e}"))?;
+    Ok(Held {
+        state: Some(state),
+        _lock: Some(lock),
+        record: Some(record),
+    })
+}
+
+fn open_work(c: &Checked) -> Result<Option<OwnedFd>, String> {
+    match &c.workdir {
+        Some(w) => {
+            let wd = sys::open_dir_path(w).map_err(|e| format!("workdir {}: {e}", w.display()))?;
+            sys::open_dir_at(wd.as_fd(), std::ffi::OsStr::new(WORK_DIR))
+                .map(Some)
+                .map_err(|e| format!("{}/{WORK_DIR}: {e}", w.display()))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Sets up logging: stderr in the foreground, else WORKDIR/rovl/rovl.log.
+pub fn init_logging(debug: bool, to: Option<&Path>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("ROVL_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(if debug { "debug" } else { "info" }));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false);
+    match to.and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    }) {
+        Some(f) => {
+            let _ = builder.with_writer(Arc::new(f)).try_init();
+        }
+        None => {
+            let _ = builder.with_writer(std::io::stderr).try_init();
+        }
+    }
+}
+
+/// Runs the daemon for a checked request. Returns the exit status.
+pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
+    sys::raise_nofile_limit();
+    rustix::process::umask(sys::Mode::empty());
+    sys::block_termination_signals();
+
+    let stack = match Stack::open(c.upperdir.as_deref(), &c.lowerdirs) {
+        Ok(s) => s,
+        Err(e) => return notify.fail(&e),
+    };
+    let adopt = match adopt_list(&c, &stack) {
+        Ok(a) => a,
+        Err(e) => return notify.fail(&e),
+    };
+    let mut held = match prepare_workdir(&c, &stack, adopt.is_some()) {
+        Ok(h) => h,
+        Err(e) => return notify.fail(&e),
+    };
+    if daemonized {
+        let log = c
+            .workdir
+            .as_ref()
+            .map(|w| w.join(STATE_DIR).join("rovl.log"));
+        init_logging(debug, log.as_deref());
+    }
+    let work = match open_work(&c) {
+        Ok(w) => w,
+        Err(e) => return notify.fail(&e),
+    };
+    let volatile = c.opts.sync_mode == SyncMode::Volatile;
+    let journal = match &held.state {
+        Some(s) => match Journal::open(s.as_fd()) {
+            Ok(j) => Some(j),
+            Err(e) => return notify.fail(&format!("cannot open the error journal: {e}")),
+        },
+        None => None,
+    };
+    let mode = if volatile {
+        Mode::Volatile
+    } else {
+        Mode::Normal
+    };
+    let wb = MountWb::new(mode, journal, c.mountpoint.clone());
+    let readonly = c.upperdir.is_none() || c.opts.ro;
+    let root = rustix::process::geteuid().is_root();
+    let passthrough = match c.opts.passthrough {
+        Switch::Off => false,
+        Switch::On => true,
+        Switch::Auto => root,
+    };
+    let max_depth = max_stack_depth(&stack);
+    let opts = Options { volatile, readonly };
+    let ov = match Overlay::new(stack, work, opts, wb) {
+        Ok(ov) => Arc::new(ov),
+        Err(e) => return notify.fail(&format!("cannot set up the overlay: {e}")),
+    };
+    if let Some(files) = &adopt {
+        ov.wb.adopt(&ov, files);
+    }
+    let cfg = FuseConfig {
+        ttl: c
+            .opts
+            .timeout
+            .map(Duration::from_secs_f64)
+            .unwrap_or(DEFAULT_TTL),
+        passthrough,
+        max_stack_depth: max_depth,
+        workdir: c.workdir.clone(),
+    };
+    let allow_other = root || c.opts.allow_other || c.opts.allow_root;
+    let dev = match mount::fuse_mount(&c.opts, &c.mountpoint, readonly, allow_other) {
+        Ok(d) => d,
+        Err(e) => return notify.fail(&e),
+    };
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(c.opts.threads.unwrap_or_else(default_threads));
+    config.clone_fd = true;
+    config.acl = if allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    let fs = RovlFs::new(ov.clone(), cfg);
+    let session = match fuser::Session::from_fd(fs, dev, config.acl, config) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = rustix::mount::unmount(&c.mountpoint, rustix::mount::UnmountFlags::DETACH);
+            return notify.fail(&format!("FUSE handshake failed: {e}"));
+        }
+    };
+    if volatile || adopt.is_none() {
+        // Nothing to do: the adopted files of a volatile session stay dirty.
+    } else if let Err(e) = ov.wb.sync(&ov, None) {
+        warn!(%e, "syncing the files adopted from the volatile session failed");
+    } else if let Some(w) = &c.workdir {
+        let _ = std::fs::remove_dir_all(mount::volatile_marker(w));
+    }
+    info!(mountpoint = %c.mountpoint.display(), "mounted");
+    notify.ok();
+    if daemonized {
+        sys::stdio_to_null();
+    }
+
+    let done = Arc::new(AtomicBool::new(false));
+    spawn_background(ov.clone(), done.clone());
+    spawn_signal_watch(c.mountpoint.clone());
+
+    if let Err(e) = session.run() {
+        error!(%e, "FUSE session ended with an error");
+    }
+    done.store(true, Ordering::Release);
+    // `destroy` ran the unmount work; if the session ended without it (the
+    // connection was aborted), run it now.
+    if ov.wb.exit_result().is_none() {
+        ov.wb.unmounting(&ov);
+    }
+    finish(&ov, &mut held)
+}
+
+fn default_threads() -> usize {
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    (n * 2).clamp(4, 16)
+}
+
+/// The files to adopt from a previous clean volatile session, when its
+/// marker exists; an error refuses the mount (E6).
+fn adopt_list(c: &Checked, stack: &Stack) -> Result<Option<Vec<session::Dirtied>>, String> {
+    let Some(w) = &c.workdir else { return Ok(None) };
+    let marker = mount::volatile_marker(w);
+    if !marker.exists() {
+        return Ok(None);
+    }
+    let upper = stack.upper_root().ok_or("no upper layer")?;
+    session::check_reuse(&stack.proc, &w.join(STATE_DIR), upper, &marker).map(Some)
+}
+
+fn finish(ov: &Overlay, held: &mut Held) -> i32 {
+    let result = ov.wb.exit_result().unwrap_or(Ok(()));
+    if let (Some(state), Some(rec)) = (&held.state, held.record.as_mut()) {
+        rec.ended = Some(rfc3339(SystemTime::now()));
+        rec.errors = ov.wb.error_count();
+        rec.state = if result.is_ok() && rec.errors == 0 {
+            session::State::Clean
+        } else {
+            session::State::Errors
+        };
+        rec.result = result.as_ref().err().cloned();
+        if rec.volatile {
+            rec.dirtied = ov.wb.dirtied(ov);
+        }
+        if let Err(e) = session::write(state.as_fd(), rec) {
+            error!(%e, "cannot write the session record");
+        }
+    }
+    match result {
+        Ok(()) => {
+            info!("unmounted cleanly");
+            0
+        }
+        Err(e) => {
+            error!("{e}");
+            1
+        }
+    }
+}
+
+fn spawn_background(ov: Arc<Overlay>, done: Arc<AtomicBool>) {
+    let r = std::thread::Builder::new()
+        .name("rovl-writeback".into())
+        .spawn(move || {
+            while !done.load(Ordering::Acquire) {
+                std::thread::sleep(BACKGROUND_PERIOD);
+                if done.load(Ordering::Acquire) {
+                    break;
+                }
+                if ov.wb.mode() == Mode::Volatile {
+                    ov.wb.check_background(&ov);
+                }
+                ov.wb.background_pass(&ov);
+            }
+        });
+    if let Err(e) = r {
+        warn!(%e, "cannot start the background writeback thread");
+    }
+}
+
+/// On SIGTERM/SIGINT/SIGHUP: unmount (lazily if busy, then cut the
+/// connection), so the daemon runs its unmount work and exits.
+fn spawn_signal_watch(mountpoint: PathBuf) {
+    // Not stat(2): the mount is not served yet, that would wait forever.
+    let conn = mount::fuse_connection(&mountpoint);
+    let r = std::thread::Builder::new()
+        .name("rovl-signals".into())
+        .spawn(move || {
+            let sig = sys::wait_termination_signal();
+            info!(sig, "signal: unmounting");
+            if rustix::mount::unmount(&mountpoint, rustix::mount::UnmountFlags::empty()).is_err() {
+                let _ = rustix::mount::unmount(&mountpoint, rustix::mount::UnmountFlags::DETACH);
+                if let Some(minor) = conn {
+                    let p = format!("/sys/fs/fuse/connections/{minor}/abort");
+                    let _ = std::fs::write(p, "1");
+                }
+            }
+        });
+    if let Err(e) = r {
+        warn!(%e, "cannot start the signal thread");
+    }
+}
+
+/// Exit code and message of `rovl umount`, from the session record the
+/// daemon left.
+pub fn unmount_result(workdir: &Path) -> Result<(), String> {
+    match session::read(&workdir.join(STATE_DIR)) {
+        Some(r) => match r.result {
+            Some(msg) => Err(msg),
+            None if r.state == session::State::Running => {
+                Err("the daemon exited without recording how the unmount went".into())
+            }
+            None => Ok(()),
+        },
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,193 @@
+//! How data flows for each open: FUSE passthrough to the real file, or
+//! through the daemon and the kernel's page cache.
+//!
+//! The kernel keeps one io mode per FUSE inode while any file is open on it:
+//! either every open is a passthrough open on the same backing file, or none
+//! is. rovl therefore decides at the first open of an inode and keeps that
+//! mode until the last open is released:
+//! - upper files get passthrough with a read-write backing file, so writes
+//!   never reach the daemon;
+//! - lower files get passthrough with a read-only backing file when large
+//!   enough to matter, otherwise cached reads through the daemon;
+//! - an open that the inode's backing file cannot serve (a write to a
+//!   read-only backing, or the upper copy of a file that was copied up
+//!   while its lower backing file stayed open) is still a passthrough open
+//!   of that backing file, as the kernel requires, but with `DIRECT_IO`: its
+//!   reads and writes come to the daemon, which serves them from the right
+//!   file.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{BackingId, FileAttr, FileHandle, FopenFlags, Generation, ReplyCreate, ReplyOpen};
+use parking_lot::Mutex;
+use tracing::{debug, warn};
+
+use crate::overlay::node::NodeId;
+use crate::overlay::{OpenFile, Overlay};
+use crate::sys::OFlags;
+
+/// Lower files smaller than this are read through the daemon (and the
+/// kernel's page cache) rather than passed through, so that copying them
+/// up while they are open is seamless.
+const LOWER_PASSTHROUGH_MIN: u64 = 256 * 1024;
+
+/// The reply an open is waiting for.
+pub(super) enum Reply {
+    /// FUSE_OPEN.
+    Open(ReplyOpen),
+    /// FUSE_CREATE, with the entry to return.
+    Create(ReplyCreate, Duration, FileAttr, Generation),
+}
+
+impl Reply {
+    fn backing(&self, fd: impl AsFd) -> std::io::Result<BackingId> {
+        match self {
+            Reply::Open(r) => r.open_backing(fd),
+            Reply::Create(r, ..) => r.open_backing(fd),
+        }
+    }
+
+    fn cached(self, fh: u64) {
+        let flags = FopenFlags::FOPEN_KEEP_CACHE;
+        match self {
+            Reply::Open(r) => r.opened(FileHandle(fh), flags),
+            Reply::Create(r, ttl, attr, g) => r.created(&ttl, &attr, g, FileHandle(fh), flags),
+        }
+    }
+
+    fn passthrough(self, fh: u64, flags: FopenFlags, b: &BackingId) {
+        match self {
+            Reply::Open(r) => r.opened_passthrough(FileHandle(fh), flags, b),
+            Reply::Create(r, ttl, attr, g) => {
+                r.created_passthrough(&ttl, &attr, g, FileHandle(fh), flags, b)
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Mode {
+    Cached,
+    Passthrough {
+        backing: Arc<BackingId>,
+        /// The backing file is the upper copy.
+        upper: bool,
+        /// The backing file is open for writing.
+        writable: bool,
+    },
+}
+
+#[derive(Debug)]
+struct NodeIo {
+    opens: usize,
+    mode: Mode,
+}
+
+/// Io modes of the inodes with open files.
+#[derive(Debug, Default)]
+pub(super) struct IoModes {
+    /// Passthrough was negotiated with the kernel.
+    pub passthrough: bool,
+    nodes: Mutex<HashMap<NodeId, NodeIo>>,
+}
+
+impl IoModes {
+    /// Replies to an open of `of` (handle `fh`).
+    pub fn open(&self, ov: &Overlay, fh: u64, of: &Arc<OpenFile>, reply: Reply) {
+        if !self.passthrough {
+            reply.cached(fh);
+            return;
+        }
+        let mut nodes = self.nodes.lock();
+        if let Some(nio) = nodes.get_mut(&of.node.id) {
+            nio.opens += 1;
+            match &nio.mode {
+                Mode::Cached => reply.cached(fh),
+                Mode::Passthrough {
+                    backing,
+                    upper,
+                    writable,
+                } => {
+                    let wrong_file = of.on_upper() != *upper;
+                    let needs_write = of.writable && !*writable;
+                    let flags = if wrong_file || needs_write {
+                        FopenFlags::FOPEN_DIRECT_IO
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.passthrough(fh, flags, backing);
+                }
+            }
+            return;
+        }
+        let mode = self.first_mode(ov, of, &reply);
+        let nio = NodeIo { opens: 1, mode };
+        match &nio.mode {
+            Mode::Cached => reply.cached(fh),
+            Mode::Passthrough { backing, .. } => {
+                reply.passthrough(fh, FopenFlags::empty(), backing)
+            }
+        }
+        nodes.insert(of.node.id, nio);
+    }
+
+    fn first_mode(&self, ov: &Overlay, of: &OpenFile, reply: &Reply) -> Mode {
+        let fd = of.fd();
+        if of.on_upper() {
+            // A read-write backing file serves every later open, readers
+            // and writers alike.
+            let (bfd, writable) = match ov.stack.proc.reopen(fd.as_fd(), OFlags::RDWR) {
+                Ok(rw) => (Arc::new(rw), true),
+                Err(e) => {
+                    debug!(?e, "no read-write backing file; passthrough read-only");
+                    (fd.clone(), of.writable)
+                }
+            };
+            match reply.backing(bfd.as_fd()) {
+                Ok(b) => {
+                    return Mode::Passthrough {
+                        backing: Arc::new(b),
+                        upper: true,
+                        writable,
+                    };
+                }
+                Err(e) => warn!(?e, "passthrough refused; serving through the daemon"),
+            }
+            return Mode::Cached;
+        }
+        let big = crate::sys::stat_fd(fd.as_fd())
+            .map(|s| s.st_size as u64 >= LOWER_PASSTHROUGH_MIN)
+            .unwrap_or(false);
+        if !big {
+            return Mode::Cached;
+        }
+        match reply.backing(fd.as_fd()) {
+            Ok(b) => Mode::Passthrough {
+                backing: Arc::new(b),
+                upper: false,
+                writable: false,
+            },
+            Err(e) => {
+                warn!(?e, "passthrough refused; serving through the daemon");
+                Mode::Cached
+            }
+        }
+    }
+
+    /// An open of `of` (handle `fh`) was released.
+    pub fn release(&self, _fh: u64, of: &OpenFile) {
+        if !self.passthrough {
+            return;
+        }
+        let mut nodes = self.nodes.lock();
+        if let Some(nio) = nodes.get_mut(&of.node.id) {
+            nio.opens = nio.opens.saturating_sub(1);
+            if nio.opens == 0 {
+                nodes.remove(&of.node.id);
+            }
+        }
+    }
+}

@@ -1,0 +1,936 @@
+//! The FUSE side: the only module that knows the FUSE library. It
+//! translates kernel requests into calls on the overlay engine and the
+//! writeback layer, and decides per open how data flows (passthrough to the
+//! real file, or through the daemon and the kernel's page cache).
+
+mod io;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, CopyFileRangeFlags, Errno as FErrno, FileAttr, FileHandle, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags as FRenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use parking_lot::Mutex;
+use tracing::{debug, warn};
+
+use self::io::IoModes;
+use crate::overlay::files::ListEntry;
+use crate::overlay::{Attr, Caller, NewKind, OpenFile, Overlay, SetAttr, SetTime};
+use crate::sys::{Errno, FileType, OFlags, RenameFlags};
+
+/// `_IO(0xE5, 1)`: make everything this mount wrote durable; report
+/// writeback errors (SPEC E2).
+pub const ROVL_IOC_SYNCFS: u32 = 0xE501;
+/// `_IOR(0xE5, 2, char[16383])`: the mount's status as NUL-terminated JSON
+/// (`rovl status`, and `rovl umount` to find the daemon).
+pub const ROVL_IOC_STATUS: u32 = 0xBFFF_E502;
+
+/// Anything that carries an observer's cursors (open files, directories).
+trait ObserverOf: Send + Sync {
+    fn observer(&self) -> &crate::writeback::Observer;
+}
+
+impl ObserverOf for OpenFile {
+    fn observer(&self) -> &crate::writeback::Observer {
+        &self.observer
+    }
+}
+
+impl ObserverOf for DirHandle {
+    fn observer(&self) -> &crate::writeback::Observer {
+        &self.observer
+    }
+}
+
+/// How the daemon was configured to talk to the kernel.
+#[derive(Debug, Clone)]
+pub struct FuseConfig {
+    /// Entry and attribute cache timeout.
+    pub ttl: Duration,
+    /// Try FUSE passthrough (needs CAP_SYS_ADMIN).
+    pub passthrough: bool,
+    /// Largest stacking depth of the layers' filesystems (for passthrough).
+    pub max_stack_depth: u32,
+    /// The workdir, reported by `ROVL_IOC_WORKDIR`.
+    pub workdir: Option<std::path::PathBuf>,
+}
+
+/// A directory open on the mount.
+#[derive(Debug)]
+struct DirHandle {
+    node: Arc<crate::overlay::node::Node>,
+    entries: Mutex<Option<Arc<Vec<ListEntry>>>>,
+    observer: crate::writeback::Observer,
+}
+
+/// Handle tables.
+#[derive(Debug, Default)]
+struct Handles {
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    next: AtomicU64,
+}
+
+impl Handles {
+    fn add_file(&self, f: OpenFile) -> (u64, Arc<OpenFile>) {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let f = Arc::new(f);
+        self.files.lock().insert(fh, f.clone());
+        (fh, f)
+    }
+    fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, FErrno> {
+        self.files.lock().get(&fh.0).cloned().ok_or(FErrno::EBADF)
+    }
+    fn add_dir(&self, d: DirHandle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.dirs.lock().insert(fh, Arc::new(d));
+        fh
+    }
+    fn dir(&self, fh: FileHandle) -> Result<Arc<DirHandle>, FErrno> {
+        self.dirs.lock().get(&fh.0).cloned().ok_or(FErrno::EBADF)
+    }
+}
+
+/// The FUSE filesystem: the overlay engine plus handle and io-mode tables.
+#[derive(Debug)]
+pub struct RovlFs {
+    ov: Arc<Overlay>,
+    cfg: FuseConfig,
+    handles: Handles,
+    io: IoModes,
+}
+
+fn err(e: Errno) -> FErrno {
+    FErrno::from_i32(e.raw_os_error())
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn kind(t: FileType) -> fuser::FileType {
+    match t {
+        FileType::Directory => fuser::FileType::Directory,
+        FileType::Symlink => fuser::FileType::Symlink,
+        FileType::Fifo => fuser::FileType::NamedPipe,
+        FileType::Socket => fuser::FileType::Socket,
+        FileType::CharacterDevice => fuser::FileType::CharDevice,
+        FileType::BlockDevice => fuser::FileType::BlockDevice,
+        FileType::RegularFile | FileType::Unknown => fuser::FileType::RegularFile,
+    }
+}
+
+fn fattr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: UNIX_EPOCH,
+        kind: kind(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(s) => SetTime::At(s),
+    })
+}
+
+fn oflags(f: OpenFlags) -> OFlags {
+    OFlags::from_bits_retain(f.0 as u32)
+}
+
+impl RovlFs {
+    /// The filesystem over `ov`.
+    pub fn new(ov: Arc<Overlay>, cfg: FuseConfig) -> Self {
+        RovlFs {
+            ov,
+            cfg,
+            handles: Handles::default(),
+            io: IoModes::default(),
+        }
+    }
+
+    fn entry(&self, reply: ReplyEntry, node: &crate::overlay::node::Node, attr: &Attr) {
+        reply.entry(&self.cfg.ttl, &fattr(attr), Generation(node.generation));
+    }
+
+    fn negative(&self, reply: ReplyEntry) {
+        let attr = FileAttr {
+            ino: INodeNo(0),
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind: fuser::FileType::RegularFile,
+            perm: 0,
+            nlink: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        };
+        reply.entry(&self.cfg.ttl, &attr, Generation(0));
+    }
+
+    fn make(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        k: NewKind<'_>,
+        perm: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.ov.create(parent.0, name, k, perm, caller(req)) {
+            Ok((node, attr, _)) => self.entry(reply, &node, &attr),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn list(&self, d: &DirHandle) -> Result<Arc<Vec<ListEntry>>, Errno> {
+        let mut g = d.entries.lock();
+        if let Some(e) = &*g {
+            return Ok(e.clone());
+        }
+        let e = Arc::new(self.ov.list_dir(&d.node)?);
+        *g = Some(e.clone());
+        Ok(e)
+    }
+}
+
+impl Filesystem for RovlFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let caps = config.capabilities();
+        let mut want = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_HAS_IOCTL_DIR
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_ASYNC_DIO
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        let passthrough = self.cfg.passthrough && caps.contains(InitFlags::FUSE_PASSTHROUGH);
+        if passthrough {
+            want |= InitFlags::FUSE_PASSTHROUGH;
+            let _ = config.set_max_stack_depth(self.cfg.max_stack_depth.clamp(1, 2));
+        } else {
+            want |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        let want = want & caps;
+        if let Err(missing) = config.add_capabilities(want) {
+            warn!("kernel lacks FUSE capabilities {missing:?}");
+        }
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        self.io.passthrough = passthrough;
+        self.ov.set_writeback_cache(!passthrough);
+        debug!(passthrough, "FUSE connection initialized");
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.ov.wb.unmounting(&self.ov);
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.ov.lookup(parent.0, name, true) {
+            Ok(Some((node, attr))) => self.entry(reply, &node, &attr),
+            Ok(None) => self.negative(reply),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.ov.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let node = match fh.and_then(|fh| self.handles.file(fh).ok()) {
+            Some(f) => Ok(f.node.clone()),
+            None => self.ov.node(ino.0),
+        };
+        match node.and_then(|n| self.ov.getattr(&n)) {
+            Ok(a) => reply.attr(&self.cfg.ttl, &fattr(&a)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let of = fh.and_then(|fh| self.handles.file(fh).ok());
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        match self.ov.setattr(ino.0, of.as_deref(), set, caller(req)) {
+            Ok(a) => reply.attr(&self.cfg.ttl, &fattr(&a)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.ov.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let t = FileType::from_raw_mode(mode);
+        if t == FileType::Directory || t == FileType::Symlink || t == FileType::Unknown {
+            reply.error(FErrno::EINVAL);
+            return;
+        }
+        self.make(
+            req,
+            parent,
+            name,
+            NewKind::Special(t, u64::from(rdev)),
+            mode & 0o7777,
+            reply,
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.make(req, parent, name, NewKind::Dir, mode & 0o7777, reply);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let t = target.as_os_str().as_bytes();
+        self.make(req, parent, link_name, NewKind::Symlink(t), 0o777, reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.ov.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.ov.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: FRenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(FRenameFlags::RENAME_WHITEOUT) {
+            reply.error(FErrno::EINVAL);
+            return;
+        }
+        let f = RenameFlags::from_bits_retain(flags.bits());
+        match self.ov.rename(parent.0, name, newparent.0, newname, f) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.ov.link(ino.0, newparent.0, newname) {
+            Ok((node, attr)) => self.entry(reply, &node, &attr),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let of = match self.ov.open(ino.0, oflags(flags), caller(req)) {
+            Ok(of) => of,
+            Err(e) => {
+                reply.error(err(e));
+                return;
+            }
+        };
+        let (fh, of) = self.handles.add_file(of);
+        self.io.open(&self.ov, fh, &of, io::Reply::Open(reply));
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let r = self
+            .handles
+            .file(fh)
+            .and_then(|f| self.ov.read(&f, offset, size).map_err(err));
+        match r {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let r = self
+            .handles
+            .file(fh)
+            .and_then(|f| self.ov.write(&f, offset, data, kill).map_err(err));
+        match r {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close(2) reports no writeback errors (kernel semantics); they stay
+        // reportable through fsync and sync.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let of = self.handles.files.lock().remove(&fh.0);
+        if let Some(of) = of {
+            self.io.release(fh.0, &of);
+            self.ov.release(&of);
+        }
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self
+            .handles
+            .file(fh)
+            .and_then(|f| self.ov.fsync(&f, datasync).map_err(err));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let node = match self.ov.node(ino.0) {
+            Ok(n) if n.is_dir() => n,
+            Ok(_) => {
+                reply.error(FErrno::ENOTDIR);
+                return;
+            }
+            Err(e) => {
+                reply.error(err(e));
+                return;
+            }
+        };
+        let observer = self.ov.wb.observe(&node);
+        let fh = self.handles.add_dir(DirHandle {
+            node,
+            entries: Mutex::new(None),
+            observer,
+        });
+        reply.opened(
+            FileHandle(fh),
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+        );
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self
+            .handles
+            .dir(fh)
+            .and_then(|d| self.list(&d).map_err(err))
+        {
+            Ok(e) => e,
+            Err(e) => {
+                reply.error(e);
+                return;
+            }
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), (i + 1) as u64, kind(e.kind), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self
+            .handles
+            .dir(fh)
+            .and_then(|d| self.list(&d).map_err(err))
+        {
+            Ok(e) => e,
+            Err(e) => {
+                reply.error(e);
+                return;
+            }
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let off = (i + 1) as u64;
+            let dot = e.name.as_bytes() == b"." || e.name.as_bytes() == b"..";
+            if dot {
+                let node = if e.name.as_bytes() == b"." {
+                    self.ov.node(ino.0)
+                } else {
+                    self.ov.node(e.ino)
+                };
+                let attr = node.and_then(|n| self.ov.getattr(&n));
+                let Ok(mut attr) = attr else {
+                    // The parent's node may be gone from our table: plain entry.
+                    if reply.add(
+                        INodeNo(0),
+                        off,
+                        &e.name,
+                        &Duration::ZERO,
+                        &zero_attr(e.ino),
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                    continue;
+                };
+                attr.ino = e.ino;
+                if reply.add(
+                    INodeNo(e.ino),
+                    off,
+                    &e.name,
+                    &Duration::ZERO,
+                    &fattr(&attr),
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            match self.ov.lookup(ino.0, &e.name, false) {
+                Ok(Some((node, attr))) => {
+                    let full = reply.add(
+                        INodeNo(node.id),
+                        off,
+                        &e.name,
+                        &self.cfg.ttl,
+                        &fattr(&attr),
+                        Generation(node.generation),
+                    );
+                    if full {
+                        // Not sent: the kernel took no reference.
+                        self.ov.forget(node.id, 1);
+                        break;
+                    }
+                }
+                // Vanished since the listing was taken: skip it.
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(?e, "readdirplus lookup failed");
+                    continue;
+                }
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.dirs.lock().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.handles.dir(fh).and_then(|d| {
+            self.ov
+                .fsyncdir(&d.node, &d.observer, datasync)
+                .map_err(err)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.ov.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.ov.setxattr(ino.0, name, value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.ov.getxattr(ino.0, name) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() <= size as usize => reply.data(&v),
+            Ok(_) => reply.error(FErrno::ERANGE),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.ov.listxattr(ino.0) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() <= size as usize => reply.data(&v),
+            Ok(_) => reply.error(FErrno::ERANGE),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.ov.removexattr(ino.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permissions are checked by the kernel (default_permissions).
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let f = OFlags::from_bits_retain(flags as u32);
+        match self
+            .ov
+            .create(parent.0, name, NewKind::File(f), mode & 0o7777, caller(req))
+        {
+            Ok((node, attr, Some(file))) => {
+                let of = self.ov.adopt_created(node.clone(), file);
+                let (fh, of) = self.handles.add_file(of);
+                self.io.open(
+                    &self.ov,
+                    fh,
+                    &of,
+                    io::Reply::Create(
+                        reply,
+                        self.cfg.ttl,
+                        fattr(&attr),
+                        Generation(node.generation),
+                    ),
+                );
+            }
+            Ok((_, _, None)) => reply.error(FErrno::EIO),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        match cmd {
+            ROVL_IOC_SYNCFS => {
+                let observer: Arc<dyn ObserverOf> = match self.handles.file(fh) {
+                    Ok(f) => f,
+                    Err(_) => match self.handles.dir(fh) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            reply.error(e);
+                            return;
+                        }
+                    },
+                };
+                // A sync flushes the kernel's cache of this mount, which
+                // sends requests back to us: never on a request thread.
+                let ov = self.ov.clone();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("rovl-sync".into())
+                        .spawn(move || match ov.sync_mount(observer.observer()) {
+                            Ok(()) => reply.ioctl(0, &[]),
+                            Err(e) => reply.error(err(e)),
+                        });
+                if let Err(e) = spawned {
+                    warn!(%e, "cannot start a sync thread");
+                }
+            }
+            ROVL_IOC_STATUS => {
+                let workdir = self
+                    .cfg
+                    .workdir
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let status = self.ov.wb.status(&self.ov, &workdir, self.io.passthrough);
+                let mut v = serde_json::to_vec(&status).unwrap_or_default();
+                v.push(0);
+                if v.len() > out_size as usize {
+                    reply.error(FErrno::ERANGE);
+                } else {
+                    v.resize(out_size as usize, 0);
+                    reply.ioctl(0, &v);
+                }
+            }
+            _ => reply.error(FErrno::ENOTTY),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self
+            .handles
+            .file(fh)
+            .and_then(|f| self.ov.fallocate(&f, mode, offset, length).map_err(err));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let r = self
+            .handles
+            .file(fh)
+            .and_then(|f| self.ov.lseek(&f, offset, whence).map_err(err));
+        match r {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let r = (|| {
+            let a = self.handles.file(fh_in)?;
+            let b = self.handles.file(fh_out)?;
+            self.ov
+                .copy_file_range(&a, offset_in, &b, offset_out, len)
+                .map_err(err)
+        })();
+        match r {
+            Ok(n) => reply.written(n.min(u64::from(u32::MAX)) as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+fn zero_attr(ino: u64) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: fuser::FileType::Directory,
+        perm: 0o755,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}

@@ -1,0 +1,321 @@
+//! Looking a name up through the layers, the way kernel overlayfs does
+//! (`fs/overlayfs/namei.c`), extended to the whiteout and opaque forms of
+//! fuse-overlayfs and containers/storage.
+//!
+//! Rules, top layer first:
+//! - a whiteout (0/0 device, `.wh.NAME`, or an xattr whiteout inside a
+//!   directory marked `x`) hides the name in every layer below;
+//! - a non-directory hides everything below it;
+//! - directories merge until one is opaque (or a non-directory or a
+//!   whiteout is met below);
+//! - a directory with a redirect is continued, in the layers below, at the
+//!   redirect's path (absolute from the layer roots, or a name in the
+//!   parent's lower directories).
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use super::markers::{self, DirMarks, Redirect};
+use super::{LayerId, Real, Stack};
+use crate::sys::{self, FileType, SysResult};
+
+/// One directory of one lower layer that contributes to a merged directory.
+#[derive(Debug, Clone)]
+pub struct LayerDir {
+    /// The layer.
+    pub layer: LayerId,
+    /// `O_PATH` handle on the directory.
+    pub fd: Arc<OwnedFd>,
+    /// Its entries may be xattr whiteouts.
+    pub xwhiteouts: bool,
+}
+
+/// Where a directory of the merged view takes its entries from.
+#[derive(Debug, Clone, Default)]
+pub struct DirLayers {
+    /// The upper directory, when it exists.
+    pub upper: Option<Arc<OwnedFd>>,
+    /// The upper directory may hold xattr whiteouts.
+    pub upper_xwhiteouts: bool,
+    /// Lower directories merged below it, top first.
+    pub lowers: Vec<LayerDir>,
+    /// Path of this directory in the lower layers (what a redirect to it
+    /// says); `None` for a directory that exists only in the upper layer.
+    pub lower_path: Option<Arc<[OsString]>>,
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub struct Found {
+    /// Type of the visible object.
+    pub kind: FileType,
+    /// The upper object, when the name exists in the upper layer.
+    pub upper: Option<Real>,
+    /// Lower objects: for a non-directory without an upper copy, the one
+    /// visible file; for a directory, every lower directory merged into it,
+    /// top first.
+    pub lowers: Vec<(LayerId, Real, DirMarks)>,
+    /// Marks of the upper directory (opaque, xattr whiteouts).
+    pub upper_marks: DirMarks,
+    /// The upper directory carries a redirect.
+    pub redirected: bool,
+    /// For directories with lower layers: their path in the lower layers.
+    pub lower_path: Option<Arc<[OsString]>>,
+}
+
+impl Found {
+    /// The layers of a found directory, as a parent for further lookups.
+    pub fn dir_layers(&self) -> SysResult<DirLayers> {
+        Ok(DirLayers {
+            upper: match &self.upper {
+                Some(u) => Some(Arc::new(sys::dup(u.fd.as_fd())?)),
+                None => None,
+            },
+            upper_xwhiteouts: self.upper_marks.xwhiteouts,
+            lowers: self
+                .lowers
+                .iter()
+                .map(|(layer, real, marks)| {
+                    Ok(LayerDir {
+                        layer: *layer,
+                        fd: Arc::new(sys::dup(real.fd.as_fd())?),
+                        xwhiteouts: marks.xwhiteouts,
+                    })
+                })
+                .collect::<SysResult<Vec<_>>>()?,
+            lower_path: self.lower_path.clone(),
+        })
+    }
+
+    /// The object whose attributes the merged view shows.
+    pub fn top(&self) -> &Real {
+        match &self.upper {
+            Some(u) => u,
+            None => &self.lowers[0].1,
+        }
+    }
+}
+
+/// What to look for in the layers below the current one.
+#[derive(Debug, Clone)]
+enum Next {
+    /// A name in the parent's directory of each layer.
+    Name(OsString),
+    /// A path from each layer's root (after an absolute redirect).
+    Abs(Vec<OsString>),
+}
+
+fn is_whiteout(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    st: &sys::Stat,
+    xwhiteouts: bool,
+) -> SysResult<bool> {
+    if markers::is_whiteout_stat(st) {
+        return Ok(true);
+    }
+    if xwhiteouts {
+        return markers::is_xattr_whiteout(dir, name, st);
+    }
+    Ok(false)
+}
+
+fn has_wh_file(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<bool> {
+    Ok(sys::stat_at(dir, &markers::whiteout_name(name))?.is_some())
+}
+
+/// Looks `name` up in the merged directory `parent`.
+///
+/// Returns `None` when the name is absent or whited out.
+pub fn lookup(stack: &Stack, parent: &DirLayers, name: &OsStr) -> SysResult<Option<Found>> {
+    sys::check_name(name)?;
+    if markers::is_marker_name(name) {
+        // `.wh.*` names are layer markers, never entries of the merged view.
+        return Ok(None);
+    }
+    let mut found = Found {
+        kind: FileType::Unknown,
+        upper: None,
+        lowers: Vec::new(),
+        upper_marks: DirMarks::default(),
+        redirected: false,
+        lower_path: None,
+    };
+    let mut next = Next::Name(name.to_owned());
+    if let Some(up) = &parent.upper {
+        let up = up.as_fd();
+        match Real::open(up, name)? {
+            Some(real) => {
+                if is_whiteout(up, name, &real.stat, parent.upper_xwhiteouts)? {
+                    return Ok(None);
+                }
+                let kind = FileType::from_raw_mode(real.stat.st_mode);
+                found.kind = kind;
+                if kind == FileType::Directory {
+                    found.upper_marks = markers::dir_marks(real.fd.as_fd())?;
+                    if let Some(r) = markers::read_redirect(real.fd.as_fd())? {
+                        found.redirected = true;
+                        next = match r {
+                            Redirect::Absolute(p) => Next::Abs(p),
+                            Redirect::Relative(n) => Next::Name(n),
+                        };
+                    }
+                    let stop = found.upper_marks.opaque || has_wh_file(up, name)?;
+                    found.upper = Some(real);
+                    if stop {
+                        return Ok(Some(found));
+                    }
+                } else {
+                    found.upper = Some(real);
+                    return Ok(Some(found));
+                }
+            }
+            None => {
+                if has_wh_file(up, name)? {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+    found.lower_path = match &next {
+        Next::Name(n) => parent.lower_path.as_ref().map(|p| {
+            let mut v = p.to_vec();
+            v.push(n.clone());
+            Arc::from(v)
+        }),
+        Next::Abs(p) => Some(Arc::from(p.clone())),
+    };
+    search_lowers(stack, parent, next, &mut found)?;
+    if found.upper.is_none() && found.lowers.is_empty() {
+        return Ok(None);
+    }
+    if found.lowers.is_empty() {
+        found.lower_path = None;
+    }
+    Ok(Some(found))
+}
+
+/// True when `name` is visible in the lower layers of `parent` (so that
+/// removing it from the merged view needs a whiteout).
+pub fn lower_positive(stack: &Stack, parent: &DirLayers, name: &OsStr) -> SysResult<bool> {
+    let mut found = Found {
+        kind: FileType::Unknown,
+        upper: None,
+        lowers: Vec::new(),
+        upper_marks: DirMarks::default(),
+        redirected: false,
+        lower_path: None,
+    };
+    search_lowers(stack, parent, Next::Name(name.to_owned()), &mut found)?;
+    Ok(!found.lowers.is_empty())
+}
+
+/// Outcome of resolving an absolute redirect path in one layer.
+enum AbsBase {
+    /// The parent directory of the last component, and its marks.
+    Dir(OwnedFd, bool),
+    /// The path is absent in this layer: try the next one.
+    Missing,
+    /// A whiteout or non-directory on the way: stop the search.
+    Stop,
+}
+
+fn resolve_abs_parent(stack: &Stack, layer: LayerId, comps: &[OsString]) -> SysResult<AbsBase> {
+    let mut cur = sys::dup(stack.layers[layer].root.as_fd())?;
+    let mut xwh = markers::dir_marks(cur.as_fd())?.xwhiteouts;
+    for c in comps {
+        let Some(real) = Real::open(cur.as_fd(), c)? else {
+            return Ok(AbsBase::Missing);
+        };
+        if is_whiteout(cur.as_fd(), c, &real.stat, xwh)? {
+            return Ok(AbsBase::Stop);
+        }
+        if FileType::from_raw_mode(real.stat.st_mode) != FileType::Directory {
+            return Ok(AbsBase::Stop);
+        }
+        let marks = markers::dir_marks(real.fd.as_fd())?;
+        if marks.opaque {
+            // The kernel stops at an opaque directory on the way, too.
+            return Ok(AbsBase::Stop);
+        }
+        xwh = marks.xwhiteouts;
+        cur = real.fd;
+    }
+    Ok(AbsBase::Dir(cur, xwh))
+}
+
+fn search_lowers(
+    stack: &Stack,
+    parent: &DirLayers,
+    mut next: Next,
+    found: &mut Found,
+) -> SysResult<()> {
+    for layer in stack.lower_ids() {
+        let holder;
+        let (base, name, xwh): (BorrowedFd<'_>, OsString, bool) = match &next {
+            Next::Name(n) => match parent.lowers.iter().find(|d| d.layer == layer) {
+                Some(d) => (d.fd.as_fd(), n.clone(), d.xwhiteouts),
+                None => continue,
+            },
+            Next::Abs(p) => {
+                let Some((last, dirs)) = p.split_last() else {
+                    return Ok(());
+                };
+                match resolve_abs_parent(stack, layer, dirs)? {
+                    AbsBase::Dir(fd, x) => {
+                        holder = fd;
+                        (holder.as_fd(), last.clone(), x)
+                    }
+                    AbsBase::Missing => continue,
+                    AbsBase::Stop => return Ok(()),
+                }
+            }
+        };
+        let Some(real) = Real::open(base, &name)? else {
+            if has_wh_file(base, &name)? {
+                return Ok(());
+            }
+            continue;
+        };
+        if is_whiteout(base, &name, &real.stat, xwh)? {
+            return Ok(());
+        }
+        let kind = FileType::from_raw_mode(real.stat.st_mode);
+        let have_dir_above = found.kind == FileType::Directory;
+        if kind != FileType::Directory {
+            if found.kind == FileType::Unknown {
+                found.kind = kind;
+                found.lowers.push((layer, real, DirMarks::default()));
+            }
+            // A non-directory below a directory is hidden, and it hides
+            // everything below itself.
+            return Ok(());
+        }
+        if found.kind != FileType::Unknown && !have_dir_above {
+            return Ok(());
+        }
+        found.kind = FileType::Directory;
+        let marks = markers::dir_marks(real.fd.as_fd())?;
+        let redirect = markers::read_redirect(real.fd.as_fd())?;
+        let stop = marks.opaque || has_wh_file(base, &name)?;
+        found.lowers.push((layer, real, marks));
+        if stop {
+            return Ok(());
+        }
+        if let Some(r) = redirect {
+            next = match r {
+                Redirect::Absolute(p) => Next::Abs(p),
+                Redirect::Relative(n) => match next {
+                    Next::Name(_) => Next::Name(n),
+                    Next::Abs(mut p) => {
+                        p.pop();
+                        p.push(n);
+                        Next::Abs(p)
+                    }
+                },
+            };
+        }
+    }
+    Ok(())
+}

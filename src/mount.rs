@@ -1,0 +1,417 @@
+//! Setting up a mount: checking the request (SPEC §4), preparing the work
+//! directory, the FUSE device and mount(2), and the daemon's lifecycle.
+//!
+//! Every check runs before anything is created, so a refused mount changes
+//! nothing in any layer.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use crate::cli::{MountOptions, SyncMode};
+use crate::sys::{self, Errno, FileType, Mode, OFlags, SysResult};
+
+/// Where rovl keeps its own state: `WORKDIR/rovl/`.
+pub const STATE_DIR: &str = "rovl";
+/// The kernel's work area inside WORKDIR (temporary objects).
+pub const WORK_DIR: &str = "work";
+
+/// A mount request that passed every check.
+#[derive(Debug)]
+pub struct Checked {
+    /// The parsed options.
+    pub opts: MountOptions,
+    /// Absolute mountpoint.
+    pub mountpoint: PathBuf,
+    /// Absolute upperdir.
+    pub upperdir: Option<PathBuf>,
+    /// Absolute workdir.
+    pub workdir: Option<PathBuf>,
+    /// Absolute lowerdirs, top first (symlinks resolved).
+    pub lowerdirs: Vec<PathBuf>,
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn describe(e: Errno) -> String {
+    std::io::Error::from(e).to_string()
+}
+
+fn check_dir(what: &str, p: &Path) -> Result<sys::Stat, String> {
+    let st = rustix::fs::stat(p).map_err(|e| match e {
+        Errno::NOENT => format!("{what} {}: does not exist", p.display()),
+        Errno::NOTCONN => format!(
+            "{what} {}: a dead FUSE mount (transport endpoint is not connected)",
+            p.display()
+        ),
+        e => format!("{what} {}: {}", p.display(), describe(e)),
+    })?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return Err(format!("{what} {}: not a directory", p.display()));
+    }
+    Ok(st)
+}
+
+/// True when `inner` is `outer` or lies below it (by walking `..` up from
+/// `inner`, comparing device and inode).
+fn is_within(inner: &Path, outer: &sys::Stat) -> bool {
+    let Ok(mut fd) = sys::open_dir_path(inner) else {
+        return false;
+    };
+    for _ in 0..4096 {
+        let Ok(st) = sys::stat_fd(fd.as_fd()) else {
+            return false;
+        };
+        if st.st_dev == outer.st_dev && st.st_ino == outer.st_ino {
+            return true;
+        }
+        let Ok(parent) = sys::open_dir_at(fd.as_fd(), OsStr::new("..")) else {
+            return false;
+        };
+        let Ok(pst) = sys::stat_fd(parent.as_fd()) else {
+            return false;
+        };
+        if pst.st_dev == st.st_dev && pst.st_ino == st.st_ino {
+            return false; // reached /
+        }
+        fd = parent;
+    }
+    false
+}
+
+fn is_mount_root(p: &Path) -> bool {
+    match rustix::fs::statx(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::AtFlags::empty(),
+        rustix::fs::StatxFlags::BASIC_STATS,
+    ) {
+        Ok(stx) => {
+            let root = rustix::fs::StatxAttributes::MOUNT_ROOT;
+            stx.stx_attributes_mask.contains(root) && stx.stx_attributes.contains(root)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Checks a mount request. Nothing is created or changed.
+pub fn check(opts: MountOptions, mountpoint: &Path) -> Result<Checked, String> {
+    let mountpoint = absolute(mountpoint);
+    check_dir("mountpoint", &mountpoint)?;
+    if is_mount_root(&mountpoint) {
+        return Err(format!(
+            "mountpoint {}: busy (something is already mounted there)",
+            mountpoint.display()
+        ));
+    }
+    let mut lowerdirs = Vec::new();
+    for l in &opts.lowerdirs {
+        let st = check_dir("lowerdir", l)?;
+        let _ = st;
+        // Layer roots given on the command line may be symlinks.
+        lowerdirs.push(std::fs::canonicalize(l).unwrap_or_else(|_| absolute(l)));
+    }
+    let (mut upperdir, mut workdir) = (None, None);
+    if let (Some(u), Some(w)) = (&opts.upperdir, &opts.workdir) {
+        let ust = check_dir("upperdir", u)?;
+        let wst = check_dir("workdir", w)?;
+        if ust.st_dev != wst.st_dev {
+            return Err(format!(
+                "workdir {} is not on the same filesystem as upperdir {}",
+                w.display(),
+                u.display()
+            ));
+        }
+        if ust.st_dev == wst.st_dev && ust.st_ino == wst.st_ino {
+            return Err("upperdir and workdir are the same directory".into());
+        }
+        if is_within(w, &ust) {
+            return Err(format!(
+                "workdir {} is inside upperdir {}",
+                w.display(),
+                u.display()
+            ));
+        }
+        if is_within(u, &wst) {
+            return Err(format!(
+                "upperdir {} is inside workdir {}",
+                u.display(),
+                w.display()
+            ));
+        }
+        for l in &opts.lowerdirs {
+            let lst = check_dir("lowerdir", l)?;
+            if lst.st_dev == ust.st_dev && lst.st_ino == ust.st_ino {
+                return Err(format!("upperdir {} is also a lowerdir", u.display()));
+            }
+        }
+        let vfs = rustix::fs::statvfs(u)
+            .map_err(|e| format!("upperdir {}: {}", u.display(), describe(e)))?;
+        if vfs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) && !opts.ro {
+            return Err(format!(
+                "upperdir {} is on a read-only filesystem",
+                u.display()
+            ));
+        }
+        rustix::fs::access(w, rustix::fs::Access::WRITE_OK)
+            .map_err(|e| format!("workdir {}: {}", w.display(), describe(e)))?;
+        if in_use(w) {
+            return Err(format!(
+                "upperdir/workdir {} are in use by a live rovl mount",
+                w.display()
+            ));
+        }
+        upperdir = Some(std::fs::canonicalize(u).unwrap_or_else(|_| absolute(u)));
+        workdir = Some(std::fs::canonicalize(w).unwrap_or_else(|_| absolute(w)));
+    }
+    Ok(Checked {
+        opts,
+        mountpoint,
+        upperdir,
+        workdir,
+        lowerdirs,
+    })
+}
+
+/// The lock a live mount holds on its workdir's state directory.
+fn lock_path(workdir: &Path) -> PathBuf {
+    workdir.join(STATE_DIR).join("lock")
+}
+
+/// True when a live rovl daemon holds the workdir.
+fn in_use(workdir: &Path) -> bool {
+    let Ok(f) = File::open(lock_path(workdir)) else {
+        return false;
+    };
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => false,
+        Err(_) => true,
+    }
+}
+
+/// Creates `dir/name` as a directory unless it exists.
+pub fn ensure_dir(dir: BorrowedFd<'_>, name: &str, mode: u32) -> SysResult<OwnedFd> {
+    match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(e),
+    }
+    sys::open_dir_at(dir, OsStr::new(name))
+}
+
+/// Takes the exclusive lock on WORKDIR/rovl/lock (and on the upper
+/// directory), held until the daemon exits.
+pub fn lock_stack(state: BorrowedFd<'_>, upper: BorrowedFd<'_>) -> Result<(File, OwnedFd), String> {
+    let fd = rustix::fs::openat(
+        state,
+        "lock",
+        OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| format!("cannot create lock file: {}", describe(e)))?;
+    let f = File::from(fd);
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| "upperdir/workdir are in use by a live rovl mount".to_string())?;
+    let up = sys::dup(upper).map_err(describe)?;
+    rustix::fs::flock(&up, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| "upperdir is in use by a live rovl mount".to_string())?;
+    Ok((f, up))
+}
+
+/// Removes everything in WORKDIR/work but the kernel's `incompat`
+/// directory: leftovers of a killed daemon (or kernel overlayfs).
+pub fn clean_work(proc: &sys::ProcSelfFd, work: BorrowedFd<'_>) -> SysResult<usize> {
+    let mut n = 0;
+    for e in sys::read_dir(proc, work)? {
+        if e.name == "incompat" {
+            continue;
+        }
+        remove_any(proc, work, &e.name, 0)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn remove_any(
+    proc: &sys::ProcSelfFd,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    depth: u32,
+) -> SysResult<()> {
+    let Some(st) = sys::stat_at(dir, name)? else {
+        return Ok(());
+    };
+    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+        if depth > 4096 {
+            return Err(Errno::LOOP);
+        }
+        let sub = sys::open_path_at(dir, name)?;
+        for e in sys::read_dir(proc, sub.as_fd())? {
+            remove_any(proc, sub.as_fd(), &e.name, depth + 1)?;
+        }
+        sys::optional(rustix::fs::unlinkat(
+            dir,
+            name,
+            rustix::fs::AtFlags::REMOVEDIR,
+        ))?;
+    } else {
+        sys::optional(rustix::fs::unlinkat(
+            dir,
+            name,
+            rustix::fs::AtFlags::empty(),
+        ))?;
+    }
+    Ok(())
+}
+
+/// VFS mount flags from the options.
+fn mount_flags(opts: &MountOptions, readonly: bool) -> rustix::mount::MountFlags {
+    use rustix::mount::MountFlags as F;
+    let mut f = F::empty();
+    if readonly {
+        f |= F::RDONLY;
+    }
+    if opts.nodev {
+        f |= F::NODEV;
+    }
+    if opts.nosuid {
+        f |= F::NOSUID;
+    }
+    if opts.noexec {
+        f |= F::NOEXEC;
+    }
+    if opts.noatime {
+        f |= F::NOATIME;
+    }
+    if opts.sync_io {
+        f |= F::DIRSYNC;
+    }
+    f
+}
+
+/// Opens /dev/fuse and mounts it at `mountpoint` as `fuse.rovl`.
+pub fn fuse_mount(
+    opts: &MountOptions,
+    mountpoint: &Path,
+    readonly: bool,
+    allow_other: bool,
+) -> Result<OwnedFd, String> {
+    let dev = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| format!("cannot open /dev/fuse: {}", describe(e)))?;
+    let uid = rustix::process::getuid().as_raw();
+    let gid = rustix::process::getgid().as_raw();
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={uid},group_id={gid},default_permissions,max_read={}",
+        dev.as_raw_fd(),
+        1 << 20
+    );
+    if allow_other {
+        data.push_str(",allow_other");
+    }
+    let data = std::ffi::CString::new(data).map_err(|_| "bad mount data".to_string())?;
+    rustix::mount::mount(
+        "rovl",
+        mountpoint,
+        "fuse.rovl",
+        mount_flags(opts, readonly),
+        data.as_c_str(),
+    )
+    .map_err(|e| format!("mount {}: {}", mountpoint.display(), describe(e)))?;
+    Ok(dev)
+}
+
+/// The FUSE connection number (the device minor) of the mount at
+/// `mountpoint`, from /proc/self/mountinfo (never touching the mount
+/// itself).
+pub fn fuse_connection(mountpoint: &Path) -> Option<u32> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mountpoint.as_os_str().as_encoded_bytes();
+    let mut found = None;
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 5 || unescape_mountinfo(f[4]) != want {
+            continue;
+        }
+        let (_, minor) = f[2].split_once(':')?;
+        found = minor.parse().ok();
+    }
+    found
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Volatile mode's marker, as the kernel lays it out.
+pub fn volatile_marker(work: &Path) -> PathBuf {
+    work.join(WORK_DIR).join("incompat").join("volatile")
+}
+
+/// The pipe through which a daemon tells the waiting parent how the mount
+/// went.
+#[derive(Debug)]
+pub struct Ready(File);
+
+impl Ready {
+    /// The mount is live.
+    pub fn ok(mut self) {
+        let _ = self.0.write_all(b"ok\n");
+    }
+    /// The mount failed with `msg` (one line).
+    pub fn fail(mut self, msg: &str) {
+        let _ = writeln!(self.0, "error: {}", msg.replace('\n', " "));
+    }
+}
+
+/// Forks: the parent waits for the child to report and exits with its
+/// result; the child returns its end of the pipe and becomes the daemon.
+pub fn daemonize() -> Result<Ready, String> {
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| format!("pipe: {}", describe(e)))?;
+    match sys::fork().map_err(|e| format!("fork: {}", describe(e)))? {
+        None => {
+            drop(r);
+            let _ = rustix::process::setsid();
+            Ok(Ready(File::from(w)))
+        }
+        Some(_child) => {
+            drop(w);
+            let mut msg = String::new();
+            let _ = File::from(r).read_to_string(&mut msg);
+            let line = msg.lines().next().unwrap_or("");
+            if line == "ok" {
+                std::process::exit(0);
+            }
+            let m = line
+                .strip_prefix("error: ")
+                .unwrap_or("the daemon exited before the mount was live");
+            eprintln!("rovl: {m}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Keeps the volatile-mode choice visible in one place.
+pub fn is_volatile(opts: &MountOptions) -> bool {
+    opts.sync_mode == SyncMode::Volatile
+}

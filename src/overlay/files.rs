@@ -1,0 +1,538 @@
+//! Open files and everything done through them or to an object's content
+//! and attributes: open, read, write, setattr, xattrs, symlink targets,
+//! directory listings.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::RwLock;
+
+use super::node::{Layers, Node, NodeId};
+use super::{Attr, Caller, Overlay, SetAttr, SetTime};
+use crate::copy_up::Data;
+use crate::layers::lookup::{self, DirLayers};
+use crate::layers::markers;
+use crate::layers::readdir::{self, MergedEntry};
+use crate::sys::{self, Errno, FileType, OFlags, SysResult, Time, xattr};
+use crate::writeback::Observer;
+
+/// Open flags, as `open(2)` takes them.
+pub type OpenFlags = OFlags;
+
+/// One open file description of the mount (what the kernel's FUSE file
+/// handle stands for).
+#[derive(Debug)]
+pub struct OpenFile {
+    /// The node it was opened on.
+    pub node: Arc<Node>,
+    fd: RwLock<Arc<OwnedFd>>,
+    on_upper: AtomicBool,
+    /// Opened for writing (the node has an upper copy).
+    pub writable: bool,
+    /// This observer's writeback-error cursors.
+    pub observer: Observer,
+}
+
+impl OpenFile {
+    /// The real file this open reads and writes.
+    pub fn fd(&self) -> Arc<OwnedFd> {
+        self.fd.read().clone()
+    }
+
+    /// True when the real file is the upper copy.
+    pub fn on_upper(&self) -> bool {
+        self.on_upper.load(Ordering::Acquire)
+    }
+}
+
+fn to_time(t: SetTime) -> Time {
+    match t {
+        SetTime::Now => Time::Now,
+        SetTime::At(st) => match st.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => Time::At(d.as_secs() as i64, i64::from(d.subsec_nanos())),
+            Err(e) => {
+                let d = e.duration();
+                let mut s = -(d.as_secs() as i64);
+                let mut n = i64::from(d.subsec_nanos());
+                if n > 0 {
+                    s -= 1;
+                    n = 1_000_000_000 - n;
+                }
+                Time::At(s, n)
+            }
+        },
+    }
+}
+
+/// One entry of a directory listing as the kernel gets it.
+#[derive(Debug, Clone)]
+pub struct ListEntry {
+    /// Name (`.` and `..` included).
+    pub name: OsString,
+    /// File type.
+    pub kind: FileType,
+    /// Inode number (the same `stat` shows).
+    pub ino: u64,
+}
+
+impl Overlay {
+    /// Opens `node` with `flags`. Opening for writing copies it up first
+    /// (without data when `O_TRUNC` will empty it anyway).
+    pub fn open(&self, node_id: NodeId, flags: OFlags, caller: Caller) -> SysResult<OpenFile> {
+        let node = self.node(node_id)?;
+        let acc = flags & OFlags::ACCMODE;
+        let write = acc != OFlags::RDONLY || flags.contains(OFlags::TRUNC);
+        let keep = flags
+            & (OFlags::APPEND | OFlags::DIRECT | OFlags::SYNC | OFlags::DSYNC | OFlags::NOATIME);
+        if write {
+            if self.opts.readonly {
+                return Err(Errno::ROFS);
+            }
+            {
+                let _r = self.rename_lock.read();
+                let data = if flags.contains(OFlags::TRUNC) {
+                    Data::Truncated
+                } else {
+                    Data::Full
+                };
+                self.copy_up_node(&node, data)?;
+            }
+            let up = node.upper().ok_or(Errno::IO)?;
+            let f = super::namespace::adapt_access(self, acc | keep | (flags & OFlags::TRUNC));
+            let fd = self.stack.proc.reopen(up.as_fd(), f)?;
+            self.kill_privs_for(&node, &fd, caller)?;
+            let fd = Arc::new(fd);
+            self.wb.opened_for_write(self, &node, &fd);
+            Ok(OpenFile {
+                observer: self.wb.observe(&node),
+                node,
+                fd: RwLock::new(fd),
+                on_upper: AtomicBool::new(true),
+                writable: true,
+            })
+        } else {
+            let (top, on_upper) = {
+                let st = node.state.read();
+                let on_upper = st.layers.upper().is_some();
+                (st.layers.top().map(sys::dup).transpose()?, on_upper)
+            };
+            let top = top.ok_or(Errno::STALE)?;
+            let fd = self
+                .stack
+                .proc
+                .reopen(top.as_fd(), OFlags::RDONLY | (keep & !OFlags::APPEND))?;
+            Ok(OpenFile {
+                observer: self.wb.observe(&node),
+                node,
+                fd: RwLock::new(Arc::new(fd)),
+                on_upper: AtomicBool::new(on_upper),
+                writable: false,
+            })
+        }
+    }
+
+    /// A write by someone other than root removes setuid/setgid bits and
+    /// file capabilities, as the kernel does on write. rovl writes as root,
+    /// so it clears them itself when such a writer opens the file.
+    fn kill_privs_for(&self, node: &Node, fd: &OwnedFd, caller: Caller) -> SysResult<()> {
+        if caller.uid == 0 || node.kind != FileType::RegularFile {
+            return Ok(());
+        }
+        let st = sys::stat_fd(fd.as_fd())?;
+        let mode = st.st_mode & 0o7777;
+        let mut kill = libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            kill |= libc::S_ISGID;
+        }
+        if mode & kill != 0 {
+            rustix::fs::fchmod(fd, sys::Mode::from_raw_mode(mode & !kill))?;
+        }
+        xattr::remove(fd.as_fd(), OsStr::new("security.capability"))
+    }
+
+    /// Reads up to `size` bytes at `offset`. A read-only open made before
+    /// the file was copied up moves to the upper copy, so it sees what was
+    /// written since (as kernel overlayfs does).
+    pub fn read(&self, of: &OpenFile, offset: u64, size: u32) -> SysResult<Vec<u8>> {
+        if !of.on_upper() {
+            if let Some(up) = of.node.upper() {
+                let fd = self.stack.proc.reopen(up.as_fd(), OFlags::RDONLY)?;
+                *of.fd.write() = Arc::new(fd);
+                of.on_upper.store(true, Ordering::Release);
+            }
+        }
+        let fd = of.fd();
+        let mut buf = vec![0u8; size as usize];
+        let mut got = 0usize;
+        while got < buf.len() {
+            match rustix::io::pread(&*fd, &mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    /// Writes `data` at `offset`.
+    pub fn write(
+        &self,
+        of: &OpenFile,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> SysResult<usize> {
+        if !of.writable {
+            return Err(Errno::BADF);
+        }
+        let fd = of.fd();
+        if kill_suidgid {
+            let st = sys::stat_fd(fd.as_fd())?;
+            let mode = st.st_mode & 0o7777;
+            let mut kill = libc::S_ISUID;
+            if mode & libc::S_IXGRP != 0 {
+                kill |= libc::S_ISGID;
+            }
+            if mode & kill != 0 {
+                rustix::fs::fchmod(&*fd, sys::Mode::from_raw_mode(mode & !kill))?;
+            }
+        }
+        let mut done = 0usize;
+        while done < data.len() {
+            match rustix::io::pwrite(&*fd, &data[done..], offset + done as u64) {
+                Ok(n) => done += n,
+                Err(Errno::INTR) => continue,
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        self.wb.wrote(&of.node, done as u64);
+        Ok(done)
+    }
+
+    /// Applies attribute changes; copies the object up first.
+    pub fn setattr(
+        &self,
+        node_id: NodeId,
+        of: Option<&OpenFile>,
+        set: SetAttr,
+        caller: Caller,
+    ) -> SysResult<Attr> {
+        if self.opts.readonly {
+            return Err(Errno::ROFS);
+        }
+        let node = self.node(node_id)?;
+        {
+            let _r = self.rename_lock.read();
+            let data = if set.size == Some(0) {
+                Data::Truncated
+            } else {
+                Data::Full
+            };
+            self.copy_up_node(&node, data)?;
+        }
+        let up = node.upper().ok_or(Errno::IO)?;
+        if set.uid.is_some() || set.gid.is_some() {
+            sys::chown_fd(up.as_fd(), set.uid, set.gid)?;
+        }
+        if let Some(mode) = set.mode {
+            self.stack.proc.chmod(up.as_fd(), mode)?;
+        }
+        if let Some(size) = set.size {
+            if node.is_dir() {
+                return Err(Errno::ISDIR);
+            }
+            match of.filter(|f| f.writable && f.on_upper()) {
+                Some(f) => rustix::fs::ftruncate(&*f.fd(), size)?,
+                None => {
+                    let fd = self.stack.proc.reopen(up.as_fd(), OFlags::WRONLY)?;
+                    rustix::fs::ftruncate(&fd, size)?;
+                    self.wb.truncated(self, &node, &fd);
+                }
+            }
+            if caller.uid != 0 {
+                let st = sys::stat_fd(up.as_fd())?;
+                let mode = st.st_mode & 0o7777;
+                let mut kill = libc::S_ISUID;
+                if mode & libc::S_IXGRP != 0 {
+                    kill |= libc::S_ISGID;
+                }
+                if mode & kill != 0 {
+                    self.stack.proc.chmod(up.as_fd(), mode & !kill)?;
+                }
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            sys::set_times(
+                up.as_fd(),
+                set.atime.map(to_time).unwrap_or(Time::Omit),
+                set.mtime.map(to_time).unwrap_or(Time::Omit),
+            )?;
+        }
+        self.getattr(&node)
+    }
+
+    /// Target of a symlink.
+    pub fn readlink(&self, node_id: NodeId) -> SysResult<Vec<u8>> {
+        let node = self.node(node_id)?;
+        if node.kind != FileType::Symlink {
+            return Err(Errno::INVAL);
+        }
+        let fd = node.top_fd().ok_or(Errno::STALE)?;
+        sys::read_link_fd(fd.as_fd())
+    }
+
+    /// Value of xattr `name` (overlay-private names do not exist).
+    pub fn getxattr(&self, node_id: NodeId, name: &OsStr) -> SysResult<Vec<u8>> {
+        if markers::is_private_xattr(name) {
+            return Err(Errno::NODATA);
+        }
+        let node = self.node(node_id)?;
+        let fd = node.top_fd().ok_or(Errno::STALE)?;
+        xattr::get(fd.as_fd(), name)?.ok_or(Errno::NODATA)
+    }
+
+    /// Names of all xattrs but overlay-private ones, NUL-terminated.
+    pub fn listxattr(&self, node_id: NodeId) -> SysResult<Vec<u8>> {
+        let node = self.node(node_id)?;
+        let fd = node.top_fd().ok_or(Errno::STALE)?;
+        let mut out = Vec::new();
+        for n in xattr::list(fd.as_fd())? {
+            if markers::is_private_xattr(&n) {
+                continue;
+            }
+            out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(n.as_os_str()));
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// Sets xattr `name`; copies the object up first.
+    pub fn setxattr(
+        &self,
+        node_id: NodeId,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> SysResult<()> {
+        if markers::is_private_xattr(name) {
+            return Err(Errno::PERM);
+        }
+        if self.opts.readonly {
+            return Err(Errno::ROFS);
+        }
+        let node = self.node(node_id)?;
+        if flags & libc::XATTR_REPLACE != 0 || flags & libc::XATTR_CREATE != 0 {
+            let exists = node
+                .top_fd()
+                .map(|fd| xattr::get(fd.as_fd(), name))
+                .transpose()?
+                .flatten()
+                .is_some();
+            if flags & libc::XATTR_REPLACE != 0 && !exists {
+                return Err(Errno::NODATA);
+            }
+            if flags & libc::XATTR_CREATE != 0 && exists {
+                return Err(Errno::EXIST);
+            }
+        }
+        {
+            let _r = self.rename_lock.read();
+            self.copy_up_node(&node, Data::Full)?;
+        }
+        let up = node.upper().ok_or(Errno::IO)?;
+        xattr::set(up.as_fd(), name, value, flags)
+    }
+
+    /// Removes xattr `name`; copies the object up first.
+    pub fn removexattr(&self, node_id: NodeId, name: &OsStr) -> SysResult<()> {
+        if markers::is_private_xattr(name) {
+            return Err(Errno::PERM);
+        }
+        if self.opts.readonly {
+            return Err(Errno::ROFS);
+        }
+        let node = self.node(node_id)?;
+        let exists = node
+            .top_fd()
+            .map(|fd| xattr::get(fd.as_fd(), name))
+            .transpose()?
+            .flatten()
+            .is_some();
+        if !exists {
+            return Err(Errno::NODATA);
+        }
+        {
+            let _r = self.rename_lock.read();
+            self.copy_up_node(&node, Data::Full)?;
+        }
+        let up = node.upper().ok_or(Errno::IO)?;
+        xattr::remove_strict(up.as_fd(), name)
+    }
+
+    /// The listing of directory `node`: `.`, `..`, then the merged entries.
+    pub fn list_dir(&self, node: &Node) -> SysResult<Vec<ListEntry>> {
+        let dl = node.dir_layers().ok_or(Errno::NOTDIR)?;
+        let merged = readdir::merge(&self.stack, &dl)?;
+        let parent_ino = {
+            let p = node.state.read().parent;
+            self.node(p).map(|p| p.id).unwrap_or(node.id)
+        };
+        let impure = match &dl.upper {
+            Some(u) => xattr::is(u.as_fd(), OsStr::new(markers::IMPURE), b"y")?,
+            None => false,
+        };
+        let mut out = Vec::with_capacity(merged.len() + 2);
+        out.push(ListEntry {
+            name: ".".into(),
+            kind: FileType::Directory,
+            ino: node.id,
+        });
+        out.push(ListEntry {
+            name: "..".into(),
+            kind: FileType::Directory,
+            ino: parent_ino,
+        });
+        for e in merged {
+            let ino = self.entry_ino(node.id, &dl, &e, impure)?;
+            out.push(ListEntry {
+                name: e.name,
+                kind: e.kind,
+                ino,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The inode number of a listed entry, equal to what lookup would show,
+    /// computed without a full lookup where the entry's layers make it
+    /// plain.
+    fn entry_ino(
+        &self,
+        parent: NodeId,
+        dl: &DirLayers,
+        e: &MergedEntry,
+        impure: bool,
+    ) -> SysResult<u64> {
+        if let Some(n) = self.table.lock().child(parent, &e.name) {
+            return Ok(n.id);
+        }
+        let upper_entry = dl.upper.is_some() && e.layer == 0 && self.stack.has_upper;
+        if !upper_entry {
+            return Ok(self.stack.map_ino(e.layer, e.real_ino));
+        }
+        let may_differ = if e.kind == FileType::Directory {
+            !dl.lowers.is_empty()
+        } else {
+            impure
+        };
+        if !may_differ {
+            return Ok(self.stack.map_ino(0, e.real_ino));
+        }
+        match lookup::lookup(&self.stack, dl, &e.name)? {
+            Some(found) => self.ino_of(&found),
+            None => Ok(self.stack.map_ino(0, e.real_ino)),
+        }
+    }
+
+    /// Preallocates or punches space in an open file.
+    pub fn fallocate(&self, of: &OpenFile, mode: i32, offset: u64, len: u64) -> SysResult<()> {
+        if !of.writable {
+            return Err(Errno::BADF);
+        }
+        let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
+        rustix::fs::fallocate(&*of.fd(), flags, offset, len)?;
+        self.wb.wrote(&of.node, 0);
+        Ok(())
+    }
+
+    /// `lseek` for `SEEK_DATA` and `SEEK_HOLE` (and the plain whences).
+    pub fn lseek(&self, of: &OpenFile, offset: i64, whence: i32) -> SysResult<i64> {
+        let pos = match whence {
+            libc::SEEK_SET => rustix::fs::SeekFrom::Start(offset as u64),
+            libc::SEEK_CUR => rustix::fs::SeekFrom::Current(offset),
+            libc::SEEK_END => rustix::fs::SeekFrom::End(offset),
+            libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset as u64),
+            libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset as u64),
+            _ => return Err(Errno::INVAL),
+        };
+        Ok(rustix::fs::seek(&*of.fd(), pos)? as i64)
+    }
+
+    /// Copies a range between two open files of the mount.
+    pub fn copy_file_range(
+        &self,
+        src: &OpenFile,
+        off_in: u64,
+        dst: &OpenFile,
+        off_out: u64,
+        len: u64,
+    ) -> SysResult<u64> {
+        if !dst.writable {
+            return Err(Errno::BADF);
+        }
+        let (fi, fo) = (src.fd(), dst.fd());
+        let mut i = off_in;
+        let mut o = off_out;
+        let n = rustix::fs::copy_file_range(&*fi, Some(&mut i), &*fo, Some(&mut o), len as usize)?;
+        self.wb.wrote(&dst.node, n as u64);
+        Ok(n as u64)
+    }
+
+    /// The open file for a file `create` just made.
+    pub fn adopt_created(&self, node: Arc<Node>, file: OwnedFd) -> OpenFile {
+        let writable = rustix::fs::fcntl_getfl(&file)
+            .map(|f| f & OFlags::ACCMODE != OFlags::RDONLY)
+            .unwrap_or(true);
+        let fd = Arc::new(file);
+        if writable {
+            self.wb.opened_for_write(self, &node, &fd);
+        }
+        OpenFile {
+            observer: self.wb.observe(&node),
+            node,
+            fd: RwLock::new(fd),
+            on_upper: AtomicBool::new(true),
+            writable,
+        }
+    }
+
+    /// The last reference to an open file went away.
+    pub fn release(&self, of: &OpenFile) {
+        self.wb.released(&of.node, of.writable);
+    }
+
+    /// fsync/fdatasync through an open file (SPEC E1, E5).
+    pub fn fsync(&self, of: &OpenFile, datasync: bool) -> SysResult<()> {
+        self.wb
+            .fsync(self, &of.node, &of.observer, datasync)
+            .map_err(crate::writeback::to_sys)
+    }
+
+    /// fsync of a directory through an open directory.
+    pub fn fsyncdir(&self, node: &Arc<Node>, obs: &Observer, _datasync: bool) -> SysResult<()> {
+        self.wb
+            .fsyncdir(self, node, obs)
+            .map_err(crate::writeback::to_sys)
+    }
+
+    /// The `ROVL_IOC_SYNCFS` sync of the whole mount, for observer `obs`
+    /// (SPEC E2).
+    pub fn sync_mount(&self, obs: &Observer) -> SysResult<()> {
+        self.wb
+            .sync(self, Some(obs))
+            .map_err(crate::writeback::to_sys)
+    }
+
+    /// The open directory's real directory (for fsyncdir).
+    pub fn dir_upper(&self, node: &Node) -> Option<Arc<OwnedFd>> {
+        match &node.state.read().layers {
+            Layers::Dir(d) => d.upper.clone(),
+            Layers::NonDir { .. } => None,
+        }
+    }
+}

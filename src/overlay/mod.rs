@@ -1,0 +1,475 @@
+//! The overlay engine: the merged view as a table of nodes, and every
+//! operation on it. No FUSE types here: `crate::fuse` translates requests
+//! into calls on [`Overlay`].
+
+pub mod attr;
+pub mod files;
+mod namespace;
+pub mod node;
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+
+pub use self::attr::{Attr, Caller, SetAttr, SetTime};
+pub use self::files::{OpenFile, OpenFlags};
+pub use self::namespace::NewKind;
+use self::node::{Layers, Node, NodeId, NodeState, NodeTable, ROOT_ID};
+
+/// How long a hard-linked lower file waits for the kernel's retry that
+/// picks the name to copy up.
+const SPLIT_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+use crate::layers::lookup::{self, DirLayers, Found, LayerDir};
+use crate::layers::{Stack, markers};
+use crate::sys::{self, Errno, FileType, SysResult};
+use crate::writeback::MountWb;
+
+/// Behaviour switches fixed at mount time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Volatile mode: never force writeback to the upper filesystem.
+    pub volatile: bool,
+    /// No upper layer, or mounted `ro`.
+    pub readonly: bool,
+}
+
+/// A mounted overlay.
+#[derive(Debug)]
+pub struct Overlay {
+    /// The layers.
+    pub stack: Stack,
+    /// Mount-time switches.
+    pub opts: Options,
+    /// `WORKDIR/work`: where copies and new objects are prepared.
+    work: Option<OwnedFd>,
+    table: Mutex<NodeTable>,
+    /// Renames take it exclusively; anything that walks or publishes into
+    /// the parent chain (copy-up, create, remove) takes it shared, so names
+    /// stay put while they are used.
+    pub(crate) rename_lock: RwLock<()>,
+    tmp_counter: AtomicU64,
+    /// The kernel's writeback cache is on (opens adapt their flags to it).
+    wbcache: std::sync::atomic::AtomicBool,
+    /// Mount-wide writeback state.
+    pub wb: MountWb,
+}
+
+impl Overlay {
+    /// Builds the overlay over `stack`; `work` is `WORKDIR/work` (required
+    /// when the stack has an upper layer).
+    pub fn new(stack: Stack, work: Option<OwnedFd>, opts: Options, wb: MountWb) -> SysResult<Self> {
+        let mut dl = DirLayers {
+            lower_path: Some(Arc::from(Vec::<OsString>::new())),
+            ..Default::default()
+        };
+        let mut ident = (0, 0);
+        if let Some(up) = stack.upper_root() {
+            let fd = sys::dup(up)?;
+            dl.upper_xwhiteouts = markers::dir_marks(fd.as_fd())?.xwhiteouts;
+            let st = sys::stat_fd(fd.as_fd())?;
+            ident = (st.st_dev, st.st_ino);
+            dl.upper = Some(Arc::new(fd));
+        }
+        for id in stack.lower_ids() {
+            let fd = sys::dup(stack.layers[id].root.as_fd())?;
+            if dl.upper.is_none() && dl.lowers.is_empty() {
+                let st = sys::stat_fd(fd.as_fd())?;
+                ident = (st.st_dev, st.st_ino);
+            }
+            let xwhiteouts = markers::dir_marks(fd.as_fd())?.xwhiteouts;
+            dl.lowers.push(LayerDir {
+                layer: id,
+                fd: Arc::new(fd),
+                xwhiteouts,
+            });
+        }
+        let root = Node::new(
+            ROOT_ID,
+            0,
+            FileType::Directory,
+            NodeState {
+                parent: ROOT_ID,
+                name: OsString::new(),
+                layers: Layers::Dir(dl),
+                opaque: false,
+                unlinked: false,
+                impure: false,
+                ident,
+                split_pending: None,
+            },
+        );
+        root.lookups.store(1, Ordering::Release);
+        let mut table = NodeTable::new();
+        table.insert(Arc::new(root), ROOT_ID, OsStr::new(""));
+        Ok(Overlay {
+            stack,
+            opts,
+            work,
+            table: Mutex::new(table),
+            rename_lock: RwLock::new(()),
+            tmp_counter: AtomicU64::new(0),
+            wbcache: std::sync::atomic::AtomicBool::new(false),
+            wb,
+        })
+    }
+
+    /// Records whether the kernel's writeback cache is on for this mount.
+    pub fn set_writeback_cache(&self, on: bool) {
+        self.wbcache.store(on, Ordering::Release);
+        self.wb.set_writeback_cache(on);
+    }
+
+    /// Whether the kernel's writeback cache is on.
+    pub fn writeback_cache(&self) -> bool {
+        self.wbcache.load(Ordering::Acquire)
+    }
+
+    /// The node with id `id` (ESTALE when the kernel names a node rovl no
+    /// longer has, which only a kernel bug could cause).
+    pub fn node(&self, id: NodeId) -> SysResult<Arc<Node>> {
+        self.table.lock().get(id).ok_or(Errno::STALE)
+    }
+
+    /// Every node the kernel currently holds.
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.table.lock().all()
+    }
+
+    /// Number of nodes the kernel currently holds.
+    pub fn node_count(&self) -> usize {
+        self.table.lock().len()
+    }
+
+    /// Every name the kernel may know `node` by.
+    pub fn names_of(&self, node: &Node) -> Vec<(NodeId, OsString)> {
+        self.table.lock().names_of(node)
+    }
+
+    /// The work directory (EROFS when the mount has no upper layer).
+    pub(crate) fn work(&self) -> SysResult<BorrowedFd<'_>> {
+        self.work.as_ref().map(|w| w.as_fd()).ok_or(Errno::ROFS)
+    }
+
+    /// A fresh temporary name for the work directory.
+    pub(crate) fn tmp_name(&self) -> OsString {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        OsString::from(format!("#rovl.{}.{n}", std::process::id()))
+    }
+
+    /// Looks `name` up in directory `parent`, counting a kernel reference
+    /// on success. `None`: no such name (a negative entry).
+    ///
+    /// `split`: this lookup may be the kernel's retry of an operation that
+    /// needs a hard-linked lower file copied up (see [`Overlay::needs_split`]);
+    /// readdirplus passes false.
+    pub fn lookup(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        split: bool,
+    ) -> SysResult<Option<(Arc<Node>, Attr)>> {
+        let Some(mut node) = self.resolve_id(parent, name)? else {
+            return Ok(None);
+        };
+        if split {
+            let pending = node.state.read().split_pending;
+            if let Some(since) = pending {
+                if since.elapsed() < SPLIT_WINDOW {
+                    node = self.split(parent, name, &node)?;
+                } else {
+                    node.state.write().split_pending = None;
+                }
+            }
+        }
+        let attr = self.getattr(&node)?;
+        node.lookups.fetch_add(1, Ordering::AcqRel);
+        Ok(Some((node, attr)))
+    }
+
+    /// The node `parent/name` leads to, without counting a reference. Nodes
+    /// found fresh are entered in the table with no reference, so the next
+    /// `lookup` of the same name finds the same node.
+    pub(crate) fn resolve_id(&self, parent: NodeId, name: &OsStr) -> SysResult<Option<Arc<Node>>> {
+        sys::check_name(name)?;
+        if let Some(n) = self.table.lock().child(parent, name) {
+            return Ok(Some(n));
+        }
+        let pnode = self.node(parent)?;
+        let Some(dl) = pnode.dir_layers() else {
+            return Err(Errno::NOTDIR);
+        };
+        let Some(found) = lookup::lookup(&self.stack, &dl, name)? else {
+            return Ok(None);
+        };
+        Ok(Some(self.install(parent, name, found)?))
+    }
+
+    /// Like [`Overlay::resolve_id`] with the parent node at hand.
+    pub(crate) fn resolve(&self, parent: &Node, name: &OsStr) -> SysResult<Option<Arc<Node>>> {
+        self.resolve_id(parent.id, name)
+    }
+
+    /// The inode number an object of the merged view naturally has, like
+    /// kernel overlayfs (same filesystem or xino): a directory shows its top
+    /// lower directory's; a copied-up file its origin's, unless the origin
+    /// has several links (copy-up broke the link, so the copy is a different
+    /// file); anything else its own.
+    fn ino_of(&self, found: &Found) -> SysResult<u64> {
+        if found.kind == FileType::Directory {
+            if let Some((layer, real, _)) = found.lowers.first() {
+                return Ok(self.stack.map_ino(*layer, real.stat.st_ino));
+            }
+        }
+        if let Some(up) = &found.upper {
+            if found.kind != FileType::Directory {
+                if let Some(v) = sys::xattr::get(up.fd.as_fd(), OsStr::new(markers::ORIGIN))? {
+                    if let Some(origin) = markers::Origin::decode(&v) {
+                        if let Some((ino, nlink)) = self.stack.origin_ino(&origin) {
+                            if nlink == 1 {
+                                return Ok(ino);
+                            }
+                        }
+                    }
+                }
+            }
+            return Ok(self.stack.map_ino(0, up.stat.st_ino));
+        }
+        let (layer, real, _) = &found.lowers[0];
+        Ok(self.stack.map_ino(*layer, real.stat.st_ino))
+    }
+
+    /// Enters a found object in the table as `parent/name`, or returns the
+    /// node already standing for the same object (another link of it).
+    fn install(&self, parent: NodeId, name: &OsStr, found: Found) -> SysResult<Arc<Node>> {
+        let want = self.ino_of(&found)?;
+        let top = found.top();
+        let ident = (top.stat.st_dev, top.stat.st_ino);
+        let opaque = found.upper_marks.opaque;
+        let kind = found.kind;
+        let layers = if kind == FileType::Directory {
+            Layers::Dir(found.dir_layers()?)
+        } else {
+            Layers::NonDir {
+                upper: found.upper.map(|u| Arc::new(u.fd)),
+                lower: found
+                    .lowers
+                    .into_iter()
+                    .next()
+                    .map(|(l, r, _)| (l, Arc::new(r.fd))),
+            }
+        };
+        let mut table = self.table.lock();
+        if let Some(n) = table.child(parent, name) {
+            return Ok(n);
+        }
+        let id = match table.claim(want, ident) {
+            Ok(existing) => {
+                table.add_alias(&existing, parent, name);
+                return Ok(existing);
+            }
+            Err(id) => id,
+        };
+        let generation = table.next_generation();
+        let node = Arc::new(Node::new(
+            id,
+            generation,
+            kind,
+            NodeState {
+                parent,
+                name: name.to_owned(),
+                layers,
+                opaque,
+                unlinked: false,
+                impure: false,
+                ident,
+                split_pending: None,
+            },
+        ));
+        table.insert(node.clone(), parent, name);
+        Ok(node)
+    }
+
+    /// Enters a just-made upper object as `parent/name` (replacing whatever
+    /// the name led to).
+    pub(crate) fn install_upper(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        kind: FileType,
+        layers: Layers,
+        st: &sys::Stat,
+        opaque: bool,
+    ) -> Arc<Node> {
+        let ident = (st.st_dev, st.st_ino);
+        let mut table = self.table.lock();
+        table.remove_name(parent, name);
+        let id = match table.claim(self.stack.map_ino(0, st.st_ino), ident) {
+            Ok(existing) => {
+                table.add_alias(&existing, parent, name);
+                return existing;
+            }
+            Err(id) => id,
+        };
+        let generation = table.next_generation();
+        let node = Arc::new(Node::new(
+            id,
+            generation,
+            kind,
+            NodeState {
+                parent,
+                name: name.to_owned(),
+                layers,
+                opaque,
+                unlinked: false,
+                impure: false,
+                ident,
+                split_pending: None,
+            },
+        ));
+        table.insert(node.clone(), parent, name);
+        node
+    }
+
+    /// Before copying up `node`: a lower file with several links cannot be
+    /// copied up through its node, which all its names share, without
+    /// knowing which name is meant. Marks the node and fails with ESTALE; the
+    /// kernel then retries the operation after looking the name up again,
+    /// and that lookup copies up exactly that name (`Overlay::split`).
+    pub(crate) fn needs_split(&self, node: &Node) -> SysResult<()> {
+        if node.is_dir() || node.upper().is_some() {
+            return Ok(());
+        }
+        let Some(fd) = node.top_fd() else {
+            return Ok(());
+        };
+        if sys::stat_fd(fd.as_fd())?.st_nlink > 1 {
+            node.state.write().split_pending = Some(std::time::Instant::now());
+            return Err(Errno::STALE);
+        }
+        Ok(())
+    }
+
+    /// Copies `node` up (ancestors first) unless it is a hard-linked lower
+    /// file, which first needs the kernel to say which name is meant. The
+    /// caller holds `rename_lock`.
+    pub(crate) fn copy_up_node(
+        &self,
+        node: &Arc<Node>,
+        data: crate::copy_up::Data,
+    ) -> SysResult<()> {
+        self.needs_split(node)?;
+        crate::copy_up::copy_up(self, node, data)
+    }
+
+    /// Copies up name `parent/name` of the hard-linked lower file `node` as
+    /// a file of its own (breaking the link, as kernel overlayfs does with
+    /// `index=off`), and returns its new node.
+    fn split(&self, parent: NodeId, name: &OsStr, node: &Arc<Node>) -> SysResult<Arc<Node>> {
+        let _r = self.rename_lock.read();
+        let (lower, ident) = {
+            let mut st = node.state.write();
+            st.split_pending = None;
+            match &st.layers {
+                Layers::NonDir {
+                    upper: None,
+                    lower: Some(l),
+                } => (l.clone(), st.ident),
+                _ => return Ok(node.clone()),
+            }
+        };
+        let part = Arc::new(Node::new(
+            0,
+            0,
+            node.kind,
+            NodeState {
+                parent,
+                name: name.to_owned(),
+                layers: Layers::NonDir {
+                    upper: None,
+                    lower: Some(lower.clone()),
+                },
+                opaque: false,
+                unlinked: false,
+                impure: false,
+                ident,
+                split_pending: None,
+            },
+        ));
+        crate::copy_up::copy_up(self, &part, crate::copy_up::Data::Full)?;
+        let up = part.upper().ok_or(Errno::IO)?;
+        let st = sys::stat_fd(up.as_fd())?;
+        let layers = Layers::NonDir {
+            upper: Some(up),
+            lower: Some(lower),
+        };
+        Ok(self.install_upper(parent, name, node.kind, layers, &st, false))
+    }
+
+    /// Drops `n` kernel references to node `id`.
+    pub fn forget(&self, id: NodeId, n: u64) {
+        let removed = self.table.lock().forget(id, n);
+        drop(removed);
+    }
+
+    /// Attributes of `node` as the merged view shows them.
+    pub fn getattr(&self, node: &Node) -> SysResult<Attr> {
+        let (fd, merged) = {
+            let st = node.state.read();
+            let merged = match &st.layers {
+                Layers::Dir(d) => {
+                    (d.upper.is_some() && !d.lowers.is_empty())
+                        || (d.upper.is_none() && d.lowers.len() > 1)
+                }
+                Layers::NonDir { .. } => false,
+            };
+            (st.layers.top().map(sys::dup).transpose()?, merged)
+        };
+        let fd = fd.ok_or(Errno::STALE)?;
+        let st = sys::stat_fd(fd.as_fd())?;
+        let mut attr = Attr::from_stat(&st, node.id);
+        if merged {
+            // Like kernel overlayfs: counting a merged directory's links
+            // would mean reading every layer.
+            attr.nlink = 1;
+        }
+        Ok(attr)
+    }
+
+    /// The path of `node` relative to the mount root (best effort: an
+    /// unlinked node keeps its last name).
+    pub fn path_of(&self, node: &Node) -> PathBuf {
+        let mut parts: Vec<OsString> = Vec::new();
+        let (mut parent, name) = {
+            let st = node.state.read();
+            (st.parent, st.name.clone())
+        };
+        if node.id == ROOT_ID {
+            return PathBuf::from("/");
+        }
+        parts.push(name);
+        let table = self.table.lock();
+        let mut guard = 0;
+        while parent != ROOT_ID && guard < 4096 {
+            let Some(p) = table.get(parent) else { break };
+            let st = p.state.read();
+            parts.push(st.name.clone());
+            parent = st.parent;
+            guard += 1;
+        }
+        let mut path = PathBuf::from("/");
+        for p in parts.iter().rev() {
+            path.push(p);
+        }
+        path
+    }
+
+    /// Filesystem statistics (of the upper layer, or the top lower one).
+    pub fn statfs(&self) -> SysResult<rustix::fs::StatVfs> {
+        let root = &self.stack.layers[0].root;
+        rustix::fs::fstatvfs(root)
+    }
+}

@@ -1,0 +1,380 @@
+//! The inode table: one [`Node`] per object the kernel knows, plus the name
+//! index the kernel's dentries correspond to.
+//!
+//! A node's id is both its FUSE node id and the `st_ino` users see (the
+//! FUSE library ties the two together). Ids are therefore derived from the
+//! layers (see `Overlay::ino_of`) and stable across remounts; the rare
+//! object whose id is already taken by a different object (only hostile
+//! layers produce that) gets one from a reserved range instead.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::layers::LayerId;
+use crate::layers::lookup::DirLayers;
+use crate::sys::FileType;
+
+/// A FUSE node id, which is also the inode number users see. 1 is the root.
+pub type NodeId = u64;
+
+/// The root's node id (fixed by the FUSE protocol).
+pub const ROOT_ID: NodeId = 1;
+
+/// First id of the range handed out when an object's natural id is taken.
+const FALLBACK_BASE: NodeId = 1 << 63;
+
+/// Where a node's object lives in the layers.
+#[derive(Debug, Clone)]
+pub enum Layers {
+    /// A directory: its upper directory and merged lower directories.
+    Dir(DirLayers),
+    /// Anything else: the upper object, or else the one lower object.
+    NonDir {
+        /// `O_PATH` handle on the upper object.
+        upper: Option<Arc<OwnedFd>>,
+        /// The lower object the node shows (or was copied up from).
+        lower: Option<(LayerId, Arc<OwnedFd>)>,
+    },
+}
+
+impl Layers {
+    /// The upper object, when there is one.
+    pub fn upper(&self) -> Option<&Arc<OwnedFd>> {
+        match self {
+            Layers::Dir(d) => d.upper.as_ref(),
+            Layers::NonDir { upper, .. } => upper.as_ref(),
+        }
+    }
+
+    /// The object whose data and attributes the merged view shows.
+    pub fn top(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Layers::Dir(d) => d
+                .upper
+                .as_ref()
+                .map(|u| u.as_fd())
+                .or_else(|| d.lowers.first().map(|l| l.fd.as_fd())),
+            Layers::NonDir { upper, lower } => upper
+                .as_ref()
+                .map(|u| u.as_fd())
+                .or_else(|| lower.as_ref().map(|(_, l)| l.as_fd())),
+        }
+    }
+
+    /// True when the object has a lower-layer part (a merged or lower
+    /// directory, or a file copied up from or still in a lower layer).
+    pub fn has_lowers(&self) -> bool {
+        match self {
+            Layers::Dir(d) => !d.lowers.is_empty(),
+            Layers::NonDir { lower, .. } => lower.is_some(),
+        }
+    }
+}
+
+/// Mutable state of a node.
+#[derive(Debug)]
+pub struct NodeState {
+    /// Parent of the name this node was last known by.
+    pub parent: NodeId,
+    /// That name. Empty for the root.
+    pub name: OsString,
+    /// Where the object lives.
+    pub layers: Layers,
+    /// The upper directory carries an opaque marker.
+    pub opaque: bool,
+    /// No name leads to this node any more (unlinked or replaced); it lives
+    /// on for the files still open on it.
+    pub unlinked: bool,
+    /// The upper directory is marked impure (holds copied-up entries).
+    pub impure: bool,
+    /// (st_dev, st_ino) of the object that defines this node's identity:
+    /// the upper object, or else the top lower one.
+    pub ident: (u64, u64),
+    /// A hard-linked lower file asked to be copied up through one of its
+    /// names; the kernel is retrying with a fresh lookup, and the name it
+    /// looks up gets its own copy (see `Overlay::lookup`).
+    pub split_pending: Option<Instant>,
+}
+
+/// One object of the merged view the kernel holds a reference to.
+#[derive(Debug)]
+pub struct Node {
+    /// FUSE node id and inode number.
+    pub id: NodeId,
+    /// FUSE generation: distinguishes objects that reuse an id over time.
+    pub generation: u64,
+    /// File type (never changes for a node).
+    pub kind: FileType,
+    /// Everything that changes.
+    pub state: RwLock<NodeState>,
+    /// Kernel lookup count.
+    pub lookups: AtomicU64,
+    /// Serializes copy-up of this node.
+    pub copy_up_lock: Mutex<()>,
+    /// Per-inode writeback state (errors, dirty tracking).
+    pub wb: crate::writeback::InodeWb,
+}
+
+impl Node {
+    /// A node in no table yet.
+    pub fn new(id: NodeId, generation: u64, kind: FileType, state: NodeState) -> Node {
+        Node {
+            id,
+            generation,
+            kind,
+            state: RwLock::new(state),
+            lookups: AtomicU64::new(0),
+            copy_up_lock: Mutex::new(()),
+            wb: Default::default(),
+        }
+    }
+
+    /// The inode number users see.
+    pub fn ino(&self) -> u64 {
+        self.id
+    }
+
+    /// True for directories.
+    pub fn is_dir(&self) -> bool {
+        self.kind == FileType::Directory
+    }
+
+    /// The upper object, when there is one.
+    pub fn upper(&self) -> Option<Arc<OwnedFd>> {
+        self.state.read().layers.upper().cloned()
+    }
+
+    /// A handle on the object the merged view shows.
+    pub fn top_fd(&self) -> Option<Arc<OwnedFd>> {
+        let st = self.state.read();
+        match &st.layers {
+            Layers::Dir(d) => d
+                .upper
+                .clone()
+                .or_else(|| d.lowers.first().map(|l| l.fd.clone())),
+            Layers::NonDir { upper, lower } => upper
+                .clone()
+                .or_else(|| lower.as_ref().map(|(_, l)| l.clone())),
+        }
+    }
+
+    /// The directory layers (for directories).
+    pub fn dir_layers(&self) -> Option<DirLayers> {
+        match &self.state.read().layers {
+            Layers::Dir(d) => Some(d.clone()),
+            Layers::NonDir { .. } => None,
+        }
+    }
+}
+
+/// The table of nodes and the names that lead to them.
+#[derive(Debug)]
+pub struct NodeTable {
+    nodes: HashMap<NodeId, Arc<Node>>,
+    names: HashMap<(NodeId, OsString), NodeId>,
+    /// Further names of nodes with several links.
+    aliases: HashMap<NodeId, Vec<(NodeId, OsString)>>,
+    next_fallback: NodeId,
+    next_generation: u64,
+}
+
+impl Default for NodeTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        NodeTable {
+            nodes: HashMap::new(),
+            names: HashMap::new(),
+            aliases: HashMap::new(),
+            next_fallback: FALLBACK_BASE,
+            next_generation: 1,
+        }
+    }
+
+    /// A fresh generation number.
+    pub fn next_generation(&mut self) -> u64 {
+        let g = self.next_generation;
+        self.next_generation += 1;
+        g
+    }
+
+    /// The id for an object whose natural id is `want` and whose identity
+    /// is `ident`: `Ok(node)` when the table already holds that very
+    /// object, `Err(id)` with an id free for a new node otherwise.
+    pub fn claim(&mut self, want: NodeId, ident: (u64, u64)) -> Result<Arc<Node>, NodeId> {
+        match self.nodes.get(&want) {
+            None if want != 0 && want < FALLBACK_BASE => Err(want),
+            Some(n) if n.state.read().ident == ident && !n.state.read().unlinked => Ok(n.clone()),
+            _ => {
+                while self.nodes.contains_key(&self.next_fallback) {
+                    self.next_fallback += 1;
+                }
+                let id = self.next_fallback;
+                self.next_fallback += 1;
+                Err(id)
+            }
+        }
+    }
+
+    /// The node with id `id`.
+    pub fn get(&self, id: NodeId) -> Option<Arc<Node>> {
+        self.nodes.get(&id).cloned()
+    }
+
+    /// The node the name `parent/name` leads to, when known.
+    pub fn child(&self, parent: NodeId, name: &OsStr) -> Option<Arc<Node>> {
+        let id = self.names.get(&(parent, name.to_owned()))?;
+        self.nodes.get(id).cloned()
+    }
+
+    /// Inserts a new node reachable as `parent/name`.
+    pub fn insert(&mut self, node: Arc<Node>, parent: NodeId, name: &OsStr) {
+        if !name.is_empty() {
+            self.names.insert((parent, name.to_owned()), node.id);
+        }
+        self.nodes.insert(node.id, node);
+    }
+
+    /// Adds `parent/name` as another name of `node`.
+    pub fn add_alias(&mut self, node: &Node, parent: NodeId, name: &OsStr) {
+        self.names.insert((parent, name.to_owned()), node.id);
+        let mut st = node.state.write();
+        if st.unlinked {
+            st.parent = parent;
+            st.name = name.to_owned();
+            st.unlinked = false;
+            return;
+        }
+        if !(st.parent == parent && st.name == name) {
+            let v = self.aliases.entry(node.id).or_default();
+            if !v.iter().any(|(p, n)| *p == parent && n == name) {
+                v.push((parent, name.to_owned()));
+            }
+        }
+    }
+
+    /// All names the kernel may know `node` by.
+    pub fn names_of(&self, node: &Node) -> Vec<(NodeId, OsString)> {
+        let st = node.state.read();
+        let mut v = Vec::new();
+        if !st.unlinked {
+            v.push((st.parent, st.name.clone()));
+        }
+        if let Some(a) = self.aliases.get(&node.id) {
+            v.extend(a.iter().cloned());
+        }
+        v
+    }
+
+    /// Forgets the name `parent/name`; the node it led to moves to another
+    /// of its names, or is marked unlinked when it has none left.
+    pub fn remove_name(&mut self, parent: NodeId, name: &OsStr) {
+        let Some(id) = self.names.remove(&(parent, name.to_owned())) else {
+            return;
+        };
+        let Some(node) = self.nodes.get(&id).cloned() else {
+            return;
+        };
+        let mut st = node.state.write();
+        if st.parent == parent && st.name == name {
+            match self.aliases.get_mut(&id).and_then(|v| v.pop()) {
+                Some((p, n)) => {
+                    st.parent = p;
+                    st.name = n;
+                }
+                None => st.unlinked = true,
+            }
+        } else if let Some(v) = self.aliases.get_mut(&id) {
+            v.retain(|(p, n)| !(*p == parent && n == name));
+        }
+    }
+
+    /// Moves the name `old_parent/old_name` to `new_parent/new_name` (the
+    /// target name must have been removed first).
+    pub fn move_name(
+        &mut self,
+        old_parent: NodeId,
+        old_name: &OsStr,
+        new_parent: NodeId,
+        new_name: &OsStr,
+    ) {
+        let Some(id) = self.names.remove(&(old_parent, old_name.to_owned())) else {
+            return;
+        };
+        self.names.insert((new_parent, new_name.to_owned()), id);
+        if let Some(node) = self.nodes.get(&id) {
+            let mut st = node.state.write();
+            if st.parent == old_parent && st.name == old_name {
+                st.parent = new_parent;
+                st.name = new_name.to_owned();
+                st.unlinked = false;
+            } else if let Some(v) = self.aliases.get_mut(&id) {
+                for a in v.iter_mut() {
+                    if a.0 == old_parent && a.1 == old_name {
+                        *a = (new_parent, new_name.to_owned());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops `n` kernel references to node `id`; removes the node when none
+    /// remain. Returns the removed node.
+    pub fn forget(&mut self, id: NodeId, n: u64) -> Option<Arc<Node>> {
+        if id == ROOT_ID {
+            return None;
+        }
+        let node = self.nodes.get(&id)?;
+        let prev = node
+            .lookups
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                Some(c.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        if prev > n {
+            return None;
+        }
+        let node = self.nodes.remove(&id)?;
+        {
+            let st = node.state.read();
+            let key = (st.parent, st.name.clone());
+            if self.names.get(&key) == Some(&id) {
+                self.names.remove(&key);
+            }
+        }
+        if let Some(v) = self.aliases.remove(&id) {
+            for key in v {
+                if self.names.get(&key) == Some(&id) {
+                    self.names.remove(&key);
+                }
+            }
+        }
+        Some(node)
+    }
+
+    /// Number of live nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True when only the root (or nothing) is left.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() <= 1
+    }
+
+    /// Every live node.
+    pub fn all(&self) -> Vec<Arc<Node>> {
+        self.nodes.values().cloned().collect()
+    }
+}

@@ -1,0 +1,816 @@
+//! Thin, typed wrappers over the system calls rovl needs and rustix does not
+//! cover (or covers differently), plus small conveniences over the ones it does.
+//!
+//! Every `unsafe` block of the crate lives here, each in a small function with
+//! a `// SAFETY:` line. Everything reaches into a layer relative to a held
+//! directory fd with a single, validated path component and `O_NOFOLLOW`
+//! semantics: no function here walks a path string inside a layer.
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+pub use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
+pub use rustix::io::Errno;
+
+/// Result of a system call: the value, or the errno it failed with.
+pub type SysResult<T> = Result<T, Errno>;
+
+/// Turns "no such entry" into `None`.
+pub fn optional<T>(r: SysResult<T>) -> SysResult<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks that `name` is one path component a layer may hold: not empty,
+/// not `.` or `..`, no `/`, no NUL, at most NAME_MAX bytes.
+pub fn check_name(name: &OsStr) -> SysResult<()> {
+    let b = name.as_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
+        return Err(Errno::INVAL);
+    }
+    if b.len() > 255 {
+        return Err(Errno::NAMETOOLONG);
+    }
+    Ok(())
+}
+
+/// `fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW)`, `None` when absent.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Option<Stat>> {
+    optional(rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW))
+}
+
+/// `fstat` of any fd, `O_PATH` ones included.
+pub fn stat_fd(fd: BorrowedFd<'_>) -> SysResult<Stat> {
+    rustix::fs::fstat(fd)
+}
+
+/// Opens `name` in `dir` as an `O_PATH` handle on the object itself (a
+/// symlink is not followed).
+pub fn open_path_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Opens directory `name` in `dir` for reading, without following a symlink.
+pub fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Opens a directory given on the command line (symlinks followed, as the
+/// user asked for that path).
+pub fn open_dir_path(path: &std::path::Path) -> SysResult<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Access to `/proc/self/fd`, used to reopen `O_PATH` handles with real
+/// access modes and to reach the xattrs of objects held only by an `O_PATH`
+/// handle (the kernel refuses `f*xattr` on those).
+#[derive(Debug)]
+pub struct ProcSelfFd {
+    dir: OwnedFd,
+}
+
+impl ProcSelfFd {
+    /// Opens `/proc/self/fd`.
+    pub fn open() -> SysResult<Self> {
+        let dir = rustix::fs::open(
+            "/proc/self/fd",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Self { dir })
+    }
+
+    /// Reopens the object `fd` refers to with `flags` (`O_CLOEXEC` is added).
+    /// `O_NOFOLLOW` must not be passed: the magic link is followed by design,
+    /// and it leads to the very object `fd` holds, never further.
+    pub fn reopen(&self, fd: BorrowedFd<'_>, flags: OFlags) -> SysResult<OwnedFd> {
+        let name = fd_name(fd.as_raw_fd());
+        rustix::fs::openat(
+            &self.dir,
+            name.as_c_str(),
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    }
+}
+
+fn fd_name(fd: RawFd) -> CString {
+    // A decimal integer never contains NUL.
+    CString::new(fd.to_string()).unwrap_or_default()
+}
+
+fn proc_path(fd: BorrowedFd<'_>) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+/// Extended attributes of the object held by any fd (`O_PATH` included).
+///
+/// They go through `/proc/self/fd/N`, which resolves to the object itself
+/// (a symlink held with `O_PATH|O_NOFOLLOW` stays the symlink).
+pub mod xattr {
+    use super::*;
+
+    /// Reads attribute `name`; `None` when the object does not have it.
+    pub fn get(fd: BorrowedFd<'_>, name: &OsStr) -> SysResult<Option<Vec<u8>>> {
+        let path = proc_path(fd);
+        let mut buf = vec![0u8; 256];
+        loop {
+            match rustix::fs::getxattr(path.as_c_str(), name, &mut buf[..]) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(Some(buf));
+                }
+                Err(Errno::NODATA) => return Ok(None),
+                Err(Errno::RANGE) => {
+                    let n = rustix::fs::getxattr_query(path.as_c_str(), name)?;
+                    buf.resize(n.max(buf.len() * 2), 0);
+                }
+                Err(Errno::OPNOTSUPP) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// True when attribute `name` exists and equals `value`.
+    pub fn is(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8]) -> SysResult<bool> {
+        Ok(get(fd, name)?.as_deref() == Some(value))
+    }
+
+    /// Size of attribute `name` (for the FUSE size query).
+    pub fn size(fd: BorrowedFd<'_>, name: &OsStr) -> SysResult<usize> {
+        let path = proc_path(fd);
+        rustix::fs::getxattr_query(path.as_c_str(), name)
+    }
+
+    /// All attribute names.
+    pub fn list(fd: BorrowedFd<'_>) -> SysResult<Vec<OsString>> {
+        let path = proc_path(fd);
+        let mut buf = vec![0u8; 1024];
+        let n = loop {
+            match rustix::fs::listxattr(path.as_c_str(), &mut buf[..]) {
+                Ok(n) => break n,
+                Err(Errno::RANGE) => {
+                    let n = rustix::fs::listxattr_query(path.as_c_str())?;
+                    buf.resize(n.max(buf.len() * 2), 0);
+                }
+                Err(Errno::OPNOTSUPP) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(buf[..n]
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| OsString::from_vec(s.to_vec()))
+            .collect())
+    }
+
+    /// Sets attribute `name`.
+    pub fn set(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {
+        let path = proc_path(fd);
+        let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
+        rustix::fs::setxattr(path.as_c_str(), name, value, flags)
+    }
+
+    /// Removes attribute `name`; absent is not an error.
+    pub fn remove(fd: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+        let path = proc_path(fd);
+        match rustix::fs::removexattr(path.as_c_str(), name) {
+            Err(Errno::NODATA) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Removes attribute `name`, reporting absence as `ENODATA`.
+    pub fn remove_strict(fd: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+        let path = proc_path(fd);
+        rustix::fs::removexattr(path.as_c_str(), name)
+    }
+}
+
+/// One directory entry as the upper or a lower filesystem reports it.
+#[derive(Debug, Clone)]
+pub struct RawDirent {
+    /// Entry name (never `.` or `..`).
+    pub name: OsString,
+    /// Inode number on the layer's filesystem.
+    pub ino: u64,
+    /// `d_type`; `Unknown` on filesystems that do not fill it.
+    pub kind: FileType,
+}
+
+/// Reads every entry of directory `dir` except `.` and `..`. `dir` may be an
+/// `O_PATH` handle; it is reopened for reading through `/proc/self/fd`.
+pub fn read_dir(proc: &ProcSelfFd, dir: BorrowedFd<'_>) -> SysResult<Vec<RawDirent>> {
+    let fd = proc.reopen(dir, OFlags::RDONLY | OFlags::DIRECTORY)?;
+    let mut out = Vec::new();
+    let mut d = rustix::fs::Dir::new(fd)?;
+    while let Some(ent) = d.read() {
+        let ent = ent?;
+        let name = ent.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.push(RawDirent {
+            name: OsStr::from_bytes(name).to_owned(),
+            ino: ent.ino(),
+            kind: ent.file_type(),
+        });
+    }
+    Ok(out)
+}
+
+/// `renameat2`.
+pub fn rename_at(
+    old_dir: BorrowedFd<'_>,
+    old: &OsStr,
+    new_dir: BorrowedFd<'_>,
+    new: &OsStr,
+    flags: RenameFlags,
+) -> SysResult<()> {
+    rustix::fs::renameat_with(old_dir, old, new_dir, new, flags)
+}
+
+/// Creates an overlay whiteout (a 0/0 character device) named `name`.
+pub fn mknod_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+    rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0)
+}
+
+/// `mknodat` for any file type.
+pub fn mknod_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    kind: FileType,
+    perm: u32,
+    rdev: u64,
+) -> SysResult<()> {
+    rustix::fs::mknodat(dir, name, kind, Mode::from_raw_mode(perm), rdev)
+}
+
+/// `sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_AFTER)`: waits for
+/// writeback already under way and reports (consuming it for this open file)
+/// a writeback error, without starting any writeback.
+pub fn check_writeback(fd: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: plain syscall on a valid fd with integer arguments.
+    let r =
+        unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WAIT_AFTER) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO))
+    }
+}
+
+/// `sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`: starts writeback of
+/// the file's dirty pages without waiting for it.
+pub fn start_writeback(fd: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: plain syscall on a valid fd with integer arguments.
+    let r = unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO))
+    }
+}
+
+/// Page-cache state of a file, from `cachestat(2)`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStat {
+    /// Pages cached.
+    pub cache: u64,
+    /// Dirty pages not yet written back.
+    pub dirty: u64,
+    /// Pages under writeback right now.
+    pub writeback: u64,
+}
+
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CachestatOut {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
+const SYS_CACHESTAT: libc::c_long = 451;
+
+/// `cachestat(2)` over the whole file.
+pub fn cachestat(fd: BorrowedFd<'_>) -> SysResult<CacheStat> {
+    let range = CachestatRange { off: 0, len: 0 };
+    let mut out = CachestatOut::default();
+    // SAFETY: both pointers refer to live, properly sized repr(C) structs for
+    // the duration of the call; flags must be 0.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            fd.as_raw_fd(),
+            &range as *const CachestatRange,
+            &mut out as *mut CachestatOut,
+            0u32,
+        )
+    };
+    if r == 0 {
+        Ok(CacheStat {
+            cache: out.nr_cache,
+            dirty: out.nr_dirty,
+            writeback: out.nr_writeback,
+        })
+    } else {
+        Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO))
+    }
+}
+
+/// A file handle as `name_to_handle_at` returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHandle {
+    /// `handle_type`.
+    pub kind: i32,
+    /// The opaque handle bytes.
+    pub bytes: Vec<u8>,
+}
+
+#[repr(C)]
+struct RawHandle {
+    bytes: u32,
+    kind: i32,
+    data: [u8; 128],
+}
+
+/// `name_to_handle_at(fd, "", AT_EMPTY_PATH)`: the exportable handle of the
+/// object `fd` holds.
+pub fn name_to_handle(fd: BorrowedFd<'_>) -> SysResult<FileHandle> {
+    let mut h = RawHandle {
+        bytes: 128,
+        kind: 0,
+        data: [0; 128],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `h` is a file_handle header followed by 128 bytes of room, as
+    // `bytes` says; the path is a valid empty C string; both out pointers are
+    // live for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            &mut h as *mut RawHandle,
+            &mut mount_id as *mut libc::c_int,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+    }
+    let n = (h.bytes as usize).min(128);
+    Ok(FileHandle {
+        kind: h.kind,
+        bytes: h.data[..n].to_vec(),
+    })
+}
+
+/// `open_by_handle_at(mount_fd, handle, O_PATH)`. Needs CAP_DAC_READ_SEARCH.
+pub fn open_by_handle(mount_fd: BorrowedFd<'_>, handle: &FileHandle) -> SysResult<OwnedFd> {
+    if handle.bytes.len() > 128 {
+        return Err(Errno::INVAL);
+    }
+    let mut h = RawHandle {
+        bytes: handle.bytes.len() as u32,
+        kind: handle.kind,
+        data: [0; 128],
+    };
+    h.data[..handle.bytes.len()].copy_from_slice(&handle.bytes);
+    // SAFETY: `h` is a well-formed file_handle of the stated size; the
+    // returned fd, when non-negative, is new and owned by us.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.as_raw_fd(),
+            &mut h as *mut RawHandle,
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+    }
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// `FS_IOC_GETFSUUID`: the 16-byte UUID of the filesystem holding `fd`, when
+/// it has one (ext4, xfs, btrfs do; tmpfs does not).
+pub fn fs_uuid(fd: BorrowedFd<'_>) -> Option<[u8; 16]> {
+    #[repr(C)]
+    struct FsUuid {
+        len: u8,
+        uuid: [u8; 16],
+    }
+    // _IOR(0x15, 0, struct fsuuid2), sizeof(struct fsuuid2) == 17.
+    const FS_IOC_GETFSUUID: libc::c_ulong = 0x8011_1500;
+    let mut u = FsUuid {
+        len: 16,
+        uuid: [0; 16],
+    };
+    // SAFETY: the ioctl writes at most sizeof(FsUuid) bytes into `u`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_GETFSUUID, &mut u as *mut FsUuid) };
+    if r == 0 && u.len == 16 {
+        Some(u.uuid)
+    } else {
+        None
+    }
+}
+
+/// Raises `RLIMIT_NOFILE` as far as the process may.
+pub fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out pointer.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(lim.rlim_max);
+    let want = libc::rlimit {
+        rlim_cur: nr_open.max(lim.rlim_max),
+        rlim_max: nr_open.max(lim.rlim_max),
+    };
+    // SAFETY: `want` is a valid in pointer; failure is handled below.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+        return want.rlim_cur;
+    }
+    let soft = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: as above.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) };
+    lim.rlim_max
+}
+
+/// The boot id of the running kernel (`/proc/sys/kernel/random/boot_id`).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Converts an `io::Error` into an errno (EIO when it carries none).
+pub fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_io_error(e).unwrap_or(Errno::IO)
+}
+
+/// Borrow helper: a `CStr` view of an `OsStr` for rustix calls that need one.
+pub fn cstring(name: &OsStr) -> SysResult<CString> {
+    CString::new(name.as_bytes()).map_err(|_| Errno::INVAL)
+}
+
+/// Copies `len` bytes from `src` at `off` to `dst` at the same offset with
+/// `copy_file_range`, falling back to `pread`/`pwrite` where the kernel
+/// cannot (EXDEV across some filesystems, EINVAL, ENOSYS, EOPNOTSUPP).
+pub fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, off: u64, len: u64) -> SysResult<()> {
+    let mut done = 0u64;
+    let mut use_cfr = true;
+    let mut buf: Vec<u8> = Vec::new();
+    while done < len {
+        let chunk = (len - done).min(1 << 30) as usize;
+        if use_cfr {
+            let mut in_off = off + done;
+            let mut out_off = off + done;
+            match rustix::fs::copy_file_range(
+                src,
+                Some(&mut in_off),
+                dst,
+                Some(&mut out_off),
+                chunk,
+            ) {
+                Ok(0) => return Ok(()), // source shrank under us
+                Ok(n) => {
+                    done += n as u64;
+                    continue;
+                }
+                Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                    use_cfr = false;
+                }
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if buf.is_empty() {
+            buf = vec![0u8; 1 << 20];
+        }
+        let n = chunk.min(buf.len());
+        let got = match rustix::io::pread(src, &mut buf[..n], off + done) {
+            Ok(0) => return Ok(()),
+            Ok(g) => g,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        };
+        let mut w = 0;
+        while w < got {
+            match rustix::io::pwrite(dst, &buf[w..got], off + done + w as u64) {
+                Ok(k) => w += k,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        done += got as u64;
+    }
+    Ok(())
+}
+
+/// Copies the data of regular file `src` into the empty file `dst`: a reflink
+/// when the filesystem can, otherwise the data extents one by one (holes stay
+/// holes), then sets the size.
+pub fn copy_file_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> SysResult<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    if rustix::fs::ioctl_ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut pos = 0u64;
+    while pos < size {
+        let data = match rustix::fs::seek(src, rustix::fs::SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(Errno::NXIO) => break, // only a hole remains
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => {
+                // No SEEK_DATA: copy everything.
+                copy_range(src, dst, 0, size)?;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        if data >= size {
+            break;
+        }
+        let hole = match rustix::fs::seek(src, rustix::fs::SeekFrom::Hole(data)) {
+            Ok(h) => h.min(size),
+            Err(_) => size,
+        };
+        copy_range(src, dst, data, hole - data)?;
+        pos = hole;
+    }
+    rustix::fs::ftruncate(dst, size)
+}
+
+/// Duplicates a borrowed fd into an owned one.
+pub fn dup(fd: BorrowedFd<'_>) -> SysResult<OwnedFd> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 0)
+}
+
+/// Name of an errno as the error journal writes it (`EIO`, `ENOSPC`, ...).
+pub fn errno_name(e: Errno) -> String {
+    let n = e.raw_os_error();
+    let known: &[(i32, &str)] = &[
+        (libc::EIO, "EIO"),
+        (libc::ENOSPC, "ENOSPC"),
+        (libc::EDQUOT, "EDQUOT"),
+        (libc::EROFS, "EROFS"),
+        (libc::EFBIG, "EFBIG"),
+        (libc::ENOMEM, "ENOMEM"),
+        (libc::EUCLEAN, "EUCLEAN"),
+        (libc::ENODEV, "ENODEV"),
+        (libc::ENXIO, "ENXIO"),
+        (libc::EBADF, "EBADF"),
+        (libc::EINVAL, "EINVAL"),
+        (libc::ENOENT, "ENOENT"),
+        (libc::EPERM, "EPERM"),
+        (libc::EACCES, "EACCES"),
+        (libc::ESTALE, "ESTALE"),
+    ];
+    known
+        .iter()
+        .find(|(k, _)| *k == n)
+        .map(|(_, s)| s.to_string())
+        .unwrap_or_else(|| format!("E{n}"))
+}
+
+/// Parses an errno name written by [`errno_name`].
+pub fn errno_from_name(s: &str) -> Option<Errno> {
+    let table = [
+        ("EIO", libc::EIO),
+        ("ENOSPC", libc::ENOSPC),
+        ("EDQUOT", libc::EDQUOT),
+        ("EROFS", libc::EROFS),
+        ("EFBIG", libc::EFBIG),
+        ("ENOMEM", libc::ENOMEM),
+        ("EUCLEAN", libc::EUCLEAN),
+        ("ENODEV", libc::ENODEV),
+        ("ENXIO", libc::ENXIO),
+        ("EBADF", libc::EBADF),
+        ("EINVAL", libc::EINVAL),
+        ("ENOENT", libc::ENOENT),
+        ("EPERM", libc::EPERM),
+        ("EACCES", libc::EACCES),
+        ("ESTALE", libc::ESTALE),
+    ];
+    if let Some((_, n)) = table.iter().find(|(k, _)| *k == s) {
+        return Some(Errno::from_raw_os_error(*n));
+    }
+    s.strip_prefix('E')
+        .and_then(|d| d.parse::<i32>().ok())
+        .map(Errno::from_raw_os_error)
+}
+
+/// A `CStr` of a byte string known to have no NUL (used for xattr names).
+pub fn c(s: &CStr) -> &OsStr {
+    OsStr::from_bytes(s.to_bytes())
+}
+
+/// The fd behind any `AsFd`, borrowed.
+pub fn borrow<F: AsFd>(f: &F) -> BorrowedFd<'_> {
+    f.as_fd()
+}
+
+impl ProcSelfFd {
+    /// `chmod` of the object `fd` holds (`O_PATH` included; not symlinks,
+    /// whose mode Linux does not change).
+    pub fn chmod(&self, fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
+        let name = fd_name(fd.as_raw_fd());
+        rustix::fs::chmodat(
+            &self.dir,
+            name.as_c_str(),
+            Mode::from_raw_mode(mode & 0o7777),
+            AtFlags::empty(),
+        )
+    }
+}
+
+/// `fchownat(fd, "", AT_EMPTY_PATH)`: works on `O_PATH` handles and symlinks.
+pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> SysResult<()> {
+    rustix::fs::chownat(
+        fd,
+        c"",
+        uid.map(rustix::fs::Uid::from_raw),
+        gid.map(rustix::fs::Gid::from_raw),
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+    )
+}
+
+/// A time for [`set_times`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Time {
+    /// Leave unchanged.
+    Omit,
+    /// The current time.
+    Now,
+    /// Seconds and nanoseconds since the epoch.
+    At(i64, i64),
+}
+
+fn timespec(t: Time) -> rustix::fs::Timespec {
+    match t {
+        Time::Omit => rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        Time::Now => rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        Time::At(s, n) => rustix::fs::Timespec {
+            tv_sec: s,
+            tv_nsec: n as _,
+        },
+    }
+}
+
+/// `utimensat(fd, "", times, AT_EMPTY_PATH)`: works on `O_PATH` handles and
+/// symlinks.
+pub fn set_times(fd: BorrowedFd<'_>, atime: Time, mtime: Time) -> SysResult<()> {
+    let ts = rustix::fs::Timestamps {
+        last_access: timespec(atime),
+        last_modification: timespec(mtime),
+    };
+    rustix::fs::utimensat(
+        fd,
+        c"",
+        &ts,
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+    )
+}
+
+/// Target of the symlink `fd` holds (an `O_PATH|O_NOFOLLOW` handle).
+pub fn read_link_fd(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
+    Ok(rustix::fs::readlinkat(fd, c"", Vec::new())?.into_bytes())
+}
+
+/// `linkat(fd, "", dir, name, AT_EMPTY_PATH)`: a new name for the object
+/// `fd` holds. Needs CAP_DAC_READ_SEARCH.
+pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+    rustix::fs::linkat(fd, c"", dir, name, AtFlags::EMPTY_PATH)
+}
+
+/// `fork(2)`: `None` in the child, the child's pid in the parent. Call only
+/// while the process has a single thread.
+pub fn fork() -> SysResult<Option<i32>> {
+    // SAFETY: the caller guarantees the process is single-threaded, so the
+    // child inherits a consistent address space.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO)),
+        0 => Ok(None),
+        p => Ok(Some(p)),
+    }
+}
+
+/// Points stdin, stdout and stderr at /dev/null.
+pub fn stdio_to_null() {
+    if let Ok(null) = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors, which the process
+            // owns; the new descriptor replaces the old one atomically.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// `ioctl(fd, _IO(0xE5, 1))`: rovl's sync of the mount holding `fd`.
+pub fn ioctl_rovl_sync(fd: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: an _IO ioctl carries no argument.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), 0xE501 as libc::c_ulong) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO))
+    }
+}
+
+/// Size of the `ROVL_IOC_STATUS` buffer (the largest an `_IOR` can encode).
+pub const ROVL_STATUS_SIZE: usize = 16383;
+
+/// `ioctl(fd, _IOR(0xE5, 2, char[16383]))`: the JSON status of the rovl
+/// mount holding `fd`.
+pub fn ioctl_rovl_status(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
+    let mut buf = vec![0u8; ROVL_STATUS_SIZE];
+    // SAFETY: the ioctl writes at most _IOC_SIZE(cmd) == buf.len() bytes.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            0xBFFF_E502 as libc::c_ulong,
+            buf.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+    }
+    let n = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and the threads
+/// it starts afterwards), so that one thread can wait for them.
+pub fn block_termination_signals() {
+    // SAFETY: sigset operations on a local, zero-initialized set; the
+    // pthread_sigmask call only changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits for one of the signals [`block_termination_signals`] blocked.
+pub fn wait_termination_signal() -> i32 {
+    // SAFETY: as above; sigwait writes the signal number into `sig`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        let mut sig: libc::c_int = 0;
+        libc::sigwait(&set, &mut sig);
+        sig
+    }
+}

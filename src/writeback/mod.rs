@@ -1,0 +1,835 @@
+//! Writeback: what this mount dirtied, the writeback errors it met, and who
+//! has been told them (SPEC §3, E1–E8).
+//!
+//! - Every error rovl meets on the upper filesystem for this mount (an
+//!   fsync of a file or directory it dirtied, or a check of background
+//!   writeback) is recorded once: in the file's [`ErrSeq`], in the mount's,
+//!   in the journal and in the status list. The errseqs then tell each
+//!   observer (an open file description of the mount) once (E1, E2): the
+//!   kernel would hand an error only to the fsync caller that met it.
+//! - Observers sample both errseqs when they open; internal readers (status,
+//!   the volatile check) only peek (E8).
+//! - Dirty tracking keeps an upper fd per file this mount dirtied, opened
+//!   before the data was written, until the data is known durable, so no
+//!   error slips past between a close and a check. Passthrough writes never
+//!   reach the daemon, so "dirtied" means "opened for writing" and the bytes
+//!   come from `cachestat(2)`.
+//! - A sync (E2) writes back exactly that set: several files in flight, then
+//!   the directories whose entries changed. Nothing ever calls syncfs(2) on
+//!   the upper filesystem (E3, E4).
+//! - Volatile mode (E5) never forces writeback; it checks for errors of
+//!   background writeback without starting any, and after the first one
+//!   fails every fsync and sync until unmount.
+
+pub mod journal;
+pub mod session;
+pub mod status;
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use errseq::{Cursor, ErrSeq, Errno};
+use parking_lot::Mutex;
+use tracing::{error, info, warn};
+
+use crate::overlay::Overlay;
+use crate::overlay::node::Node;
+use crate::sys::{self, OFlags};
+
+pub use self::journal::Journal;
+
+/// Per-inode writeback state.
+#[derive(Debug, Default)]
+pub struct InodeWb {
+    /// Writeback errors of this file (E1).
+    pub errs: Arc<ErrSeq>,
+    /// Its entry in the mount's dirty set, while it has one.
+    dirty: Mutex<Option<Arc<DirtyFile>>>,
+}
+
+/// One observer's cursors: an open file description of the mount.
+#[derive(Debug)]
+pub struct Observer {
+    file: Mutex<Cursor>,
+    mount: Mutex<Cursor>,
+}
+
+/// How the mount writes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// fsync and sync reach the upper filesystem.
+    Normal,
+    /// Never force writeback (E5).
+    Volatile,
+}
+
+/// A file this mount dirtied.
+#[derive(Debug)]
+pub struct DirtyFile {
+    /// Upper (st_dev, st_ino).
+    key: (u64, u64),
+    /// The file's errseq (shared with its node).
+    errs: Arc<ErrSeq>,
+    /// rovl's own read-only fd on the upper file, opened before this mount
+    /// wrote anything unsynced; `None` once parked.
+    fd: Mutex<Option<Arc<OwnedFd>>>,
+    /// Handle to reopen it when parked.
+    handle: Option<sys::FileHandle>,
+    /// The node, for its current path.
+    node: Weak<Node>,
+    /// Last known path (relative to the mount).
+    path: Mutex<PathBuf>,
+    /// Opens for writing right now.
+    writers: AtomicUsize,
+    /// Bumped by every change; a sync that saw the same value before and
+    /// after made everything durable.
+    epoch: AtomicU64,
+    /// When it was dirtied (oldest first under fd pressure).
+    since: Instant,
+}
+
+/// A directory whose entries this mount changed.
+#[derive(Debug)]
+struct DirtyDir {
+    fd: Arc<OwnedFd>,
+    errs: Arc<ErrSeq>,
+    node: Weak<Node>,
+    path: PathBuf,
+    epoch: AtomicU64,
+}
+
+/// One error for the status report.
+#[derive(Debug, Clone)]
+pub struct ErrorRecord {
+    /// When rovl met it.
+    pub time: SystemTime,
+    /// Path relative to the mount.
+    pub path: PathBuf,
+    /// The error.
+    pub errno: Errno,
+}
+
+/// The outcome of the last sync, for the status report.
+#[derive(Debug, Clone)]
+pub struct SyncRecord {
+    /// When it finished.
+    pub time: SystemTime,
+    /// How long it took.
+    pub duration: Duration,
+    /// Files written back.
+    pub files: usize,
+    /// Directories made durable.
+    pub dirs: usize,
+    /// Its result for the caller.
+    pub result: Result<(), Errno>,
+}
+
+/// Most errors kept in memory for the status report.
+const MAX_ERROR_RECORDS: usize = 4096;
+/// Above this many open dirty fds, idle ones are synced (normal mode) so
+/// their fds can close.
+const MAX_OPEN_DIRTY: usize = 16_384;
+/// Most files fsynced at once by a sync.
+const SYNC_PARALLELISM: usize = 8;
+
+/// Mount-wide writeback state.
+#[derive(Debug)]
+pub struct MountWb {
+    mode: Mode,
+    /// Writeback errors of the whole mount (E2).
+    errs: ErrSeq,
+    /// Baseline peeked at mount: "errors since mount".
+    baseline: Cursor,
+    files: Mutex<HashMap<(u64, u64), Arc<DirtyFile>>>,
+    dirs: Mutex<HashMap<(u64, u64), Arc<DirtyDir>>>,
+    /// Volatile mode: the first writeback error, sticky until unmount.
+    sticky: Mutex<Option<Errno>>,
+    journal: Option<Journal>,
+    errors: Mutex<Vec<ErrorRecord>>,
+    error_count: AtomicU64,
+    last_sync: Mutex<Option<SyncRecord>>,
+    /// The mountpoint (to flush the kernel's page cache of this mount).
+    pub mountpoint: PathBuf,
+    /// Whether the kernel caches writes (writeback cache negotiated).
+    writeback_cache: std::sync::atomic::AtomicBool,
+    /// The unmount's result, once known.
+    exit: Mutex<Option<Result<(), String>>>,
+    /// Serializes syncs of the whole mount.
+    sync_lock: Mutex<()>,
+}
+
+fn wb_errno(e: sys::Errno) -> Errno {
+    Errno::new(e.raw_os_error()).unwrap_or(Errno::EIO)
+}
+
+fn sys_errno(e: Errno) -> sys::Errno {
+    sys::Errno::from_raw_os_error(e.get())
+}
+
+impl DirtyFile {
+    fn fd(&self, ov: &Overlay) -> Result<Arc<OwnedFd>, sys::Errno> {
+        let mut g = self.fd.lock();
+        if let Some(fd) = &*g {
+            return Ok(fd.clone());
+        }
+        // Parked: no unsynced data of ours, no unreported error; reopen.
+        let h = self.handle.as_ref().ok_or(sys::Errno::STALE)?;
+        let upper = ov.stack.upper_root().ok_or(sys::Errno::ROFS)?;
+        let p = sys::open_by_handle(upper, h)?;
+        let fd = Arc::new(ov.stack.proc.reopen(p.as_fd(), OFlags::RDONLY)?);
+        *g = Some(fd.clone());
+        Ok(fd)
+    }
+
+    fn current_path(&self, ov: &Overlay) -> PathBuf {
+        if let Some(n) = self.node.upgrade() {
+            let p = ov.path_of(&n);
+            *self.path.lock() = p.clone();
+            return p;
+        }
+        self.path.lock().clone()
+    }
+
+    fn touch(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl MountWb {
+    /// Writeback state for a new mount.
+    pub fn new(mode: Mode, journal: Option<Journal>, mountpoint: PathBuf) -> MountWb {
+        let errs = ErrSeq::new();
+        let baseline = errs.peek();
+        MountWb {
+            mode,
+            errs,
+            baseline,
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            sticky: Mutex::new(None),
+            journal,
+            errors: Mutex::new(Vec::new()),
+            error_count: AtomicU64::new(0),
+            last_sync: Mutex::new(None),
+            mountpoint,
+            writeback_cache: std::sync::atomic::AtomicBool::new(false),
+            exit: Mutex::new(None),
+            sync_lock: Mutex::new(()),
+        }
+    }
+
+    /// The mount's mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Tells the writeback layer whether the kernel caches writes.
+    pub fn set_writeback_cache(&self, on: bool) {
+        self.writeback_cache.store(on, Ordering::Release);
+    }
+
+    /// A new observer opens `node`.
+    pub fn observe(&self, node: &Node) -> Observer {
+        Observer {
+            file: Mutex::new(node.wb.errs.sample()),
+            mount: Mutex::new(self.errs.sample()),
+        }
+    }
+
+    /// Records a writeback error rovl met on `path`, once, everywhere it
+    /// must be told or kept: the file's errseq, the mount's, the journal,
+    /// the status list, and (volatile) the sticky state.
+    fn record(&self, file_errs: Option<&ErrSeq>, path: &std::path::Path, e: Errno) {
+        if let Some(f) = file_errs {
+            f.set(e);
+        }
+        self.errs.set(e);
+        let now = SystemTime::now();
+        self.error_count.fetch_add(1, Ordering::AcqRel);
+        {
+            let mut v = self.errors.lock();
+            if v.len() < MAX_ERROR_RECORDS {
+                v.push(ErrorRecord {
+                    time: now,
+                    path: path.to_path_buf(),
+                    errno: e,
+                });
+            }
+        }
+        if self.mode == Mode::Volatile {
+            let mut s = self.sticky.lock();
+            if s.is_none() {
+                *s = Some(e);
+            }
+        }
+        error!(path = %path.display(), errno = %e.name(), "writeback error");
+        if let Some(j) = &self.journal {
+            let entry = journal::Entry {
+                time: journal::rfc3339(now),
+                path: path.to_string_lossy().into_owned(),
+                errno: e.name().to_string(),
+            };
+            if let Err(je) = j.append(&entry) {
+                error!(
+                    path = %path.display(),
+                    errno = %e.name(),
+                    journal_error = %je,
+                    "could not append to the error journal"
+                );
+            }
+        }
+    }
+
+    /// The dirty entry of `node`, created (with rovl's own fd on `upper`)
+    /// when it has none.
+    fn dirty_file(
+        &self,
+        ov: &Overlay,
+        node: &Arc<Node>,
+        upper: BorrowedFd<'_>,
+    ) -> Option<Arc<DirtyFile>> {
+        let mut slot = node.wb.dirty.lock();
+        if let Some(df) = &*slot {
+            return Some(df.clone());
+        }
+        let st = sys::stat_fd(upper).ok()?;
+        let key = (st.st_dev, st.st_ino);
+        let existing = self.files.lock().get(&key).cloned();
+        let df = match existing {
+            Some(df) => df,
+            None => {
+                let fd = match ov.stack.proc.reopen(upper, OFlags::RDONLY) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        warn!(?e, "cannot hold the upper file for writeback tracking");
+                        return None;
+                    }
+                };
+                let df = Arc::new(DirtyFile {
+                    key,
+                    errs: node.wb.errs.clone(),
+                    fd: Mutex::new(Some(Arc::new(fd))),
+                    handle: sys::name_to_handle(upper).ok(),
+                    node: Arc::downgrade(node),
+                    path: Mutex::new(ov.path_of(node)),
+                    writers: AtomicUsize::new(0),
+                    epoch: AtomicU64::new(0),
+                    since: Instant::now(),
+                });
+                self.files.lock().insert(key, df.clone());
+                df
+            }
+        };
+        *slot = Some(df.clone());
+        Some(df)
+    }
+
+    /// `node` was opened for writing through the upper file `fd`.
+    pub fn opened_for_write(&self, ov: &Overlay, node: &Arc<Node>, fd: &Arc<OwnedFd>) {
+        if let Some(df) = self.dirty_file(ov, node, fd.as_fd()) {
+            df.writers.fetch_add(1, Ordering::AcqRel);
+            df.touch();
+        }
+    }
+
+    /// An open of `node` is released.
+    pub fn released(&self, node: &Node, writable: bool) {
+        if !writable {
+            return;
+        }
+        if let Some(df) = &*node.wb.dirty.lock() {
+            df.writers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// rovl wrote to `node` through an open file.
+    pub fn wrote(&self, node: &Node, _n: u64) {
+        if let Some(df) = &*node.wb.dirty.lock() {
+            df.touch();
+        }
+    }
+
+    /// `node` changed through `fd` outside an open file (truncate).
+    pub fn truncated(&self, ov: &Overlay, node: &Arc<Node>, fd: &OwnedFd) {
+        if let Some(df) = self.dirty_file(ov, node, fd.as_fd()) {
+            df.touch();
+        }
+    }
+
+    /// A copy-up in volatile mode left `node`'s copy unsynced.
+    pub fn file_copied_up(&self, ov: &Overlay, node: &Arc<Node>, fd: BorrowedFd<'_>) {
+        if let Some(df) = self.dirty_file(ov, node, fd) {
+            df.touch();
+        }
+    }
+
+    /// The upper directory `fd` of `dir` had its entries changed.
+    pub fn dir_changed(&self, ov: &Overlay, dir: &Arc<Node>, fd: BorrowedFd<'_>) {
+        let Ok(st) = sys::stat_fd(fd) else { return };
+        let key = (st.st_dev, st.st_ino);
+        let mut dirs = self.dirs.lock();
+        if let Some(d) = dirs.get(&key) {
+            d.epoch.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
+        let Ok(dup) = sys::dup(fd) else { return };
+        dirs.insert(
+            key,
+            Arc::new(DirtyDir {
+                fd: Arc::new(dup),
+                errs: dir.wb.errs.clone(),
+                node: Arc::downgrade(dir),
+                path: ov.path_of(dir),
+                epoch: AtomicU64::new(1),
+            }),
+        );
+    }
+
+    /// Makes upper directory `fd` durable now (a copy-up's entry outside
+    /// volatile mode). A failure fails the copy-up: it is the caller's.
+    pub fn sync_dir_now(
+        &self,
+        ov: &Overlay,
+        _dir: &Arc<Node>,
+        fd: BorrowedFd<'_>,
+    ) -> sys::SysResult<()> {
+        let d = ov
+            .stack
+            .proc
+            .reopen(fd, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        rustix::fs::fsync(&d)
+    }
+
+    /// Volatile mode: checks this mount's dirty files for errors of
+    /// background writeback, without starting any (E5).
+    pub fn check_background(&self, ov: &Overlay) {
+        let files: Vec<Arc<DirtyFile>> = self.files.lock().values().cloned().collect();
+        for df in files {
+            let fd = df.fd.lock().clone();
+            let Some(fd) = fd else { continue };
+            if let Err(e) = sys::check_writeback(fd.as_fd()) {
+                let path = df.current_path(ov);
+                self.record(Some(&df.errs), &path, wb_errno(e));
+            }
+        }
+    }
+
+    /// fsync/fdatasync through observer `obs` of `node` (E1; E5 when
+    /// volatile).
+    pub fn fsync(
+        &self,
+        ov: &Overlay,
+        node: &Arc<Node>,
+        obs: &Observer,
+        datasync: bool,
+    ) -> Result<(), Errno> {
+        if self.mode == Mode::Volatile {
+            self.check_background(ov);
+            if let Some(e) = *self.sticky.lock() {
+                return Err(e);
+            }
+            return Ok(());
+        }
+        if let Some(up) = node.upper() {
+            let df = node.wb.dirty.lock().clone();
+            match df {
+                Some(df) => {
+                    self.sync_file(ov, &df, datasync);
+                    self.settle(&df, None);
+                }
+                None => {
+                    // Not dirtied by this mount: make its metadata durable.
+                    let flags = if node.is_dir() {
+                        OFlags::RDONLY | OFlags::DIRECTORY
+                    } else {
+                        OFlags::RDONLY
+                    };
+                    if let Ok(fd) = ov.stack.proc.reopen(up.as_fd(), flags) {
+                        if let Err(e) = rustix::fs::fsync(&fd) {
+                            self.record(Some(&node.wb.errs), &ov.path_of(node), wb_errno(e));
+                        }
+                    }
+                }
+            }
+        }
+        node.wb.errs.check_and_advance(&mut obs.file.lock())
+    }
+
+    /// fsync of a directory through observer `obs`: its entries, and the
+    /// directory's own errors (E1 for directories).
+    pub fn fsyncdir(&self, ov: &Overlay, node: &Arc<Node>, obs: &Observer) -> Result<(), Errno> {
+        if self.mode == Mode::Volatile {
+            self.check_background(ov);
+            if let Some(e) = *self.sticky.lock() {
+                return Err(e);
+            }
+            return Ok(());
+        }
+        if let Some(up) = node.upper() {
+            if let Ok(st) = sys::stat_fd(up.as_fd()) {
+                let d = self.dirs.lock().get(&(st.st_dev, st.st_ino)).cloned();
+                if let Some(d) = d {
+                    self.sync_dir(ov, &d);
+                } else if let Ok(fd) = ov
+                    .stack
+                    .proc
+                    .reopen(up.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
+                {
+                    if let Err(e) = rustix::fs::fsync(&fd) {
+                        self.record(Some(&node.wb.errs), &ov.path_of(node), wb_errno(e));
+                    }
+                }
+            }
+        }
+        node.wb.errs.check_and_advance(&mut obs.file.lock())
+    }
+
+    /// fsync of one dirty file; records an error it meets.
+    fn sync_file(&self, ov: &Overlay, df: &DirtyFile, datasync: bool) -> bool {
+        let fd = match df.fd(ov) {
+            Ok(fd) => fd,
+            Err(sys::Errno::STALE | sys::Errno::NOENT) => return true,
+            Err(e) => {
+                self.record(Some(&df.errs), &df.current_path(ov), wb_errno(e));
+                return false;
+            }
+        };
+        let r = if datasync {
+            rustix::fs::fdatasync(&*fd)
+        } else {
+            rustix::fs::fsync(&*fd)
+        };
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                self.record(Some(&df.errs), &df.current_path(ov), wb_errno(e));
+                false
+            }
+        }
+    }
+
+    /// fsync of one dirty directory; records an error it meets.
+    fn sync_dir(&self, ov: &Overlay, d: &DirtyDir) -> bool {
+        let epoch = d.epoch.load(Ordering::Acquire);
+        let r = ov
+            .stack
+            .proc
+            .reopen(d.fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
+            .and_then(|fd| rustix::fs::fsync(&fd));
+        match r {
+            Ok(()) => {
+                let mut dirs = self.dirs.lock();
+                if let Ok(st) = sys::stat_fd(d.fd.as_fd()) {
+                    let key = (st.st_dev, st.st_ino);
+                    if dirs
+                        .get(&key)
+                        .is_some_and(|x| x.epoch.load(Ordering::Acquire) == epoch)
+                    {
+                        dirs.remove(&key);
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                let path = d
+                    .node
+                    .upgrade()
+                    .map(|n| ov.path_of(&n))
+                    .unwrap_or_else(|| d.path.clone());
+                self.record(Some(&d.errs), &path, wb_errno(e));
+                false
+            }
+        }
+    }
+
+    /// After a successful fsync that began at `epoch` (or now): a file
+    /// nobody has open for writing and that did not change since is durable
+    /// and leaves the dirty set.
+    fn settle(&self, df: &Arc<DirtyFile>, epoch: Option<u64>) {
+        if df.writers.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        if let Some(e) = epoch {
+            if df.epoch.load(Ordering::Acquire) != e {
+                return;
+            }
+        }
+        if self.mode == Mode::Volatile {
+            return;
+        }
+        let mut files = self.files.lock();
+        if files.get(&df.key).is_some_and(|x| Arc::ptr_eq(x, df)) {
+            files.remove(&df.key);
+        }
+        drop(files);
+        if let Some(n) = df.node.upgrade() {
+            let mut slot = n.wb.dirty.lock();
+            if slot.as_ref().is_some_and(|x| Arc::ptr_eq(x, df)) {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Flushes the pages the kernel still caches for this mount (writeback
+    /// cache), so that they reach the upper files before they are synced.
+    /// Must not run on a FUSE request thread (it sends requests to us).
+    fn flush_kernel_cache(&self) -> Result<(), Errno> {
+        if !self.writeback_cache.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let fd = rustix::fs::open(
+            &self.mountpoint,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            sys::Mode::empty(),
+        )
+        .map_err(wb_errno)?;
+        // An error here is the kernel's record of a failed FUSE_WRITE,
+        // already told to the writers' observers by the kernel itself.
+        let _ = rustix::fs::syncfs(&fd);
+        Ok(())
+    }
+
+    /// Writes back everything this mount dirtied and makes it durable; the
+    /// result for observer `obs` (E2). Volatile: checks only (E5).
+    pub fn sync(&self, ov: &Overlay, obs: Option<&Observer>) -> Result<(), Errno> {
+        if self.mode == Mode::Volatile {
+            self.check_background(ov);
+            if self.sticky.lock().is_some() {
+                return Err(Errno::EIO);
+            }
+            return Ok(());
+        }
+        let _g = self.sync_lock.lock();
+        let start = Instant::now();
+        self.flush_kernel_cache()?;
+        let files: Vec<Arc<DirtyFile>> = self.files.lock().values().cloned().collect();
+        let dirs: Vec<Arc<DirtyDir>> = self.dirs.lock().values().cloned().collect();
+        // Start writeback of every file first, so the fsyncs below find the
+        // I/O already in flight, then fsync from several threads so the
+        // upper filesystem can commit them together.
+        for df in &files {
+            if let Some(fd) = df.fd.lock().clone() {
+                let _ = sys::start_writeback(fd.as_fd());
+            }
+        }
+        let epochs: Vec<u64> = files
+            .iter()
+            .map(|f| f.epoch.load(Ordering::Acquire))
+            .collect();
+        let chunk = files.len().div_ceil(SYNC_PARALLELISM).max(1);
+        std::thread::scope(|s| {
+            for (part, ep) in files.chunks(chunk).zip(epochs.chunks(chunk)) {
+                s.spawn(move || {
+                    for (df, e) in part.iter().zip(ep) {
+                        if self.sync_file(ov, df, false) {
+                            self.settle(df, Some(*e));
+                        }
+                    }
+                });
+            }
+        });
+        for d in &dirs {
+            self.sync_dir(ov, d);
+        }
+        let result = match obs {
+            Some(o) => self.errs.check_and_advance(&mut o.mount.lock()),
+            None => Ok(()),
+        };
+        *self.last_sync.lock() = Some(SyncRecord {
+            time: SystemTime::now(),
+            duration: start.elapsed(),
+            files: files.len(),
+            dirs: dirs.len(),
+            result,
+        });
+        result
+    }
+
+    /// One pass of background work: checks files whose writeback finished
+    /// and parks them (closing their fd); under fd pressure, syncs the
+    /// oldest idle ones (normal mode only).
+    pub fn background_pass(&self, ov: &Overlay) {
+        let files: Vec<Arc<DirtyFile>> = self.files.lock().values().cloned().collect();
+        let mut open = 0usize;
+        for df in &files {
+            if df.writers.load(Ordering::Acquire) != 0 {
+                open += 1;
+                continue;
+            }
+            let fd = df.fd.lock().clone();
+            let Some(fd) = fd else { continue };
+            open += 1;
+            let Ok(cs) = sys::cachestat(fd.as_fd()) else {
+                continue;
+            };
+            if cs.dirty != 0 || cs.writeback != 0 {
+                continue;
+            }
+            let epoch = df.epoch.load(Ordering::Acquire);
+            match sys::check_writeback(fd.as_fd()) {
+                Err(e) => self.record(Some(&df.errs), &df.current_path(ov), wb_errno(e)),
+                Ok(()) => {
+                    // Written back without error; only a commit of its
+                    // metadata may be missing, which the next sync does by
+                    // reopening it. Park it: close the fd.
+                    if df.handle.is_some()
+                        && df.writers.load(Ordering::Acquire) == 0
+                        && df.epoch.load(Ordering::Acquire) == epoch
+                    {
+                        *df.fd.lock() = None;
+                        open -= 1;
+                    }
+                }
+            }
+        }
+        if self.mode == Mode::Normal && open > MAX_OPEN_DIRTY {
+            let mut idle: Vec<&Arc<DirtyFile>> = files
+                .iter()
+                .filter(|d| d.writers.load(Ordering::Acquire) == 0 && d.fd.lock().is_some())
+                .collect();
+            idle.sort_by_key(|d| d.since);
+            for df in idle.into_iter().take(open - MAX_OPEN_DIRTY) {
+                let e = df.epoch.load(Ordering::Acquire);
+                if self.sync_file(ov, df, false) {
+                    self.settle(df, Some(e));
+                }
+            }
+        }
+    }
+
+    /// Dirty files and bytes (bytes from the page cache of the upper files).
+    pub fn dirty_summary(&self, ov: &Overlay) -> Vec<(PathBuf, u64)> {
+        let files: Vec<Arc<DirtyFile>> = self.files.lock().values().cloned().collect();
+        files
+            .iter()
+            .map(|df| {
+                let bytes = df
+                    .fd
+                    .lock()
+                    .as_ref()
+                    .and_then(|fd| sys::cachestat(fd.as_fd()).ok())
+                    .map(|c| (c.dirty + c.writeback) * 4096)
+                    .unwrap_or(0);
+                (df.current_path(ov), bytes)
+            })
+            .collect()
+    }
+
+    /// Errors met since mount (peeked: never hides one from an observer).
+    pub fn errors_since_mount(&self) -> Vec<ErrorRecord> {
+        if self.errs.check(self.baseline).is_none() {
+            return Vec::new();
+        }
+        self.errors.lock().clone()
+    }
+
+    /// Total writeback errors met since mount.
+    pub fn error_count(&self) -> u64 {
+        self.error_count.load(Ordering::Acquire)
+    }
+
+    /// The last sync's record.
+    pub fn last_sync(&self) -> Option<SyncRecord> {
+        self.last_sync.lock().clone()
+    }
+
+    /// Volatile mode's sticky error.
+    pub fn sticky(&self) -> Option<Errno> {
+        *self.sticky.lock()
+    }
+
+    /// Files this (volatile) session dirtied, for the session record.
+    pub fn dirtied(&self, ov: &Overlay) -> Vec<session::Dirtied> {
+        let files: Vec<Arc<DirtyFile>> = self.files.lock().values().cloned().collect();
+        files
+            .iter()
+            .filter_map(|df| {
+                let h = df.handle.as_ref()?;
+                Some(session::Dirtied::new(
+                    df.current_path(ov).to_string_lossy().into_owned(),
+                    h,
+                ))
+            })
+            .collect()
+    }
+
+    /// Adopts files a previous clean volatile session left dirty (E6).
+    pub fn adopt(&self, ov: &Overlay, files: &[session::Dirtied]) {
+        let Some(upper) = ov.stack.upper_root() else {
+            return;
+        };
+        for f in files {
+            let Some(h) = f.file_handle() else { continue };
+            let Ok(p) = sys::open_by_handle(upper, &h) else {
+                continue;
+            };
+            let Ok(fd) = ov.stack.proc.reopen(p.as_fd(), OFlags::RDONLY) else {
+                continue;
+            };
+            let Ok(st) = sys::stat_fd(fd.as_fd()) else {
+                continue;
+            };
+            let key = (st.st_dev, st.st_ino);
+            let df = Arc::new(DirtyFile {
+                key,
+                errs: Arc::new(ErrSeq::new()),
+                fd: Mutex::new(Some(Arc::new(fd))),
+                handle: Some(h),
+                node: Weak::new(),
+                path: Mutex::new(PathBuf::from(&f.path)),
+                writers: AtomicUsize::new(0),
+                epoch: AtomicU64::new(1),
+                since: Instant::now(),
+            });
+            self.files.lock().insert(key, df);
+        }
+        info!(
+            files = files.len(),
+            "adopted files of the previous volatile session"
+        );
+    }
+
+    /// The daemon is unmounting: a final sync (normal mode), then the
+    /// result the daemon exits with.
+    pub fn unmounting(&self, ov: &Overlay) {
+        let result = match self.mode {
+            Mode::Normal => {
+                let before = self.errs.peek();
+                let _ = self.sync(ov, None);
+                match self.errs.check(before) {
+                    Some(e) => Err(format!(
+                        "final sync failed: {} (see the error journal)",
+                        e.name()
+                    )),
+                    None => Ok(()),
+                }
+            }
+            Mode::Volatile => {
+                self.check_background(ov);
+                match self.sticky() {
+                    Some(e) => Err(format!(
+                        "{} writeback error(s) during the volatile session, first {} (see the error journal)",
+                        self.error_count(),
+                        e.name()
+                    )),
+                    None => Ok(()),
+                }
+            }
+        };
+        *self.exit.lock() = Some(result);
+    }
+
+    /// The unmount's result, once `unmounting` ran.
+    pub fn exit_result(&self) -> Option<Result<(), String>> {
+        self.exit.lock().clone()
+    }
+}
+
+/// Converts between the two errno types of the crate.
+pub fn to_sys(e: Errno) -> sys::Errno {
+    sys_errno(e)
+}
