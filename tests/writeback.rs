@@ -1,0 +1,672 @@
+//! The writeback-error contract (SPEC §3, E1–E8), proven on a real failing
+//! disk: ext4 on a loop device whose image cannot grow once the tmpfs under
+//! it is ballooned, so writeback of new blocks fails for real.
+
+mod common;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use testbed::FailingDisk;
+
+const ENOSPC: i32 = libc::ENOSPC;
+const EIO: i32 = libc::EIO;
+
+/// A stack whose upper and work directories are on the failing disk (the
+/// lowers are on the scratch filesystem).
+fn disk_stack(disk: &FailingDisk, s: &Scratch, name: &str) -> Stack {
+    let base = s.path().join(name);
+    let on_disk = disk.path().join(name);
+    std::fs::create_dir_all(&on_disk).unwrap();
+    let mut st = Stack::under(&base, 1);
+    st.upper = on_disk.join("upper");
+    st.work = on_disk.join("work");
+    std::fs::create_dir_all(&st.upper).unwrap();
+    std::fs::create_dir_all(&st.work).unwrap();
+    st
+}
+
+fn rw(p: &Path) -> File {
+    OpenOptions::new().read(true).write(true).open(p).unwrap()
+}
+
+fn ro(p: &Path) -> File {
+    File::open(p).unwrap()
+}
+
+/// fsync's errno, 0 on success.
+fn fsync(f: &File) -> i32 {
+    match f.sync_all() {
+        Ok(()) => 0,
+        Err(e) => errno(&e),
+    }
+}
+
+/// fdatasync's errno, 0 on success.
+fn fdatasync(f: &File) -> i32 {
+    match f.sync_data() {
+        Ok(()) => 0,
+        Err(e) => errno(&e),
+    }
+}
+
+/// Appends `n` bytes (new blocks: they need fresh room on the disk).
+fn grow(f: &mut File, n: usize) {
+    f.seek(SeekFrom::End(0)).unwrap();
+    f.write_all(&vec![0x5a; n]).unwrap();
+}
+
+/// The `ROVL_IOC_SYNCFS` ioctl through `f`: 0 or its errno.
+fn ioc_sync(f: &File) -> i32 {
+    match rovl::sys::ioctl_rovl_sync(f.as_fd()) {
+        Ok(()) => 0,
+        Err(e) => e.raw_os_error(),
+    }
+}
+
+/// `rovl sync PATH`: (exit code, stderr).
+fn rovl_sync(p: &Path) -> (i32, String) {
+    let (c, _, e) = run_rovl([Path::new("sync"), p]);
+    (c, e)
+}
+
+/// Starts writeback of an upper file from the host, without waiting and
+/// without being told anything (so an error stays untold to everyone).
+fn kick_writeback(upper_file: &Path) {
+    let f = File::open(upper_file).unwrap();
+    rovl::sys::start_writeback(f.as_fd()).unwrap();
+}
+
+/// Waits until `cond` holds (10 s at most).
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Status JSON of a live mount.
+fn status(mnt: &Path) -> serde_json::Value {
+    let (c, out, err) = run_rovl([Path::new("status"), mnt, Path::new("--json")]);
+    assert_eq!(c, 0, "rovl status: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn error_count(mnt: &Path) -> usize {
+    status(mnt)["errors"].as_array().map(Vec::len).unwrap_or(0)
+}
+
+fn passthrough_modes() -> [&'static str; 2] {
+    ["passthrough=on", "passthrough=off"]
+}
+
+/// E1: observers open when the error happened are each told once; one that
+/// opens after someone was told is not.
+#[test]
+fn e1_each_observer_told_once() {
+    for mode in passthrough_modes() {
+        let s = Scratch::new().unwrap();
+        let mut disk = FailingDisk::new().unwrap();
+        let st = disk_stack(&disk, &s, "a");
+        let m = mount_rovl(&st, mode);
+        let f = st.m("f");
+        put(&f, "start");
+        assert_eq!(fsync(&ro(&f)), 0);
+        let mut a = rw(&f);
+        let b = ro(&f);
+        disk.balloon().unwrap();
+        grow(&mut a, 1 << 20);
+        assert_eq!(fsync(&a), ENOSPC, "{mode}: writer's fsync");
+        assert_eq!(fsync(&a), 0, "{mode}: told once");
+        assert_eq!(fsync(&b), ENOSPC, "{mode}: second observer told too");
+        assert_eq!(fsync(&b), 0, "{mode}: second observer told once");
+        let c = ro(&f);
+        assert_eq!(fsync(&c), 0, "{mode}: opened after someone was told");
+        drop((a, b, c));
+        disk.heal().unwrap();
+        drop(m);
+    }
+}
+
+/// E1: an error nobody was told yet is told to an observer that opens
+/// afterwards (rovl found it by checking background writeback, without
+/// telling anyone); once told, later openers are not.
+#[test]
+fn e1_untold_error_reaches_late_opener() {
+    for mode in passthrough_modes() {
+        let s = Scratch::new().unwrap();
+        let mut disk = FailingDisk::new().unwrap();
+        let st = disk_stack(&disk, &s, "a");
+        let m = mount_rovl(&st, mode);
+        let f = st.m("f");
+        put(&f, "start");
+        assert_eq!(fsync(&ro(&f)), 0);
+        disk.balloon().unwrap();
+        {
+            let mut a = rw(&f);
+            grow(&mut a, 1 << 20);
+        } // closed: no observer is left
+        kick_writeback(&st.upper.join("f"));
+        wait_for("rovl to notice the background error", || {
+            error_count(&st.mnt) >= 1
+        });
+        let d = ro(&f);
+        assert_eq!(
+            fsync(&d),
+            ENOSPC,
+            "{mode}: nobody was told: the late opener is"
+        );
+        assert_eq!(fsync(&d), 0, "{mode}: told once");
+        let e = ro(&f);
+        assert_eq!(
+            fdatasync(&e),
+            0,
+            "{mode}: someone was told before this opened"
+        );
+        disk.heal().unwrap();
+        drop((d, e, m));
+    }
+}
+
+/// E2: the mount sync (ioctl and `rovl sync`) fails for an observer opened
+/// before the error, once; a fresh `rovl sync` after that succeeds.
+#[test]
+fn e2_sync_reports_errors_per_observer() {
+    let s = Scratch::new().unwrap();
+    let mut disk = FailingDisk::new().unwrap();
+    let st = disk_stack(&disk, &s, "a");
+    let m = mount_rovl(&st, "");
+    put(&st.m("f"), "start");
+    put(&st.m("g"), "other");
+    assert_eq!(rovl_sync(&st.mnt).0, 0);
+    let root = File::open(&st.mnt).unwrap();
+    let other = ro(&st.m("g"));
+    disk.balloon().unwrap();
+    let mut a = rw(&st.m("f"));
+    grow(&mut a, 1 << 20);
+    drop(a);
+    let (code, err) = rovl_sync(&st.m("f"));
+    assert_eq!(code, 1, "rovl sync must fail: {err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.starts_with(&st.m("f").display().to_string()), "{err}");
+    assert_eq!(
+        ioc_sync(&root),
+        ENOSPC,
+        "an observer open before the error is told"
+    );
+    assert_eq!(ioc_sync(&root), 0, "once");
+    assert_eq!(ioc_sync(&other), ENOSPC, "any file of the mount will do");
+    assert_eq!(
+        rovl_sync(&st.mnt).0,
+        0,
+        "a new observer after the error was told"
+    );
+    disk.heal().unwrap();
+    drop((root, other, m));
+}
+
+/// E2: after `rovl sync` returned 0, a power cut keeps the data, the new
+/// names and the copy-ups this mount made.
+#[test]
+fn e2_sync_makes_everything_durable() {
+    let s = Scratch::new().unwrap();
+    let disk = FailingDisk::new().unwrap();
+    let st = disk_stack(&disk, &s, "a");
+    put(&st.lower(0, "dir/lowerfile"), "lower data");
+    let m = mount_rovl(&st, "volatile");
+    drop(m);
+    // Normal mode from here; volatile above only to start with no marker
+    // of a real sync having happened.
+    let _ = std::fs::remove_dir_all(st.work.join("work/incompat"));
+    let m = mount_rovl(&st, "");
+    put(&st.m("new/file"), "fresh");
+    {
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(st.m("dir/lowerfile"))
+            .unwrap();
+        f.write_all(b" + more").unwrap();
+    }
+    std::fs::rename(st.m("new/file"), st.m("new/renamed")).unwrap();
+    let (code, err) = rovl_sync(&st.mnt);
+    assert_eq!(code, 0, "{err}");
+    let cut = disk.power_cut().unwrap();
+    let up = cut.path().join("a/upper");
+    assert_eq!(get(&up.join("new/renamed")), "fresh");
+    assert!(!up.join("new/file").exists());
+    assert_eq!(get(&up.join("dir/lowerfile")), "lower data + more");
+    drop(m);
+}
+
+/// Without a sync, a power cut right after a write loses it (the control
+/// for the test above: the power-cut image really shows what was durable).
+#[test]
+fn power_cut_without_sync_loses_data() {
+    let s = Scratch::new().unwrap();
+    let disk = FailingDisk::new().unwrap();
+    let st = disk_stack(&disk, &s, "a");
+    let m = mount_rovl(&st, "");
+    put(&st.m("unsynced"), &"x".repeat(100_000));
+    let cut = disk.power_cut().unwrap();
+    let up = cut.path().join("a/upper/unsynced");
+    let len = std::fs::metadata(&up).map(|m| m.len()).unwrap_or(0);
+    let data = std::fs::read(&up).unwrap_or_default();
+    assert!(
+        len < 100_000 || data.iter().all(|b| *b == 0),
+        "unsynced data was already durable; the power-cut check cannot tell"
+    );
+    drop(m);
+}
+
+/// Copy-up is durable before the operation that caused it returns.
+#[test]
+fn copy_up_is_durable_before_returning() {
+    let s = Scratch::new().unwrap();
+    let disk = FailingDisk::new().unwrap();
+    let st = disk_stack(&disk, &s, "a");
+    put(&st.lower(0, "d/e/big"), &"L".repeat(300_000));
+    let m = mount_rovl(&st, "");
+    let f = OpenOptions::new()
+        .write(true)
+        .open(st.m("d/e/big"))
+        .unwrap();
+    let cut = disk.power_cut().unwrap();
+    assert_eq!(
+        get(&cut.path().join("a/upper/d/e/big")),
+        "L".repeat(300_000)
+    );
+    drop((f, m));
+}
+
+/// E3: a neighbour mount on the same upper filesystem is never told this
+/// mount's errors, and its sync does not write back this mount's data.
+#[test]
+fn e3_neighbour_isolated() {
+    let s = Scratch::new().unwrap();
+    let mut disk = FailingDisk::new().unwrap();
+    let a = disk_stack(&disk, &s, "a");
+    let b = disk_stack(&disk, &s, "b");
+    let ma = mount_rovl(&a, "");
+    let mb = mount_rovl(&b, "");
+    put(&a.m("small"), "a's data");
+    put(&b.m("big"), "b");
+    let a_root = File::open(&a.mnt).unwrap();
+    let a_small = rw(&a.m("small"));
+    assert_eq!(fsync(&a_small), 0);
+    // B holds unsynced data; A's sync must leave it alone.
+    {
+        let mut f = rw(&b.m("big"));
+        grow(&mut f, 8 << 20);
+    }
+    assert_eq!(ioc_sync(&a_root), 0);
+    let dirty = {
+        let f = File::open(b.upper.join("big")).unwrap();
+        rovl::sys::cachestat(f.as_fd()).unwrap().dirty
+    };
+    assert!(
+        dirty > 1000,
+        "A's sync wrote back B's data (dirty pages left: {dirty})"
+    );
+    // B's data fails to reach the disk; A is never told.
+    disk.balloon().unwrap();
+    assert_eq!(rovl_sync(&b.mnt).0, 1);
+    assert_eq!(ioc_sync(&a_root), 0, "A told of B's error");
+    assert_eq!(fsync(&a_small), 0, "A's file told of B's error");
+    assert_eq!(rovl_sync(&a.mnt).0, 0);
+    disk.heal().unwrap();
+    drop((a_root, a_small, ma, mb));
+}
+
+/// E4: rovl never calls syncfs on the upper filesystem, so a host process
+/// that opens it after rovl synced (and was told) still gets the error.
+#[test]
+fn e4_host_late_opener_still_told() {
+    let s = Scratch::new().unwrap();
+    let mut disk = FailingDisk::new().unwrap();
+    let st = disk_stack(&disk, &s, "a");
+    let m = mount_rovl(&st, "");
+    put(&st.m("f"), "start");
+    assert_eq!(rovl_sync(&st.mnt).0, 0);
+    disk.balloon().unwrap();
+    {
+        let mut a = rw(&st.m("f"));
+        grow(&mut a, 1 << 20);
+    }
+    assert_eq!(rovl_sync(&st.mnt).0, 1, "rovl is told");
+    let host = File::open(disk.path()).unwrap();
+    let r = rustix::fs::syncfs(&host);
+    assert!(
+        matches!(r, Err(e) if e.raw_os_error() == ENOSPC || e.raw_os_error() == EIO),
+        "the host's syncfs after rovl synced: {r:?}"
+    );
+    disk.heal().unwrap();
+    drop((host, m));
+}
+
+/// E5: a volatile mount never makes anything durable, is told its own
+/// background errors without forcing writeback, then fails every fsync
+/// (that errno) and every sync (EIO) until unmount; its neighbour is not
+/// affected.
+#[test]
+fn e5_volatile_sticky_and_isolated() {
+    let s = Scratch::new().unwrap();
+    let mut disk = FailingDisk::new().unwrap();
+    let a = disk_stack(&disk, &s, "a");
+    let b = disk_stack(&disk, &s, "b");
+    let ma = mount_rovl(&a, "volatile");
+    let mb = mount_rovl(&b, "fsync=0");
+    put(&a.m("f"), &"a".repeat(200_000));
+    put(&b.m("g"), "b");
+    put(&b.m("h"), "b2");
+    let af = rw(&a.m("f"));
+    assert_eq!(fsync(&af), 0);
+    let cut = disk.power_cut().unwrap();
+    let cut_len = std::fs::metadata(cut.path().join("a/upper/f"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(cut_len < 200_000, "a volatile fsync made data durable");
+    drop(cut);
+    disk.balloon().unwrap();
+    {
+        let mut g = rw(&b.m("g"));
+        grow(&mut g, 1 << 20);
+    }
+    kick_writeback(&b.upper.join("g"));
+    let bg = ro(&b.m("g"));
+    wait_for("B's volatile check to fail", || fsync(&bg) == ENOSPC);
+    assert_eq!(fsync(&bg), ENOSPC, "sticky");
+    assert_eq!(
+        fdatasync(&ro(&b.m("h"))),
+        ENOSPC,
+        "every fsync on the mount"
+    );
+    assert_eq!(ioc_sync(&bg), EIO, "every sync returns EIO");
+    assert_eq!(ioc_sync(&bg), EIO, "still");
+    assert_eq!(fsync(&af), 0, "the neighbour is not affected");
+    assert_eq!(ioc_sync(&af), 0);
+    disk.heal().unwrap();
+    drop((af, bg, ma, mb));
+}
+
+fn kernel_mount_refused(st: &Stack) -> bool {
+    let lowers: Vec<&Path> = st.lowers.iter().map(PathBuf::as_path).collect();
+    let k = s_mnt(st);
+    KernelOverlay::mount(&lowers, Some(&st.upper), Some(&st.work), "", &k).is_err()
+}
+
+fn s_mnt(st: &Stack) -> PathBuf {
+    let p = st.mnt.with_file_name("kmnt");
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+fn mount_fails(st: &Stack, extra: &str) -> String {
+    let mut opts = st.opts();
+    if !extra.is_empty() {
+        opts.push(',');
+        opts.push_str(extra);
+    }
+    let (code, out, err) = run_rovl([
+        std::ffi::OsStr::new("-o"),
+        opts.as_ref(),
+        st.mnt.as_os_str(),
+    ]);
+    assert_ne!(code, 0, "mount was allowed: {out}{err}");
+    assert!(
+        !testbed::mounts()
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_point == st.mnt)
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+/// E6: after a clean unmount a volatile stack is mounted again in the same
+/// boot and adopts the files it left dirty; the kernel's marker keeps
+/// kernel overlayfs away meanwhile.
+#[test]
+fn e6_reuse_after_clean_unmount() {
+    let s = Scratch::new().unwrap();
+    let disk = FailingDisk::new().unwrap();
+    let st = disk_stack(&disk, &s, "a");
+    let m = mount_rovl(&st, "volatile");
+    put(&st.m("f"), "dirty data");
+    let (code, _, err) = run_rovl([Path::new("umount"), &st.mnt]);
+    assert_eq!(code, 0, "{err}");
+    drop(m);
+    assert!(st.work.join("work/incompat/volatile/dirty").exists());
+    assert!(
+        kernel_mount_refused(&st),
+        "kernel overlayfs must refuse a volatile workdir"
+    );
+    let m = mount_rovl(&st, "volatile");
+    let stat = status(&st.mnt);
+    let dirty: Vec<&str> = stat["dirty"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap())
+        .collect();
+    assert!(dirty.contains(&"/f"), "adopted dirty files: {dirty:?}");
+    assert_eq!(get(&st.m("f")), "dirty data");
+    drop(m);
+}
+
+/// E6: a daemon killed with SIGKILL (or a reboot) makes the next mount of
+/// a volatile stack fail with a message that says why and how to recover.
+#[test]
+fn e6_refused_after_kill_or_reboot() {
+    let s = Scratch::new().unwrap();
+    let disk = FailingDisk::new().unwrap();
+    let st = disk_stack(&disk, &s, "a");
+    let mut m = mount_rovl(&st, "volatile");
+    put(&st.m("f"), "dirty data");
+    m.kill9().unwrap();
+    drop(m);
+    let err = mount_fails(&st, "volatile");
+    assert!(err.contains("did not end cleanly"), "{err}");
+    assert!(
+        err.contains("incompat/volatile"),
+        "says how to recover: {err}"
+    );
+    // A normal-mode mount is refused too: the data may be gone.
+    let err = mount_fails(&st, "");
+    assert!(err.contains("did not end cleanly"), "{err}");
+    // Recovery as the message says; then a reboot (another boot id).
+    std::fs::remove_dir_all(st.work.join("work/incompat/volatile")).unwrap();
+    let m = mount_rovl(&st, "volatile");
+    let (code, _, err) = run_rovl([Path::new("umount"), &st.mnt]);
+    assert_eq!(code, 0, "{err}");
+    drop(m);
+    let rec = st.work.join("rovl/session.json");
+    let text = get(&rec);
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["boot_id"] = serde_json::Value::from("00000000-0000-0000-0000-000000000000");
+    std::fs::write(&rec, serde_json::to_vec(&v).unwrap()).unwrap();
+    let err = mount_fails(&st, "volatile");
+    assert!(err.contains("rebooted"), "{err}");
+}
+
+/// E6/E7: a volatile session that met a writeback error ends with a
+/// non-zero `rovl umount`, and the next mount is refused.
+#[test]
+fn e6_refused_after_errors() {
+    let s = Scratch::new().unwrap();
+    let mut disk = FailingDisk::new().unwrap();
+    let st = disk_stack(&disk, &s, "a");
+    let m = mount_rovl(&st, "volatile");
+    put(&st.m("f"), "x");
+    disk.balloon().unwrap();
+    {
+        let mut a = rw(&st.m("f"));
+        grow(&mut a, 1 << 20);
+    }
+    kick_writeback(&st.upper.join("f"));
+    wait_for("the volatile check", || error_count(&st.mnt) >= 1);
+    let (code, _, err) = run_rovl([Path::new("umount"), &st.mnt]);
+    assert_eq!(code, 1, "umount must report the lost data: {err}");
+    assert!(err.contains("ENOSPC"), "{err}");
+    drop(m);
+    disk.heal().unwrap();
+    let err = mount_fails(&st, "volatile");
+    assert!(err.contains("writeback error"), "{err}");
+}
+
+fn journal(work: &Path) -> Vec<serde_json::Value> {
+    get(&work.join("rovl/journal"))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// E7: every error goes to the journal (time, mount-relative path, errno
+/// name), which survives the daemon's death; `rovl status WORKDIR` reads it.
+#[test]
+fn e7_journal_survives_daemon_death() {
+    let s = Scratch::new().unwrap();
+    let mut disk = FailingDisk::new().unwrap();
+    let st = disk_stack(&disk, &s, "a");
+    let mut m = mount_rovl(&st, "");
+    put(&st.m("dir/f"), "x");
+    assert_eq!(rovl_sync(&st.mnt).0, 0);
+    disk.balloon().unwrap();
+    {
+        let mut a = rw(&st.m("dir/f"));
+        grow(&mut a, 1 << 20);
+        assert_eq!(fsync(&a), ENOSPC);
+    }
+    m.kill9().unwrap();
+    drop(m);
+    disk.heal().unwrap();
+    let j = journal(&st.work);
+    assert_eq!(j.len(), 1, "{j:?}");
+    assert_eq!(j[0]["path"], "/dir/f");
+    assert_eq!(j[0]["errno"], "ENOSPC");
+    assert!(j[0]["time"].as_str().unwrap().ends_with('Z'));
+    let (code, out, err) = run_rovl([Path::new("status"), &st.work, Path::new("--json")]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["mounted"], false);
+    assert_eq!(v["journal"][0]["path"], "/dir/f");
+    let (_, human, _) = run_rovl([Path::new("status"), &st.work]);
+    assert!(human.contains("ENOSPC /dir/f"), "{human}");
+}
+
+/// A normal unmount syncs; an error there reaches the journal and makes
+/// `rovl umount` fail.
+#[test]
+fn final_sync_error_fails_umount() {
+    let s = Scratch::new().unwrap();
+    let mut disk = FailingDisk::new().unwrap();
+    let st = disk_stack(&disk, &s, "a");
+    let m = mount_rovl(&st, "");
+    put(&st.m("f"), "x");
+    assert_eq!(rovl_sync(&st.mnt).0, 0);
+    disk.balloon().unwrap();
+    {
+        let mut a = rw(&st.m("f"));
+        grow(&mut a, 1 << 20);
+    }
+    let (code, _, err) = run_rovl([Path::new("umount"), &st.mnt]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("final sync failed"), "{err}");
+    drop(m);
+    disk.heal().unwrap();
+    let j = journal(&st.work);
+    assert!(j.iter().any(|e| e["path"] == "/f"), "{j:?}");
+}
+
+/// A clean normal unmount makes data durable (the final sync).
+#[test]
+fn clean_unmount_is_durable() {
+    let s = Scratch::new().unwrap();
+    let disk = FailingDisk::new().unwrap();
+    let st = disk_stack(&disk, &s, "a");
+    let m = mount_rovl(&st, "");
+    put(&st.m("f"), "kept");
+    let (code, _, err) = run_rovl([Path::new("umount"), &st.mnt]);
+    assert_eq!(code, 0, "{err}");
+    drop(m);
+    let cut = disk.power_cut().unwrap();
+    assert_eq!(get(&cut.path().join("a/upper/f")), "kept");
+}
+
+/// xfstests' fsync-err, in our words: N descriptors each write; the disk
+/// fills; each writes again; every descriptor's fsync fails once and then
+/// succeeds; after healing, a reopened file works.
+#[test]
+fn fsync_err_many_descriptors() {
+    for mode in passthrough_modes() {
+        let s = Scratch::new().unwrap();
+        let mut disk = FailingDisk::new().unwrap();
+        let st = disk_stack(&disk, &s, "a");
+        let m = mount_rovl(&st, mode);
+        let p = st.m("f");
+        put(&p, "");
+        let mut fds: Vec<File> = (0..4).map(|_| rw(&p)).collect();
+        for (i, f) in fds.iter_mut().enumerate() {
+            f.seek(SeekFrom::Start(i as u64 * 4096)).unwrap();
+            f.write_all(&[i as u8; 4096]).unwrap();
+        }
+        for f in &fds {
+            assert_eq!(fsync(f), 0, "{mode}: before the disk fills");
+        }
+        disk.balloon().unwrap();
+        for (i, f) in fds.iter_mut().enumerate() {
+            f.seek(SeekFrom::Start((i as u64 + 8) * 65536)).unwrap();
+            f.write_all(&[i as u8; 65536]).unwrap();
+        }
+        for (i, f) in fds.iter().enumerate() {
+            assert_eq!(fsync(f), ENOSPC, "{mode}: descriptor {i} told");
+        }
+        for (i, f) in fds.iter().enumerate() {
+            assert_eq!(fsync(f), 0, "{mode}: descriptor {i} told once");
+        }
+        drop(fds);
+        disk.heal().unwrap();
+        let mut g = rw(&p);
+        grow(&mut g, 8192);
+        assert_eq!(fsync(&g), 0, "{mode}: after healing");
+        let mut buf = vec![0u8; 4096];
+        g.seek(SeekFrom::Start(4096)).unwrap();
+        g.read_exact(&mut buf).unwrap();
+        assert!(
+            buf.iter().all(|b| *b == 1),
+            "{mode}: data written before the error survives"
+        );
+        drop((g, m));
+    }
+}
+
+/// `rovl status` shows dirty files and bytes, mode, and the last sync.
+#[test]
+fn status_reports_dirty_data_and_last_sync() {
+    let s = Scratch::new().unwrap();
+    let disk = FailingDisk::new().unwrap();
+    let st = disk_stack(&disk, &s, "a");
+    let m = mount_rovl(&st, "");
+    {
+        let mut f = File::create(st.m("f")).unwrap();
+        f.write_all(&[7; 65536]).unwrap();
+        let v = status(&st.mnt);
+        assert_eq!(v["mode"], "normal");
+        assert_eq!(v["dirty_files"], 1);
+        assert!(v["dirty_bytes"].as_u64().unwrap() >= 65536, "{v}");
+        assert!(v["last_sync"].is_null());
+    }
+    assert_eq!(rovl_sync(&st.mnt).0, 0);
+    let v = status(&st.mnt);
+    assert_eq!(v["dirty_files"], 0, "{v}");
+    assert_eq!(v["last_sync"]["result"], "ok");
+    assert!(v["errors"].as_array().unwrap().is_empty());
+    drop(m);
+}
