@@ -25,11 +25,28 @@ pub enum Data {
     Truncated,
 }
 
+/// Whether the copy records its origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Record `trusted.overlay.origin` (the copy keeps the inode number of
+    /// the lower file it came from).
+    Keep,
+    /// Do not: the copy is a file of its own from now on (its own inode
+    /// number, here and under kernel overlayfs).
+    Drop,
+}
+
 /// Makes sure `node` has an upper copy, copying its ancestors first.
 ///
 /// The caller holds `ov.rename_lock` (shared or exclusive), so no name on
-/// the way changes meanwhile.
+/// the way changes meanwhile. Fails with EBUSY when the node's lower file
+/// is pinned by passthrough readers (see `Node::lower_pinned`).
 pub fn copy_up(ov: &Overlay, node: &Arc<Node>, data: Data) -> SysResult<()> {
+    copy_up_with(ov, node, data, Origin::Keep)
+}
+
+/// [`copy_up`] choosing whether the copy records its origin.
+pub fn copy_up_with(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) -> SysResult<()> {
     if node.upper().is_some() {
         return Ok(());
     }
@@ -62,15 +79,23 @@ pub fn copy_up(ov: &Overlay, node: &Arc<Node>, data: Data) -> SysResult<()> {
         } else {
             Data::Full
         };
-        copy_up_one(ov, n, d)?;
+        let o = if Arc::ptr_eq(n, node) {
+            origin
+        } else {
+            Origin::Keep
+        };
+        copy_up_one(ov, n, d, o)?;
     }
     Ok(())
 }
 
-fn copy_up_one(ov: &Overlay, node: &Arc<Node>, data: Data) -> SysResult<()> {
+fn copy_up_one(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) -> SysResult<()> {
     let _g = node.copy_up_lock.lock();
     if node.upper().is_some() {
         return Ok(());
+    }
+    if node.lower_pinned.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(Errno::BUSY);
     }
     let (parent_id, name, layer, lower) = {
         let st = node.state.read();
@@ -91,7 +116,13 @@ fn copy_up_one(ov: &Overlay, node: &Arc<Node>, data: Data) -> SysResult<()> {
     let pstat = sys::stat_fd(pup.as_fd())?;
     let tmp = ov.tmp_name();
 
-    let built = build(ov, layer, lower.as_fd(), &st, work, &tmp, data);
+    let src = Source {
+        layer,
+        fd: lower.as_fd(),
+        st,
+        origin,
+    };
+    let built = build(ov, &src, work, &tmp, data);
     let copy = match built {
         Ok(fd) => fd,
         Err(e) => {
@@ -143,16 +174,23 @@ pub(crate) fn mark_impure(dir: &Node, fd: BorrowedFd<'_>) {
     }
 }
 
+/// The lower object a copy is made of.
+struct Source<'a> {
+    layer: usize,
+    fd: BorrowedFd<'a>,
+    st: Stat,
+    origin: Origin,
+}
+
 /// Builds the copy as `work/tmp`; returns an `O_PATH` handle on it.
 fn build(
     ov: &Overlay,
-    layer: usize,
-    lower: BorrowedFd<'_>,
-    st: &Stat,
+    src: &Source<'_>,
     work: BorrowedFd<'_>,
     tmp: &OsStr,
     data: Data,
 ) -> SysResult<OwnedFd> {
+    let st = &src.st;
     let kind = FileType::from_raw_mode(st.st_mode);
     let perm = st.st_mode & 0o7777;
     let fd = match kind {
@@ -164,11 +202,11 @@ fn build(
                 Mode::from_raw_mode(0o600),
             )?;
             if data == Data::Full && st.st_size > 0 {
-                let src = ov.stack.proc.reopen(lower, OFlags::RDONLY)?;
-                sys::copy_file_data(src.as_fd(), f.as_fd(), st.st_size as u64)?;
+                let from = ov.stack.proc.reopen(src.fd, OFlags::RDONLY)?;
+                sys::copy_file_data(from.as_fd(), f.as_fd(), st.st_size as u64)?;
             }
             let fd = sys::open_path_at(work, tmp)?;
-            finish(ov, layer, lower, st, fd.as_fd(), perm, true)?;
+            finish(ov, src, fd.as_fd(), true)?;
             if !ov.opts.volatile {
                 rustix::fs::fsync(&f)?;
             }
@@ -179,7 +217,7 @@ fn build(
             sys::open_path_at(work, tmp)?
         }
         FileType::Symlink => {
-            let target = sys::read_link_fd(lower)?;
+            let target = sys::read_link_fd(src.fd)?;
             rustix::fs::symlinkat(target.as_slice(), work, tmp)?;
             sys::open_path_at(work, tmp)?
         }
@@ -189,15 +227,7 @@ fn build(
         }
         FileType::Unknown => return Err(Errno::IO),
     };
-    finish(
-        ov,
-        layer,
-        lower,
-        st,
-        fd.as_fd(),
-        perm,
-        kind != FileType::Symlink,
-    )?;
+    finish(ov, src, fd.as_fd(), kind != FileType::Symlink)?;
     if kind == FileType::Directory && !ov.opts.volatile {
         let d = ov
             .stack
@@ -211,23 +241,19 @@ fn build(
 /// Owner, mode, xattrs, origin and times, in the order that keeps each:
 /// chown first (it clears setuid bits and capabilities), then mode, then
 /// xattrs, times last.
-fn finish(
-    ov: &Overlay,
-    layer: usize,
-    lower: BorrowedFd<'_>,
-    st: &Stat,
-    fd: BorrowedFd<'_>,
-    perm: u32,
-    chmod: bool,
-) -> SysResult<()> {
+fn finish(ov: &Overlay, src: &Source<'_>, fd: BorrowedFd<'_>, chmod: bool) -> SysResult<()> {
+    let st = &src.st;
     sys::chown_fd(fd, Some(st.st_uid), Some(st.st_gid))?;
     if chmod {
-        ov.stack.proc.chmod(fd, perm)?;
+        ov.stack.proc.chmod(fd, st.st_mode & 0o7777)?;
     }
-    copy_xattrs(lower, fd)?;
-    if let Some(origin) = ov.stack.origin_of(layer, lower) {
-        // Without it the inode number survives only until the next remount.
-        let _ = xattr::set(fd, OsStr::new(markers::ORIGIN), &origin.encode(), 0);
+    copy_xattrs(src.fd, fd)?;
+    if src.origin == Origin::Keep {
+        if let Some(o) = ov.stack.origin_of(src.layer, src.fd) {
+            // Without it the inode number survives only until the next
+            // remount.
+            let _ = xattr::set(fd, OsStr::new(markers::ORIGIN), &o.encode(), 0);
+        }
     }
     sys::set_times(
         fd,

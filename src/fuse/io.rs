@@ -8,17 +8,20 @@
 //! - upper files get passthrough with a read-write backing file, so writes
 //!   never reach the daemon;
 //! - lower files get passthrough with a read-only backing file when large
-//!   enough to matter, otherwise cached reads through the daemon;
-//! - an open that the inode's backing file cannot serve (a write to a
-//!   read-only backing, or the upper copy of a file that was copied up
-//!   while its lower backing file stayed open) is still a passthrough open
-//!   of that backing file, as the kernel requires, but with `DIRECT_IO`: its
-//!   reads and writes come to the daemon, which serves them from the right
-//!   file.
+//!   enough to matter, otherwise cached reads through the daemon. While a
+//!   lower backing file is attached, the node is pinned: it is never copied
+//!   up in place (a writer sharing the FUSE inode would reach the lower
+//!   file through mmap); the name moves to a new node instead (see
+//!   `Overlay::copy_up_node`);
+//! - an upper file whose read-write backing file could not be opened (a
+//!   running executable) gets a read-only one; a writer sharing it is still
+//!   a passthrough open of that backing file, as the kernel requires, but
+//!   with `DIRECT_IO`: its reads and writes come to the daemon.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fuser::{BackingId, FileAttr, FileHandle, FopenFlags, Generation, ReplyCreate, ReplyOpen};
@@ -47,6 +50,13 @@ impl Reply {
         match self {
             Reply::Open(r) => r.open_backing(fd),
             Reply::Create(r, ..) => r.open_backing(fd),
+        }
+    }
+
+    fn error(self, e: fuser::Errno) {
+        match self {
+            Reply::Open(r) => r.error(e),
+            Reply::Create(r, ..) => r.error(e),
         }
     }
 
@@ -111,9 +121,14 @@ impl IoModes {
                     upper,
                     writable,
                 } => {
-                    let wrong_file = of.on_upper() != *upper;
-                    let needs_write = of.writable && !*writable;
-                    let flags = if wrong_file || needs_write {
+                    if of.on_upper() != *upper {
+                        // Cannot happen while pinned nodes are never copied
+                        // up in place; never let a write reach a lower file.
+                        nio.opens -= 1;
+                        reply.error(fuser::Errno::ESTALE);
+                        return;
+                    }
+                    let flags = if of.writable && !*writable {
                         FopenFlags::FOPEN_DIRECT_IO
                     } else {
                         FopenFlags::empty()
@@ -164,12 +179,21 @@ impl IoModes {
         if !big {
             return Mode::Cached;
         }
+        let _g = of.node.copy_up_lock.lock();
+        if of.node.upper().is_some() {
+            // Copied up since this open began: it reads the upper copy
+            // through the daemon.
+            return Mode::Cached;
+        }
         match reply.backing(fd.as_fd()) {
-            Ok(b) => Mode::Passthrough {
-                backing: Arc::new(b),
-                upper: false,
-                writable: false,
-            },
+            Ok(b) => {
+                of.node.lower_pinned.store(true, Ordering::Release);
+                Mode::Passthrough {
+                    backing: Arc::new(b),
+                    upper: false,
+                    writable: false,
+                }
+            }
             Err(e) => {
                 warn!(?e, "passthrough refused; serving through the daemon");
                 Mode::Cached
@@ -186,7 +210,14 @@ impl IoModes {
         if let Some(nio) = nodes.get_mut(&of.node.id) {
             nio.opens = nio.opens.saturating_sub(1);
             if nio.opens == 0 {
-                nodes.remove(&of.node.id);
+                if let Some(NodeIo {
+                    mode: Mode::Passthrough { upper: false, .. },
+                    ..
+                }) = nodes.remove(&of.node.id)
+                {
+                    let _g = of.node.copy_up_lock.lock();
+                    of.node.lower_pinned.store(false, Ordering::Release);
+                }
             }
         }
     }

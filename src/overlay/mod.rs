@@ -362,7 +362,26 @@ impl Overlay {
         data: crate::copy_up::Data,
     ) -> SysResult<()> {
         self.needs_split(node)?;
-        crate::copy_up::copy_up(self, node, data)
+        match crate::copy_up::copy_up(self, node, data) {
+            Err(Errno::BUSY) if node.lower_pinned.load(Ordering::Acquire) => {
+                // Passthrough readers hold the lower file through this
+                // node's FUSE inode: give the name a new node instead (its
+                // own inode number; no origin, so it keeps that number
+                // across remounts, under the kernel too), leave the readers
+                // on the old one, and have the kernel retry the operation
+                // after looking the name up again.
+                let (parent, name) = {
+                    let st = node.state.read();
+                    if st.unlinked {
+                        return Err(Errno::STALE);
+                    }
+                    (st.parent, st.name.clone())
+                };
+                self.copy_up_name(parent, &name, node, data, crate::copy_up::Origin::Drop)?;
+                Err(Errno::STALE)
+            }
+            r => r,
+        }
     }
 
     /// Copies up name `parent/name` of the hard-linked lower file `node` as
@@ -370,9 +389,30 @@ impl Overlay {
     /// `index=off`), and returns its new node.
     fn split(&self, parent: NodeId, name: &OsStr, node: &Arc<Node>) -> SysResult<Arc<Node>> {
         let _r = self.rename_lock.read();
+        node.state.write().split_pending = None;
+        self.copy_up_name(
+            parent,
+            name,
+            node,
+            crate::copy_up::Data::Full,
+            crate::copy_up::Origin::Keep,
+        )
+    }
+
+    /// Copies up the lower file `node` shows as a new node for the name
+    /// `parent/name` alone, which from then on leads to the new node; the
+    /// old node keeps its other names (or becomes unlinked). The caller
+    /// holds `rename_lock`.
+    fn copy_up_name(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        node: &Arc<Node>,
+        data: crate::copy_up::Data,
+        origin: crate::copy_up::Origin,
+    ) -> SysResult<Arc<Node>> {
         let (lower, ident) = {
-            let mut st = node.state.write();
-            st.split_pending = None;
+            let st = node.state.read();
             match &st.layers {
                 Layers::NonDir {
                     upper: None,
@@ -399,7 +439,7 @@ impl Overlay {
                 split_pending: None,
             },
         ));
-        crate::copy_up::copy_up(self, &part, crate::copy_up::Data::Full)?;
+        crate::copy_up::copy_up_with(self, &part, data, origin)?;
         let up = part.upper().ok_or(Errno::IO)?;
         let st = sys::stat_fd(up.as_fd())?;
         let layers = Layers::NonDir {

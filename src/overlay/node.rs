@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
@@ -117,6 +117,12 @@ pub struct Node {
     pub lookups: AtomicU64,
     /// Serializes copy-up of this node.
     pub copy_up_lock: Mutex<()>,
+    /// The kernel reads this node's lower file directly (FUSE passthrough)
+    /// for some open file. Its FUSE inode is then tied to that lower file,
+    /// so the node must never be copied up in place: a writer sharing the
+    /// inode would reach the lower file through mmap. Set and cleared under
+    /// `copy_up_lock`.
+    pub lower_pinned: AtomicBool,
     /// Per-inode writeback state (errors, dirty tracking).
     pub wb: crate::writeback::InodeWb,
 }
@@ -131,6 +137,7 @@ impl Node {
             state: RwLock::new(state),
             lookups: AtomicU64::new(0),
             copy_up_lock: Mutex::new(()),
+            lower_pinned: AtomicBool::new(false),
             wb: Default::default(),
         }
     }
