@@ -90,6 +90,12 @@ impl LoopExt4 {
                     .args(["-q", "-F", "-b"])
                     .arg(opts.block_size.to_string())
                     .args(["-E", "lazy_itable_init=0,lazy_journal_init=0"])
+                    // Without checksummed group descriptors every block and
+                    // inode bitmap is written by mkfs: none is left to be
+                    // initialized (on a never-written image block) at the
+                    // first allocation in its group, which would abort the
+                    // journal when it is written back while ballooned.
+                    .args(["-O", "^metadata_csum,^uninit_bg"])
                     .arg(&dev),
             )?;
         }
