@@ -1,0 +1,345 @@
+//! Every whiteout and opaque form SPEC §2 lists, read from lower and upper
+//! layers. The oracle is kernel overlayfs over the same content written
+//! with the kernel's own forms (0/0 device, `trusted.overlay.opaque=y`,
+//! xattr whiteouts): rovl over form X must show what the kernel shows over
+//! the kernel form.
+
+mod common;
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use support::*;
+
+/// How a layer says "this name is gone" / "nothing below this directory".
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Form {
+    /// 0/0 character device; `trusted.overlay.opaque=y`.
+    Kernel,
+    /// `.wh.NAME`; `.wh..wh..opq` (containers/storage).
+    WhFiles,
+    /// Zero-size file with `trusted.overlay.whiteout` inside a directory
+    /// with `trusted.overlay.opaque=x`; opaque `trusted.overlay.opaque=y`.
+    TrustedXattr,
+    /// The same with `user.overlay.*`.
+    UserXattr,
+    /// fuse-overlayfs: opaque `user.fuseoverlayfs.opaque=y`, `.wh.` files.
+    FuseOverlayfs,
+}
+
+fn wh(dir: &Path, name: &str, form: Form) {
+    mkdirs(dir);
+    match form {
+        Form::Kernel => whiteout(&dir.join(name)),
+        Form::WhFiles | Form::FuseOverlayfs => put(&dir.join(format!(".wh.{name}")), ""),
+        Form::TrustedXattr | Form::UserXattr => {
+            let ns = if form == Form::TrustedXattr {
+                "trusted"
+            } else {
+                "user"
+            };
+            put(&dir.join(name), "");
+            setxattr(&dir.join(name), &format!("{ns}.overlay.whiteout"), b"");
+            setxattr(dir, &format!("{ns}.overlay.opaque"), b"x");
+        }
+    }
+}
+
+fn opaque(dir: &Path, form: Form) {
+    mkdirs(dir);
+    match form {
+        Form::Kernel | Form::TrustedXattr => setxattr(dir, "trusted.overlay.opaque", b"y"),
+        Form::UserXattr => setxattr(dir, "user.overlay.opaque", b"y"),
+        Form::WhFiles => put(&dir.join(".wh..wh..opq"), ""),
+        Form::FuseOverlayfs => setxattr(dir, "user.fuseoverlayfs.opaque", b"y"),
+    }
+}
+
+/// The bottom layer: the same for every form.
+fn bottom(l: &Path) {
+    put(&l.join("keep"), "keep");
+    put(&l.join("rmfile"), "rm");
+    put(&l.join("rmdir/x"), "x");
+    put(&l.join("d/a"), "a");
+    put(&l.join("d/b"), "b");
+    put(&l.join("d/deep/c"), "c");
+    put(&l.join("od/hidden"), "hidden");
+    put(&l.join("od/sub/hidden2"), "hidden2");
+    put(&l.join("nd/shown"), "shown below a non-opaque dir");
+    put(&l.join("re/old"), "old");
+}
+
+/// The hiding layer in `form`.
+fn hiding(l: &Path, form: Form) {
+    mkdirs(l);
+    wh(l, "rmfile", form);
+    wh(l, "rmdir", form);
+    wh(&l.join("d"), "a", form);
+    wh(&l.join("d/deep"), "c", form);
+    opaque(&l.join("od"), form);
+    put(&l.join("od/own"), "own");
+    // A directory that holds xattr whiteouts (opaque value "x") is not
+    // opaque; in other forms this is just a plain directory.
+    put(&l.join("nd/top"), "top");
+    if matches!(form, Form::TrustedXattr | Form::UserXattr) {
+        wh(&l.join("nd"), "nothing-here", form);
+    }
+    // Removed and made again in the same layer: the new one is shown,
+    // opaque, the old content is not.
+    opaque(&l.join("re"), form);
+    put(&l.join("re/new"), "new");
+}
+
+fn lowers(base: &Path, tag: &str, form: Form) -> Vec<PathBuf> {
+    let top = base.join(format!("{tag}-top"));
+    let bot = base.join(format!("{tag}-bottom"));
+    hiding(&top, form);
+    bottom(&bot);
+    vec![top, bot]
+}
+
+/// rovl over `form` in the lower layers vs kernel over the kernel form.
+fn compare_lower_form(form: Form) {
+    let s = Scratch::new().unwrap();
+    let base = s.path();
+    let (km, kmnt) = {
+        let ls = lowers(base, "k", Form::Kernel);
+        let up = base.join("k-upper");
+        mkdirs(&up);
+        kernel_on(base, "k", &ls, &up)
+    };
+    let ls = lowers(base, "r", form);
+    let up = base.join("r-upper");
+    mkdirs(&up);
+    let (rm, st) = rovl_on(base, "r", &ls, &up);
+    assert_same_view(&st.mnt, &kmnt);
+    // Lookups of hidden names fail like the kernel's, also for the marker
+    // names themselves.
+    for name in [
+        "rmfile",
+        "rmdir",
+        "rmdir/x",
+        "d/a",
+        "d/deep/c",
+        "od/hidden",
+        "od/sub",
+        ".wh.rmfile",
+        "d/.wh.a",
+        "od/.wh..wh..opq",
+        "re/old",
+    ] {
+        assert_eq!(
+            rc(lstat(&st.mnt.join(name))),
+            rc(lstat(&kmnt.join(name))),
+            "{form:?}: lstat {name}"
+        );
+    }
+    drop(rm);
+    drop(km);
+}
+
+#[test]
+fn kernel_whiteouts_and_opaque_xattr_in_lower_layers() {
+    compare_lower_form(Form::Kernel);
+}
+
+#[test]
+fn wh_files_and_wh_opq_marker_in_lower_layers() {
+    compare_lower_form(Form::WhFiles);
+}
+
+#[test]
+fn trusted_xattr_whiteouts_and_opaque_in_lower_layers() {
+    compare_lower_form(Form::TrustedXattr);
+}
+
+#[test]
+fn user_xattr_whiteouts_and_user_overlay_opaque_in_lower_layers() {
+    compare_lower_form(Form::UserXattr);
+}
+
+#[test]
+fn fuse_overlayfs_opaque_xattr_in_lower_layers() {
+    compare_lower_form(Form::FuseOverlayfs);
+}
+
+/// The same forms in the upper layer (where rovl may meet a layer written by
+/// fuse-overlayfs or a rootless tool): rovl over form X vs kernel over the
+/// kernel form.
+fn compare_upper_form(form: Form, writes: bool) {
+    let s = Scratch::new().unwrap();
+    let base = s.path();
+    let kbot = base.join("k-bottom");
+    bottom(&kbot);
+    let kup = base.join("k-upper");
+    hiding(&kup, Form::Kernel);
+    let (km, kmnt) = kernel_on(base, "k", std::slice::from_ref(&kbot), &kup);
+    let rbot = base.join("r-bottom");
+    bottom(&rbot);
+    let rup = base.join("r-upper");
+    hiding(&rup, form);
+    let (rm, st) = rovl_on(base, "r", std::slice::from_ref(&rbot), &rup);
+    assert_same_view(&st.mnt, &kmnt);
+    if !writes {
+        return;
+    }
+    let script = |r: &Path| {
+        let mut l = Log::default();
+        l.r("create rmfile", write(&r.join("rmfile"), b"again"));
+        l.r("mkdir rmdir", std::fs::create_dir(r.join("rmdir")));
+        l.r("list rmdir", try_names(&r.join("rmdir")));
+        l.r("create d/a", write(&r.join("d/a"), b"A"));
+        l.r("unlink d/b", std::fs::remove_file(r.join("d/b")));
+        l.r("create od/hidden", write(&r.join("od/hidden"), b"h"));
+        l.r("list od", try_names(&r.join("od")));
+        l.v("d", names(&r.join("d")));
+        l
+    };
+    let (a, b) = (script(&st.mnt), script(&kmnt));
+    assert_eq!(a, b, "{form:?}");
+    assert_same_view(&st.mnt, &kmnt);
+    drop(rm);
+    drop(km);
+}
+
+#[test]
+fn kernel_forms_in_the_upper_layer() {
+    compare_upper_form(Form::Kernel, false);
+}
+
+#[test]
+fn creating_and_removing_over_kernel_forms_in_the_upper_layer() {
+    compare_upper_form(Form::Kernel, true);
+}
+
+#[test]
+fn wh_files_and_wh_opq_marker_in_the_upper_layer() {
+    compare_upper_form(Form::WhFiles, false);
+}
+
+#[test]
+fn creating_and_removing_over_wh_files_and_wh_opq_marker_in_the_upper_layer() {
+    compare_upper_form(Form::WhFiles, true);
+}
+
+#[test]
+fn trusted_xattr_whiteouts_in_the_upper_layer() {
+    compare_upper_form(Form::TrustedXattr, false);
+}
+
+#[test]
+#[ignore = "rovl bug F1: an xattr whiteout in the upper layer is taken for an object (EEXIST)"]
+fn creating_and_removing_over_trusted_xattr_whiteouts_in_the_upper_layer() {
+    compare_upper_form(Form::TrustedXattr, true);
+}
+
+#[test]
+fn user_xattr_forms_in_the_upper_layer() {
+    compare_upper_form(Form::UserXattr, false);
+}
+
+#[test]
+#[ignore = "rovl bug F1: an xattr whiteout in the upper layer is taken for an object (EEXIST)"]
+fn creating_and_removing_over_user_xattr_forms_in_the_upper_layer() {
+    compare_upper_form(Form::UserXattr, true);
+}
+
+#[test]
+fn fuse_overlayfs_opaque_xattr_in_the_upper_layer() {
+    compare_upper_form(Form::FuseOverlayfs, false);
+}
+
+#[test]
+fn creating_and_removing_over_fuse_overlayfs_opaque_xattr_in_the_upper_layer() {
+    compare_upper_form(Form::FuseOverlayfs, true);
+}
+
+/// containers/storage writes a deleted-and-recreated file as both `.wh.f`
+/// and `f` in one layer: `f` is shown, the layers below are not.
+#[test]
+fn a_name_and_its_wh_file_in_one_layer_show_the_name() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 2);
+    put(&st.lower(1, "f"), "old");
+    put(&st.lower(1, "d/old"), "old");
+    put(&st.lower(0, "f"), "new");
+    put(&st.lower(0, ".wh.f"), "");
+    put(&st.lower(0, "d/new"), "new");
+    put(&st.lower(0, ".wh.d"), "");
+    let _m = mount_rovl(&st, "");
+    assert_eq!(get(&st.m("f")), "new");
+    assert_eq!(names(&st.m("d")), vec!["new"]);
+    assert_eq!(names(&st.mnt), vec!["d", "f"]);
+}
+
+/// `.wh..wh..opq` with the value "x" as an xattr means "holds xattr
+/// whiteouts", never "opaque"; a `.wh.` name is never listed nor found.
+#[test]
+fn marker_names_are_never_shown_and_x_is_not_opaque() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 2);
+    put(&st.lower(1, "d/below"), "b");
+    put(&st.lower(0, "d/above"), "a");
+    setxattr(&st.lower(0, "d"), "trusted.overlay.opaque", b"x");
+    put(&st.lower(0, ".wh..wh..opq"), ""); // root of a layer is never opaque-able
+    put(&st.lower(0, ".wh.nothing"), "");
+    let _m = mount_rovl(&st, "");
+    assert_eq!(names(&st.m("d")), vec!["above", "below"]);
+    assert_eq!(names(&st.mnt), vec!["d"]);
+    assert_eq!(fails(lstat(&st.m(".wh.nothing"))), libc::ENOENT);
+    assert_eq!(fails(lstat(&st.m(".wh..wh..opq"))), libc::ENOENT);
+}
+
+/// The upper layer rovl writes uses the kernel's forms only, so the kernel
+/// mounts it with the same view (and rovl mounts what the kernel wrote).
+#[test]
+fn uppers_written_by_rovl_and_by_the_kernel_mount_under_the_other() {
+    let s = Scratch::new().unwrap();
+    let base = s.path();
+    let ls = lowers(base, "l", Form::WhFiles);
+    let script = |r: &Path| {
+        let mut l = Log::default();
+        l.r("rm keep", std::fs::remove_file(r.join("keep")));
+        l.r("rm -r d", std::fs::remove_dir_all(r.join("d")));
+        l.r("mkdir d", std::fs::create_dir(r.join("d")));
+        l.r("rename re", rename2(&r.join("re"), &r.join("re2"), 0));
+        l.r("rename nd", rename2(&r.join("nd"), &r.join("od/nd"), 0));
+        l.r("new file", write(&r.join("od/nd/mine"), b"m"));
+        l.r("chmod", chmod(&r.join("od/own"), 0o600));
+        l.r("mkdir new", std::fs::create_dir(r.join("newdir")));
+        l.r("symlink", symlink("x", &r.join("newdir/l")));
+        l.r("rm shown", std::fs::remove_file(r.join("od/nd/shown")));
+        l
+    };
+    // rovl writes, then the kernel reads rovl's upper.
+    let rup = base.join("r-upper");
+    mkdirs(&rup);
+    let (rm, st) = rovl_on(base, "r", &ls, &rup);
+    script(&st.mnt);
+    let rview = view(&st.mnt);
+    drop(rm);
+    // The kernel cannot read `.wh.` files in lowers: give it kernel-form
+    // lowers with the same meaning.
+    let kls = lowers(base, "kl", Form::Kernel);
+    let (km, kmnt) = kernel_on(base, "k-on-r", &kls, &rup);
+    let d = diff("rovl", &rview, "kernel on rovl's upper", &view(&kmnt));
+    assert!(d.is_empty(), "{d}");
+    drop(km);
+    // The kernel writes, then rovl reads the kernel's upper.
+    let kup = base.join("k-upper");
+    mkdirs(&kup);
+    let (km, kmnt) = kernel_on(base, "k", &kls, &kup);
+    script(&kmnt);
+    let kview = view(&kmnt);
+    drop(km);
+    let (rm, st) = rovl_on(base, "r-on-k", &ls, &kup);
+    let d = diff(
+        "kernel",
+        &kview,
+        "rovl on the kernel's upper",
+        &view(&st.mnt),
+    );
+    assert!(d.is_empty(), "{d}");
+    drop(rm);
+}

@@ -1,0 +1,795 @@
+//! Namespace semantics through a real rovl mount, with kernel overlayfs
+//! (redirect_dir=on, index=off, metacopy=off) as the oracle: every script
+//! runs on both over the same lower layers, each step must fail or succeed
+//! the same way, and the trees must look the same afterwards. Where a step
+//! must fail, the expected errno is also asserted on its own, so a change
+//! on both sides does not go unnoticed.
+
+mod common;
+mod support;
+
+use std::path::Path;
+
+use common::*;
+use support::*;
+
+/// Lower layers most tests start from (top is l0):
+///
+/// l1: f, gone, d/{a,b,sub/x}, m/one, opq/hidden, full/{p,q}, hl+hl2 (links)
+/// l0: d/c, m/two, whiteout gone, whiteout d/b, opq/ (opaque) with mine,
+///     sym -> f, fifo, filed (a file over l1's directory filed/)
+fn layers(st: &Stack) {
+    let l1 = |r: &str| st.lower(1, r);
+    let l0 = |r: &str| st.lower(0, r);
+    put(&l1("f"), "f@l1");
+    put(&l1("gone"), "gone@l1");
+    put(&l1("d/a"), "a@l1");
+    put(&l1("d/b"), "b@l1");
+    put(&l1("d/sub/x"), "x@l1");
+    put(&l1("m/one"), "1");
+    put(&l1("opq/hidden"), "hidden");
+    put(&l1("full/p"), "p");
+    put(&l1("full/q"), "q");
+    put(&l1("filed/under"), "under a file");
+    put(&l1("hl"), "linked");
+    link(&l1("hl"), &l1("hl2")).unwrap();
+    put(&l0("d/c"), "c@l0");
+    put(&l0("m/two"), "2");
+    whiteout(&l0("gone"));
+    whiteout(&l0("d/b"));
+    put(&l0("opq/mine"), "mine");
+    setxattr(&l0("opq"), "trusted.overlay.opaque", b"y");
+    symlink("f", &l0("sym")).unwrap();
+    mknod(&l0("fifo"), libc::S_IFIFO | 0o640, 0).unwrap();
+    put(&l0("filed"), "a file over a directory");
+}
+
+fn setup(s: &Scratch) -> Stack {
+    let st = Stack::under(s.path(), 2);
+    layers(&st);
+    st
+}
+
+#[test]
+fn merged_view_of_whiteouts_opaque_dirs_and_type_changes_matches_kernel() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let log = oracle(&s, &st, |r| {
+        let mut l = Log::default();
+        l.v("root", names(r));
+        l.v("d", names(&r.join("d")));
+        l.v("m", names(&r.join("m")));
+        l.v("opq", names(&r.join("opq")));
+        l.r("stat gone", lstat(&r.join("gone")));
+        l.r("stat d/b", lstat(&r.join("d/b")));
+        l.r("stat opq/hidden", lstat(&r.join("opq/hidden")));
+        l.r("stat filed/under", lstat(&r.join("filed/under")));
+        l.r("read sym", std::fs::read(r.join("sym")));
+        l
+    });
+    assert_eq!(log.errno("stat gone"), libc::ENOENT);
+    assert_eq!(log.errno("stat d/b"), libc::ENOENT);
+    assert_eq!(log.errno("stat opq/hidden"), libc::ENOENT);
+    assert_eq!(log.errno("stat filed/under"), libc::ENOTDIR);
+}
+
+#[test]
+fn unlink_of_a_lower_file_leaves_a_whiteout_and_the_name_is_gone() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let log = oracle(&s, &st, |r| {
+        let mut l = Log::default();
+        l.r("unlink f", std::fs::remove_file(r.join("f")));
+        l.r("stat f", lstat(&r.join("f")));
+        l.r("open f", std::fs::read(r.join("f")));
+        l.v("root", names(r));
+        l.r("unlink d/a", std::fs::remove_file(r.join("d/a")));
+        l.r("unlink d/a again", std::fs::remove_file(r.join("d/a")));
+        l.v("d", names(&r.join("d")));
+        l
+    });
+    assert_eq!(log.errno("stat f"), libc::ENOENT);
+    assert_eq!(log.errno("unlink d/a again"), libc::ENOENT);
+    assert!(is_whiteout(&st.upper.join("f")), "no whiteout for f");
+    assert!(is_whiteout(&st.upper.join("d/a")), "no whiteout for d/a");
+    // The lower layers are untouched.
+    assert_eq!(get(&st.lower(1, "f")), "f@l1");
+}
+
+#[test]
+fn unlink_of_an_upper_only_file_leaves_no_whiteout() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    oracle(&s, &st, |r| {
+        let mut l = Log::default();
+        l.r("create new", write(&r.join("new"), b"n"));
+        l.r("unlink new", std::fs::remove_file(r.join("new")));
+        l.r("mkdir nd", std::fs::create_dir(r.join("nd")));
+        l.r("rmdir nd", std::fs::remove_dir(r.join("nd")));
+        l
+    });
+    assert!(!exists(&st.upper.join("new")));
+    assert!(!exists(&st.upper.join("nd")));
+}
+
+#[test]
+fn creating_over_a_whiteout_replaces_it() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    oracle(&s, &st, |r| {
+        let mut l = Log::default();
+        l.r("unlink f", std::fs::remove_file(r.join("f")));
+        l.r("create f", write(&r.join("f"), b"again"));
+        l.r("read f", std::fs::read(r.join("f")));
+        // Names whited out in a lower layer come back the same way.
+        l.r("create gone", write(&r.join("gone"), b"back"));
+        l.r("mkdir d/b", std::fs::create_dir(r.join("d/b")));
+        l.r("symlink over removed d/a", {
+            std::fs::remove_file(r.join("d/a")).unwrap();
+            symlink("c", &r.join("d/a"))
+        });
+        l.v("d", names(&r.join("d")));
+        l
+    });
+    let f = lstat(&st.upper.join("f")).unwrap();
+    assert!(f.is_file(), "upper f should be the new file");
+    assert_eq!(get(&st.upper.join("f")), "again");
+    assert!(lstat(&st.upper.join("d/a")).unwrap().is_symlink());
+}
+
+#[test]
+fn a_directory_recreated_over_a_removed_one_is_opaque() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    oracle(&s, &st, |r| {
+        let mut l = Log::default();
+        for n in ["p", "q"] {
+            l.r(
+                format!("unlink full/{n}"),
+                std::fs::remove_file(r.join("full").join(n)),
+            );
+        }
+        l.r("rmdir full", std::fs::remove_dir(r.join("full")));
+        l.r("stat full", lstat(&r.join("full")));
+        l.r("mkdir full", std::fs::create_dir(r.join("full")));
+        l.v("full", names(&r.join("full")));
+        l.r("stat full/p", lstat(&r.join("full/p")));
+        // A directory removed with rm -r and made again at once.
+        l.r("rm -r d", std::fs::remove_dir_all(r.join("d")));
+        l.r("mkdir d", std::fs::create_dir(r.join("d")));
+        l.v("d", names(&r.join("d")));
+        l
+    });
+    for d in ["full", "d"] {
+        assert_eq!(
+            getxattr(&st.upper.join(d), "trusted.overlay.opaque").as_deref(),
+            Some(&b"y"[..]),
+            "{d} recreated without an opaque marker"
+        );
+    }
+}
+
+#[test]
+fn rmdir_of_a_merged_directory_whose_lower_entries_are_all_whited_out() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let log = oracle(&s, &st, |r| {
+        let mut l = Log::default();
+        l.r(
+            "rmdir full (non-empty)",
+            std::fs::remove_dir(r.join("full")),
+        );
+        l.r("unlink full/p", std::fs::remove_file(r.join("full/p")));
+        l.r("rmdir full (q left)", std::fs::remove_dir(r.join("full")));
+        l.r("unlink full/q", std::fs::remove_file(r.join("full/q")));
+        l.r(
+            "rmdir full (whiteouts only)",
+            std::fs::remove_dir(r.join("full")),
+        );
+        l.r("stat full", lstat(&r.join("full")));
+        l
+    });
+    assert_eq!(log.errno("rmdir full (non-empty)"), libc::ENOTEMPTY);
+    assert_eq!(log.errno("rmdir full (q left)"), libc::ENOTEMPTY);
+    assert_eq!(log.errno("rmdir full (whiteouts only)"), 0);
+    assert!(is_whiteout(&st.upper.join("full")));
+}
+
+/// Every failing namespace operation fails with the kernel's errno.
+#[test]
+fn failing_namespace_operations_give_the_kernels_errno() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let log = oracle(&s, &st, |r| {
+        let p = |x: &str| r.join(x);
+        let mut l = Log::default();
+        std::fs::create_dir(p("newdir")).unwrap();
+        write(&p("newdir/in"), b"x").unwrap();
+        l.r("open missing", std::fs::read(p("missing")));
+        l.r("open whited-out", std::fs::read(p("gone")));
+        l.r("create under whited-out", write(&p("gone/x"), b""));
+        l.r("mkdir lower dir", std::fs::create_dir(p("d")));
+        l.r("mkdir lower file", std::fs::create_dir(p("f")));
+        l.r(
+            "excl lower file",
+            open(&p("f"), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY),
+        );
+        l.r(
+            "excl lower dir",
+            open(&p("d"), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY),
+        );
+        l.r("rmdir lower non-empty", std::fs::remove_dir(p("d")));
+        l.r("rmdir upper non-empty", std::fs::remove_dir(p("newdir")));
+        l.r("rmdir merged non-empty", std::fs::remove_dir(p("m")));
+        l.r("unlink dir", std::fs::remove_file(p("d")));
+        l.r("rmdir file", std::fs::remove_dir(p("f")));
+        l.r("rmdir symlink", std::fs::remove_dir(p("sym")));
+        l.r("rmdir missing", std::fs::remove_dir(p("missing")));
+        l.r("unlink missing", std::fs::remove_file(p("missing")));
+        l.r("file as dir", std::fs::read(p("f/x")));
+        l.r("create under file", write(&p("f/x"), b""));
+        l.r("mkdir under file", std::fs::create_dir(p("f/x")));
+        l.r("rename file over dir", rename2(&p("f"), &p("d"), 0));
+        l.r("rename dir over file", rename2(&p("d"), &p("f"), 0));
+        l.r("rename dir over non-empty", rename2(&p("m"), &p("d"), 0));
+        l.r(
+            "rename dir over non-empty upper",
+            rename2(&p("m"), &p("newdir"), 0),
+        );
+        l.r(
+            "rename noreplace",
+            rename2(&p("f"), &p("hl"), libc::RENAME_NOREPLACE),
+        );
+        l.r(
+            "rename noreplace dir",
+            rename2(&p("d"), &p("m"), libc::RENAME_NOREPLACE),
+        );
+        l.r(
+            "exchange missing",
+            rename2(&p("f"), &p("missing"), libc::RENAME_EXCHANGE),
+        );
+        l.r(
+            "exchange|noreplace",
+            rename2(
+                &p("f"),
+                &p("hl"),
+                libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE,
+            ),
+        );
+        l.r("rename missing", rename2(&p("missing"), &p("x"), 0));
+        l.r("rename into own subdir", rename2(&p("d"), &p("d/sub/d"), 0));
+        l.r("rename whited-out", rename2(&p("gone"), &p("x"), 0));
+        l.r("link dir", link(&p("d"), &p("dlink")));
+        l.r("link onto existing", link(&p("f"), &p("hl")));
+        l.r("link missing", link(&p("missing"), &p("x")));
+        l.r("symlink onto existing", symlink("x", &p("f")));
+        l.r(
+            "mknod onto existing",
+            mknod(&p("d"), libc::S_IFIFO | 0o600, 0),
+        );
+        l.r("open dir for write", open(&p("d"), libc::O_WRONLY));
+        l.r("open dir O_RDWR", open(&p("m"), libc::O_RDWR));
+        l.r("truncate dir", truncate(&p("d"), 0));
+        l.r("readlink file", readlink(&p("f")));
+        l.r("readlink missing", readlink(&p("missing")));
+        l.r(
+            "O_DIRECTORY on file",
+            open(&p("f"), libc::O_RDONLY | libc::O_DIRECTORY),
+        );
+        l.r(
+            "O_NOFOLLOW on symlink",
+            open(&p("sym"), libc::O_RDONLY | libc::O_NOFOLLOW),
+        );
+        let long = "n".repeat(256);
+        l.r("create long name", write(&p(&long), b""));
+        l.r("stat long name", lstat(&p(&long)));
+        l.r("getxattr missing", lget(&p("f"), "user.none"));
+        l.r("removexattr missing", lremove(&p("f"), "user.none"));
+        l.r(
+            "xattr create",
+            lset(&p("f"), "user.k", b"1", libc::XATTR_CREATE),
+        );
+        l.r(
+            "xattr create again",
+            lset(&p("f"), "user.k", b"2", libc::XATTR_CREATE),
+        );
+        l.r(
+            "xattr replace missing",
+            lset(&p("f"), "user.j", b"2", libc::XATTR_REPLACE),
+        );
+        l
+    });
+    use libc::{
+        EEXIST, EINVAL, EISDIR, ELOOP, ENAMETOOLONG, ENODATA, ENOENT, ENOTDIR, ENOTEMPTY, EPERM,
+    };
+    let expect = [
+        ("open missing", ENOENT),
+        ("open whited-out", ENOENT),
+        ("create under whited-out", ENOENT),
+        ("mkdir lower dir", EEXIST),
+        ("mkdir lower file", EEXIST),
+        ("excl lower file", EEXIST),
+        ("excl lower dir", EEXIST),
+        ("rmdir lower non-empty", ENOTEMPTY),
+        ("rmdir upper non-empty", ENOTEMPTY),
+        ("rmdir merged non-empty", ENOTEMPTY),
+        ("unlink dir", EISDIR),
+        ("rmdir file", ENOTDIR),
+        ("rmdir symlink", ENOTDIR),
+        ("rmdir missing", ENOENT),
+        ("unlink missing", ENOENT),
+        ("file as dir", ENOTDIR),
+        ("create under file", ENOTDIR),
+        ("mkdir under file", ENOTDIR),
+        ("rename file over dir", EISDIR),
+        ("rename dir over file", ENOTDIR),
+        ("rename dir over non-empty", ENOTEMPTY),
+        ("rename dir over non-empty upper", ENOTEMPTY),
+        ("rename noreplace", EEXIST),
+        ("rename noreplace dir", EEXIST),
+        ("exchange missing", ENOENT),
+        ("exchange|noreplace", EINVAL),
+        ("rename missing", ENOENT),
+        ("rename into own subdir", EINVAL),
+        ("rename whited-out", ENOENT),
+        ("link dir", EPERM),
+        ("link onto existing", EEXIST),
+        ("link missing", ENOENT),
+        ("symlink onto existing", EEXIST),
+        ("mknod onto existing", EEXIST),
+        ("open dir for write", EISDIR),
+        ("open dir O_RDWR", EISDIR),
+        ("truncate dir", EISDIR),
+        ("readlink file", EINVAL),
+        ("readlink missing", ENOENT),
+        ("O_DIRECTORY on file", ENOTDIR),
+        ("O_NOFOLLOW on symlink", ELOOP),
+        ("create long name", ENAMETOOLONG),
+        ("stat long name", ENAMETOOLONG),
+        ("getxattr missing", ENODATA),
+        ("removexattr missing", ENODATA),
+        ("xattr create", 0),
+        ("xattr create again", EEXIST),
+        ("xattr replace missing", ENODATA),
+    ];
+    for (what, e) in expect {
+        assert_eq!(
+            log.errno(what),
+            e,
+            "{what}: expected {}, got {}",
+            ename(e),
+            ename(log.errno(what))
+        );
+    }
+}
+
+#[test]
+fn failed_operations_leave_the_upper_layer_untouched() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let m = mount_rovl(&st, "");
+    let r = &st.mnt;
+    let before = tree(&st.upper);
+    let _ = std::fs::create_dir(r.join("d/sub"));
+    let _ = rename2(&r.join("f"), &r.join("d"), 0);
+    let _ = rename2(&r.join("m"), &r.join("d"), 0);
+    let _ = std::fs::remove_dir(r.join("d"));
+    let _ = rename2(&r.join("f"), &r.join("hl"), libc::RENAME_NOREPLACE);
+    let _ = link(&r.join("d"), &r.join("x"));
+    drop(m);
+    let after = tree(&st.upper);
+    let d = diff("before", &before, "after", &after);
+    assert!(
+        d.is_empty(),
+        "failed operations changed the upper layer:\n{d}"
+    );
+}
+
+#[test]
+fn every_kind_of_object_can_be_made_and_looks_as_under_the_kernel() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    oracle(&s, &st, |r| {
+        let p = |x: &str| r.join(x);
+        let mut l = Log::default();
+        l.r("create", write(&p("d/new"), b"new data"));
+        l.r("mkdir", std::fs::create_dir(p("d/newdir")));
+        l.r("mkdir deep", std::fs::create_dir_all(p("d/sub/y/z")));
+        l.r("symlink", symlink("../f", &p("d/ln")));
+        l.r(
+            "symlink dangling",
+            symlink("/nowhere/at/all", &p("dangling")),
+        );
+        l.r("fifo", mknod(&p("d/fifo"), libc::S_IFIFO | 0o600, 0));
+        l.r("socket", mknod(&p("d/sock"), libc::S_IFSOCK | 0o755, 0));
+        l.r(
+            "char dev",
+            mknod(&p("d/null"), libc::S_IFCHR | 0o666, libc::makedev(1, 3)),
+        );
+        l.r(
+            "block dev",
+            mknod(&p("d/loop"), libc::S_IFBLK | 0o660, libc::makedev(7, 200)),
+        );
+        l.r(
+            "mknod regular",
+            mknod(&p("d/reg"), libc::S_IFREG | 0o604, 0),
+        );
+        l.r("link upper file", link(&p("d/new"), &p("d/new2")));
+        l.r("link lower file", link(&p("f"), &p("d/f-link")));
+        l.r("readlink", readlink(&p("d/ln")));
+        l.r("read through link", std::fs::read(p("d/ln")));
+        l.r("write through link", write(&p("d/ln"), b"via link"));
+        l.r("setuid/sticky modes", {
+            std::fs::create_dir(p("tmp")).unwrap();
+            chmod(&p("tmp"), 0o1777)
+        });
+        l.r("setuid file", {
+            write(&p("suid"), b"#!").unwrap();
+            chmod(&p("suid"), 0o4755)
+        });
+        l
+    });
+}
+
+#[test]
+fn hard_links_to_upper_and_lower_files_share_data_and_count() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    oracle(&s, &st, |r| {
+        let p = |x: &str| r.join(x);
+        let mut l = Log::default();
+        l.r("link f", link(&p("f"), &p("f2")));
+        l.r("write f2", write(&p("f2"), b"through f2"));
+        l.r("read f", std::fs::read(p("f")));
+        l.v("nlink f", lstat(&p("f")).unwrap().nlink());
+        l.r("unlink f", std::fs::remove_file(p("f")));
+        l.v("nlink f2", lstat(&p("f2")).unwrap().nlink());
+        l.r("read f2", std::fs::read(p("f2")));
+        l
+    });
+}
+
+use std::os::unix::fs::MetadataExt;
+
+#[test]
+fn rename_of_files_within_and_across_layers_matches_kernel() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    oracle(&s, &st, |r| {
+        let p = |x: &str| r.join(x);
+        let mut l = Log::default();
+        l.r("lower file to new name", rename2(&p("f"), &p("f-moved"), 0));
+        l.r("stat old", lstat(&p("f")));
+        l.r("read new", std::fs::read(p("f-moved")));
+        l.r("into other dir", rename2(&p("d/a"), &p("m/a"), 0));
+        l.r("over lower file", rename2(&p("m/one"), &p("d/c"), 0));
+        l.r("over whited-out name", rename2(&p("m/two"), &p("gone"), 0));
+        l.r("back to removed name", rename2(&p("f-moved"), &p("f"), 0));
+        l.r("upper file over lower", {
+            write(&p("u"), b"u").unwrap();
+            rename2(&p("u"), &p("hl"), 0)
+        });
+        l.r("onto itself", rename2(&p("hl2"), &p("hl2"), 0));
+        l.r("symlink", rename2(&p("sym"), &p("d/sym"), 0));
+        l.r("readlink moved", readlink(&p("d/sym")));
+        l.r("fifo", rename2(&p("fifo"), &p("m/fifo"), 0));
+        l.r(
+            "noreplace to free name",
+            rename2(&p("hl2"), &p("hl3"), libc::RENAME_NOREPLACE),
+        );
+        l.v("root", names(r));
+        l.v("d", names(&p("d")));
+        l.v("m", names(&p("m")));
+        l
+    });
+    // Where a lower name was moved away, a whiteout stays.
+    assert!(is_whiteout(&st.upper.join("d/a")));
+    assert!(is_whiteout(&st.upper.join("m/one")));
+}
+
+#[test]
+fn rename_exchange_swaps_files_directories_and_mixed() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    oracle(&s, &st, |r| {
+        let p = |x: &str| r.join(x);
+        let x = libc::RENAME_EXCHANGE;
+        let mut l = Log::default();
+        l.r("lower files", rename2(&p("f"), &p("hl"), x));
+        l.r("read f", std::fs::read(p("f")));
+        l.r("read hl", std::fs::read(p("hl")));
+        l.r("upper and lower", {
+            write(&p("u"), b"upper").unwrap();
+            rename2(&p("u"), &p("d/c"), x)
+        });
+        l.r("file and dir", rename2(&p("m/one"), &p("full"), x));
+        l.r("dirs (merged and lower)", rename2(&p("d"), &p("opq"), x));
+        l.v("d", names(&p("d")));
+        l.v("opq", names(&p("opq")));
+        l.r(
+            "dirs in different parents",
+            rename2(&p("d/mine"), &p("m/two"), x),
+        );
+        l.r("new dir and lower dir", {
+            std::fs::create_dir(p("nd")).unwrap();
+            write(&p("nd/inside"), b"i").unwrap();
+            rename2(&p("nd"), &p("opq/sub"), x)
+        });
+        l.v("root", names(r));
+        l
+    });
+}
+
+#[test]
+fn renamed_directories_keep_their_lower_content_like_redirect_dir_on() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    oracle(&s, &st, |r| {
+        let p = |x: &str| r.join(x);
+        let mut l = Log::default();
+        l.r("rename merged dir", rename2(&p("d"), &p("e"), 0));
+        l.v("e", names(&p("e")));
+        l.r("read e/a", std::fs::read(p("e/a")));
+        l.r("read e/sub/x", std::fs::read(p("e/sub/x")));
+        l.r("stat d", lstat(&p("d")));
+        l.r("mkdir d again", std::fs::create_dir(p("d")));
+        l.v("new d", names(&p("d")));
+        l.r(
+            "move nested lower dir up",
+            rename2(&p("e/sub"), &p("s2"), 0),
+        );
+        l.v("s2", names(&p("s2")));
+        l.r(
+            "rename lower dir into other",
+            rename2(&p("full"), &p("m/full"), 0),
+        );
+        l.v("m/full", names(&p("m/full")));
+        l.r("rename twice", rename2(&p("m/full"), &p("full2"), 0));
+        l.r("and back", rename2(&p("full2"), &p("full"), 0));
+        l.v("full", names(&p("full")));
+        l.r("remove in moved dir", std::fs::remove_file(p("full/p")));
+        l.r("rename moved over removed", rename2(&p("e"), &p("d"), 0));
+        l.r("replace empty dir", {
+            std::fs::create_dir(p("empty")).unwrap();
+            rename2(&p("s2"), &p("empty"), 0)
+        });
+        l.v("root", names(r));
+        l
+    });
+    // The moved directory records where its lower content is.
+    let rd = getxattr(&st.upper.join("m"), "trusted.overlay.redirect");
+    assert_eq!(rd, None, "m was not moved");
+    let e = getxattr(&st.upper.join("empty"), "trusted.overlay.redirect");
+    assert!(
+        e.is_some(),
+        "moved directory has no redirect in the upper layer"
+    );
+}
+
+#[test]
+fn moving_a_new_directory_into_a_merged_one_hides_the_lower_directory() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    oracle(&s, &st, |r| {
+        let p = |x: &str| r.join(x);
+        let mut l = Log::default();
+        l.r("mkdir", std::fs::create_dir(p("fresh")));
+        l.r("write", write(&p("fresh/own"), b"own"));
+        // d/sub exists in l1; a new directory replacing it must not show
+        // l1's d/sub/x.
+        l.r("rm -r d/sub", std::fs::remove_dir_all(p("d/sub")));
+        l.r("move in", rename2(&p("fresh"), &p("d/sub"), 0));
+        l.v("d/sub", names(&p("d/sub")));
+        l
+    });
+}
+
+#[test]
+fn setattr_on_lower_objects_matches_kernel_and_spares_the_lower_layer() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let before = tree(&st.lowers[1]);
+    oracle(&s, &st, |r| {
+        let p = |x: &str| r.join(x);
+        let mut l = Log::default();
+        l.r("chmod file", chmod(&p("f"), 0o600));
+        l.r("chmod dir", chmod(&p("d"), 0o711));
+        l.r("chmod lower-only dir", chmod(&p("full"), 0o700));
+        l.r("chown file", lchown(&p("d/a"), 1234, 5678));
+        l.r("chown symlink", lchown(&p("sym"), 42, 43));
+        l.r("chown dir", lchown(&p("m"), 7, 8));
+        l.r("truncate shrink", truncate(&p("hl"), 2));
+        l.r("truncate grow", truncate(&p("d/c"), 10000));
+        l.r("truncate zero", truncate(&p("d/sub/x"), 0));
+        l.r("utimes", utimes(&p("m/one"), (1000, 5), (2000, 6)));
+        l.r("chmod fifo", chmod(&p("fifo"), 0o666));
+        l
+    });
+    let after = tree(&st.lowers[1]);
+    assert!(diff("before", &before, "after", &after).is_empty());
+}
+
+#[test]
+fn times_set_through_the_mount_are_kept() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let _m = mount_rovl(&st, "");
+    let p = st.m("m/one");
+    utimes(&p, (1_000_000_000, 123), (1_500_000_000, 456_789)).unwrap();
+    let md = lstat(&p).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec()), (1_000_000_000, 123));
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_500_000_000, 456_789));
+    let up = lstat(&st.upper.join("m/one")).unwrap();
+    assert_eq!((up.mtime(), up.mtime_nsec()), (1_500_000_000, 456_789));
+    // UTIME_NOW moves mtime forward, UTIME_OMIT keeps atime.
+    utimes(&p, (0, libc::UTIME_OMIT), (0, libc::UTIME_NOW)).unwrap();
+    let md = lstat(&p).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec()), (1_000_000_000, 123));
+    assert!(md.mtime() > 1_600_000_000);
+}
+
+#[test]
+fn xattrs_are_set_listed_and_removed_like_under_the_kernel() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    setxattr(&st.lower(1, "f"), "user.lower", b"from l1");
+    oracle(&s, &st, |r| {
+        let p = |x: &str| r.join(x);
+        let mut l = Log::default();
+        l.r("get lower xattr", lget(&p("f"), "user.lower"));
+        l.r("set on lower file", lset(&p("f"), "user.new", b"v", 0));
+        l.r("set on lower dir", lset(&p("d"), "user.dir", b"dv", 0));
+        l.r("set on symlink", lset(&p("sym"), "trusted.t", b"tv", 0));
+        l.r(
+            "replace",
+            lset(&p("f"), "user.lower", b"changed", libc::XATTR_REPLACE),
+        );
+        l.r("list f", llist(&p("f")));
+        l.r("remove", lremove(&p("f"), "user.new"));
+        l.r("list f again", llist(&p("f")));
+        l.r("big value", lset(&p("m/one"), "user.big", &[7u8; 3000], 0));
+        l.r("get big", lget(&p("m/one"), "user.big"));
+        l
+    });
+    assert_eq!(
+        getxattr(&st.lower(1, "f"), "user.lower").as_deref(),
+        Some(&b"from l1"[..])
+    );
+}
+
+#[test]
+fn overlay_private_xattrs_are_never_listed() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    oracle(&s, &st, |r| {
+        let p = |x: &str| r.join(x);
+        let mut l = Log::default();
+        // Make the upper layer carry every private xattr rovl and the kernel
+        // write: opaque (recreated dir), redirect (moved dir), origin and
+        // impure (copy-up).
+        std::fs::remove_dir_all(p("full")).unwrap();
+        std::fs::create_dir(p("full")).unwrap();
+        rename2(&p("d"), &p("e"), 0).unwrap();
+        chmod(&p("m/one"), 0o600).unwrap();
+        for x in ["", "full", "e", "m", "m/one", "opq"] {
+            l.r(format!("list {x}"), llist(&p(x)));
+        }
+        l
+    });
+}
+
+/// A user of the mount cannot change what the layers mean: setting an
+/// overlay-private xattr never makes a directory opaque or redirected, now
+/// or after a remount. (Kernel overlayfs since 6.7 accepts such names and
+/// stores them escaped as `trusted.overlay.overlay.*`, for nested
+/// overlays; rovl refuses them. See FINDINGS.md.)
+#[test]
+fn overlay_private_xattrs_set_through_the_mount_never_change_the_layers() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let m = mount_rovl(&st, "");
+    let p = |x: &str| st.m(x);
+    assert_eq!(
+        fails(lget(&p("opq"), "trusted.overlay.opaque")),
+        libc::ENODATA
+    );
+    let _ = lset(&p("d"), "trusted.overlay.opaque", b"y", 0);
+    let _ = lset(&p("m"), "trusted.overlay.redirect", b"/full", 0);
+    let _ = lset(&p("f"), "user.overlay.whiteout", b"", 0);
+    let _ = lset(&p("full"), "user.fuseoverlayfs.opaque", b"y", 0);
+    let _ = lremove(&p("opq"), "trusted.overlay.opaque");
+    let check = |when: &str| {
+        assert_eq!(names(&p("d")), vec!["a", "c", "sub"], "{when}");
+        assert_eq!(names(&p("m")), vec!["one", "two"], "{when}");
+        assert_eq!(names(&p("full")), vec!["p", "q"], "{when}");
+        assert_eq!(names(&p("opq")), vec!["mine"], "{when}");
+        assert_eq!(get(&p("f")), "f@l1", "{when}");
+    };
+    check("while mounted");
+    drop(m);
+    for (d, x) in [
+        ("d", "trusted.overlay.opaque"),
+        ("m", "trusted.overlay.redirect"),
+        ("full", "user.fuseoverlayfs.opaque"),
+    ] {
+        let v = getxattr(&st.upper.join(d), x);
+        assert!(v.is_none(), "{d} got {x} = {v:?} in the upper layer");
+    }
+    let _m = mount_rovl(&st, "");
+    check("after a remount");
+}
+
+#[test]
+fn statfs_reports_the_upper_filesystem() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let _m = mount_rovl(&st, "");
+    let a = rustix::fs::statvfs(&st.mnt).unwrap();
+    let b = rustix::fs::statvfs(&st.upper).unwrap();
+    assert_eq!(a.f_bsize, b.f_bsize);
+    assert_eq!(a.f_blocks * a.f_frsize, b.f_blocks * b.f_frsize);
+    assert_eq!(a.f_files, b.f_files);
+    assert_eq!(a.f_namemax, 255);
+    let fs = rustix::fs::statfs(&st.mnt).unwrap();
+    assert_eq!(fs.f_type as i64, 0x6573_5546, "not a FUSE mount");
+}
+
+#[test]
+fn read_only_stack_of_lowers_refuses_every_change_with_erofs() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let opts = st.lower_opts();
+    let _m = mount_rovl_opts(&opts, &st.mnt);
+    let k = st.twin(s.path());
+    let ls: Vec<&Path> = st.lowers.iter().map(|p| p.as_path()).collect();
+    let _k = KernelOverlay::mount(&ls, None, None, "", &k.mnt).unwrap();
+    let script = |r: &Path| {
+        let p = |x: &str| r.join(x);
+        let mut l = Log::default();
+        l.v("root", names(r));
+        l.r("read", std::fs::read(p("f")));
+        l.r("write", open(&p("f"), libc::O_WRONLY));
+        l.r("create", write(&p("new"), b""));
+        l.r("mkdir", std::fs::create_dir(p("nd")));
+        l.r("unlink", std::fs::remove_file(p("f")));
+        l.r("rmdir", std::fs::remove_dir(p("full")));
+        l.r("rename", rename2(&p("f"), &p("g"), 0));
+        l.r("chmod", chmod(&p("f"), 0o600));
+        l.r("setxattr", lset(&p("f"), "user.x", b"1", 0));
+        l.r("symlink", symlink("f", &p("s")));
+        l.r("link", link(&p("f"), &p("f3")));
+        l.r("truncate", truncate(&p("f"), 0));
+        l
+    };
+    let (a, b) = (script(&st.mnt), script(&k.mnt));
+    assert_eq!(a, b);
+    for (what, e) in &a.0[2..] {
+        assert_eq!(*e, libc::EROFS, "{what}");
+    }
+    assert_same_view(&st.mnt, &k.mnt);
+    let mi = testbed::mounts()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.mount_point == std::fs::canonicalize(&st.mnt).unwrap())
+        .unwrap();
+    assert!(
+        mi.mount_options.split(',').any(|o| o == "ro"),
+        "a stack of lowers is not mounted read-only: {}",
+        mi.mount_options
+    );
+}
+
+#[test]
+fn ro_option_with_an_upper_refuses_changes_and_keeps_the_upper() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    put(&st.upper.join("u"), "upper");
+    let before = tree(&st.upper);
+    let m = mount_rovl(&st, "ro");
+    assert_eq!(get(&st.m("u")), "upper");
+    assert_eq!(fails(write(&st.m("u"), b"x")), libc::EROFS);
+    assert_eq!(fails(std::fs::remove_file(st.m("f"))), libc::EROFS);
+    assert_eq!(fails(std::fs::create_dir(st.m("x"))), libc::EROFS);
+    drop(m);
+    assert!(diff("before", &before, "after", &tree(&st.upper)).is_empty());
+}

@@ -1,0 +1,612 @@
+//! Helpers of the overlay integration suite (namespace, lifecycle, bad
+//! input, layer forms, inodes, hostile layers, copy-up): raw system calls
+//! that report errno, a comparable snapshot of a mounted tree, and the
+//! kernel-overlayfs oracle (run the same script on rovl and on the kernel
+//! over the same lower layers, compare results and views).
+//!
+//! Used next to `common`: a test file declares `mod common; mod support;`.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::common::{FuseMount, Scratch, Stack, mount_kernel, mount_rovl};
+
+// ------------------------------------------------------------ system calls
+
+fn cs(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// 0 for success, else the errno.
+pub fn rc<T>(r: io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+/// `renameat2(from, to, flags)`.
+pub fn rename2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+    let (a, b) = (cs(from), cs(to));
+    // SAFETY: valid NUL-terminated paths.
+    check(unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    })
+}
+
+/// `mknod(p, mode, dev)` (mode includes the file type).
+pub fn mknod(p: &Path, mode: u32, dev: u64) -> io::Result<()> {
+    let c = cs(p);
+    // SAFETY: valid path.
+    check(unsafe { libc::mknod(c.as_ptr(), mode, dev) })
+}
+
+/// `link(from, to)`.
+pub fn link(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::hard_link(from, to)
+}
+
+/// `symlink(target, at)`.
+pub fn symlink(target: impl AsRef<OsStr>, at: &Path) -> io::Result<()> {
+    std::os::unix::fs::symlink(Path::new(target.as_ref()), at)
+}
+
+/// `lsetxattr` with flags (0, XATTR_CREATE, XATTR_REPLACE).
+pub fn lset(p: &Path, name: &str, value: &[u8], flags: i32) -> io::Result<()> {
+    let (c, n) = (cs(p), CString::new(name).unwrap());
+    // SAFETY: valid pointers and lengths.
+    check(unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+}
+
+/// `lgetxattr`.
+pub fn lget(p: &Path, name: &str) -> io::Result<Vec<u8>> {
+    let (c, n) = (cs(p), CString::new(name).unwrap());
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: valid pointers and lengths.
+    let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+/// `lremovexattr`.
+pub fn lremove(p: &Path, name: &str) -> io::Result<()> {
+    let (c, n) = (cs(p), CString::new(name).unwrap());
+    // SAFETY: valid pointers.
+    check(unsafe { libc::lremovexattr(c.as_ptr(), n.as_ptr()) })
+}
+
+/// `llistxattr`, sorted.
+pub fn llist(p: &Path) -> io::Result<Vec<String>> {
+    let c = cs(p);
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: valid pointers and lengths.
+    let r = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(r as usize);
+    let mut v: Vec<String> = buf
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// `lchown`.
+pub fn lchown(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid))
+}
+
+/// `chmod`.
+pub fn chmod(p: &Path, mode: u32) -> io::Result<()> {
+    let c = cs(p);
+    // SAFETY: valid path.
+    check(unsafe { libc::chmod(c.as_ptr(), mode) })
+}
+
+/// `truncate`.
+pub fn truncate(p: &Path, len: i64) -> io::Result<()> {
+    let c = cs(p);
+    // SAFETY: valid path.
+    check(unsafe { libc::truncate(c.as_ptr(), len) })
+}
+
+/// `utimensat(p, [atime, mtime], AT_SYMLINK_NOFOLLOW)`, seconds + nanos.
+pub fn utimes(p: &Path, atime: (i64, i64), mtime: (i64, i64)) -> io::Result<()> {
+    let c = cs(p);
+    let ts = [
+        libc::timespec {
+            tv_sec: atime.0,
+            tv_nsec: atime.1,
+        },
+        libc::timespec {
+            tv_sec: mtime.0,
+            tv_nsec: mtime.1,
+        },
+    ];
+    // SAFETY: valid path and array of two timespecs.
+    check(unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+/// `open(p, flags, 0o644)` as a File.
+pub fn open(p: &Path, flags: i32) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let c = cs(p);
+    // SAFETY: valid path.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// `lstat`, as std metadata.
+pub fn lstat(p: &Path) -> io::Result<std::fs::Metadata> {
+    std::fs::symlink_metadata(p)
+}
+
+/// `readlink`.
+pub fn readlink(p: &Path) -> io::Result<Vec<u8>> {
+    std::fs::read_link(p).map(|t| t.into_os_string().into_vec())
+}
+
+/// Writes `data` to existing or new `p` (truncating), without creating
+/// parents (unlike `common::put`).
+pub fn write(p: &Path, data: &[u8]) -> io::Result<()> {
+    std::fs::write(p, data)
+}
+
+/// True when `p` is a kernel whiteout (0/0 character device).
+pub fn is_whiteout(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    match lstat(p) {
+        Ok(m) => m.file_type().is_char_device() && m.rdev() == 0,
+        Err(_) => false,
+    }
+}
+
+/// True when `p` exists (without following a final symlink).
+pub fn exists(p: &Path) -> bool {
+    lstat(p).is_ok()
+}
+
+/// Creates a directory `p` with parents.
+pub fn mkdirs(p: &Path) {
+    std::fs::create_dir_all(p).unwrap();
+}
+
+// ------------------------------------------------------------------ views
+
+/// What a comparable snapshot records of one object. Times, sizes of
+/// directories and inode numbers are left out (see the inode tests for
+/// those).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Obj {
+    /// `d`, `f`, `l`, `p` (fifo), `s`, `c`, `b`.
+    pub kind: char,
+    /// Permission bits with setuid/setgid/sticky.
+    pub perm: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Link count of non-directories.
+    pub nlink: u64,
+    /// Device number of devices.
+    pub rdev: u64,
+    /// Content of regular files.
+    pub data: Option<Vec<u8>>,
+    /// Target of symlinks.
+    pub target: Option<Vec<u8>>,
+    /// Xattrs (name → value).
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+fn kind_of(m: &std::fs::Metadata) -> char {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_dir() {
+        'd'
+    } else if t.is_file() {
+        'f'
+    } else if t.is_symlink() {
+        'l'
+    } else if t.is_fifo() {
+        'p'
+    } else if t.is_socket() {
+        's'
+    } else if t.is_char_device() {
+        'c'
+    } else if t.is_block_device() {
+        'b'
+    } else {
+        '?'
+    }
+}
+
+/// Snapshot of one object.
+pub fn obj(p: &Path) -> io::Result<Obj> {
+    let m = lstat(p)?;
+    let kind = kind_of(&m);
+    let mut xattrs = BTreeMap::new();
+    for n in llist(p).unwrap_or_default() {
+        if let Ok(v) = lget(p, &n) {
+            xattrs.insert(n, v);
+        }
+    }
+    Ok(Obj {
+        kind,
+        perm: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        nlink: if kind == 'd' { 0 } else { m.nlink() },
+        rdev: if matches!(kind, 'c' | 'b') {
+            m.rdev()
+        } else {
+            0
+        },
+        data: if kind == 'f' {
+            Some(std::fs::read(p)?)
+        } else {
+            None
+        },
+        target: if kind == 'l' {
+            Some(readlink(p)?)
+        } else {
+            None
+        },
+        xattrs,
+    })
+}
+
+/// Path (relative, `/`-joined, lossy) → snapshot, for every object below
+/// `root` (root itself as "").
+pub fn view(root: &Path) -> BTreeMap<String, Obj> {
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Obj>) {
+    let rel = dir
+        .strip_prefix(root)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let o = obj(dir).unwrap_or_else(|e| panic!("lstat {}: {e}", dir.display()));
+    out.insert(rel, o);
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let m = lstat(&p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+        if m.is_dir() {
+            walk(root, &p, out);
+        } else {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            out.insert(
+                rel,
+                obj(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+            );
+        }
+    }
+}
+
+/// Paths below `root` (as [`view`] names them) → (st_ino, st_dev).
+pub fn inodes(root: &Path) -> BTreeMap<String, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    fn go(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u64, u64)>) {
+        let m = lstat(dir).unwrap();
+        let rel = dir
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        out.insert(rel, (m.ino(), m.dev()));
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let m = lstat(&p).unwrap();
+            if m.is_dir() {
+                go(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, (m.ino(), m.dev()));
+            }
+        }
+    }
+    go(root, root, &mut out);
+    out
+}
+
+/// Describes the differences of two views (empty when equal).
+pub fn diff<V: PartialEq + std::fmt::Debug>(
+    a_name: &str,
+    a: &BTreeMap<String, V>,
+    b_name: &str,
+    b: &BTreeMap<String, V>,
+) -> String {
+    let mut s = String::new();
+    for (k, va) in a {
+        match b.get(k) {
+            None => s.push_str(&format!("  {k:?}: only in {a_name}: {va:?}\n")),
+            Some(vb) if vb != va => s.push_str(&format!(
+                "  {k:?}:\n    {a_name}: {va:?}\n    {b_name}: {vb:?}\n"
+            )),
+            _ => {}
+        }
+    }
+    for (k, vb) in b {
+        if !a.contains_key(k) {
+            s.push_str(&format!("  {k:?}: only in {b_name}: {vb:?}\n"));
+        }
+    }
+    s
+}
+
+/// Asserts that two mounted trees look the same.
+#[track_caller]
+pub fn assert_same_view(rovl: &Path, kernel: &Path) {
+    let (a, b) = (view(rovl), view(kernel));
+    let d = diff("rovl", &a, "kernel", &b);
+    assert!(d.is_empty(), "views differ:\n{d}");
+}
+
+// ----------------------------------------------------------------- oracle
+
+/// What a script did: one line per step, `what → errno` (0 = success).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Log(pub Vec<(String, i32)>);
+
+impl Log {
+    /// Records the outcome of a step and returns its value.
+    pub fn r<T>(&mut self, what: impl Into<String>, res: io::Result<T>) -> Option<T> {
+        let what = what.into();
+        match res {
+            Ok(v) => {
+                self.0.push((what, 0));
+                Some(v)
+            }
+            Err(e) => {
+                self.0.push((what, e.raw_os_error().unwrap_or(-1)));
+                None
+            }
+        }
+    }
+
+    /// Records a value observed (compared as text).
+    pub fn v(&mut self, what: impl Into<String>, value: impl std::fmt::Debug) {
+        self.0.push((format!("{} = {value:?}", what.into()), 0));
+    }
+
+    /// The errno recorded for step `what`.
+    pub fn errno(&self, what: &str) -> i32 {
+        self.0
+            .iter()
+            .find(|(w, _)| w == what)
+            .map(|(_, e)| *e)
+            .unwrap_or_else(|| panic!("no step {what:?} in {self:?}"))
+    }
+}
+
+fn log_diff(a: &Log, b: &Log) -> String {
+    let mut s = String::new();
+    let n = a.0.len().max(b.0.len());
+    for i in 0..n {
+        let x = a.0.get(i);
+        let y = b.0.get(i);
+        if x != y {
+            s.push_str(&format!("  step {i}: rovl {x:?} / kernel {y:?}\n"));
+        }
+    }
+    s
+}
+
+/// Errno name for messages.
+pub fn ename(e: i32) -> String {
+    if e == 0 {
+        return "ok".into();
+    }
+    io::Error::from_raw_os_error(e).to_string()
+}
+
+/// Runs `script` on a rovl mount of `st` (with `rovl_opts`) and on kernel
+/// overlayfs over the same lowers (fresh upper/work), and asserts that
+/// every step had the same outcome and that both trees look the same.
+/// Returns the log. Both mounts are gone when it returns.
+pub fn oracle(s: &Scratch, st: &Stack, script: impl Fn(&Path) -> Log) -> Log {
+    oracle_with(s, st, "", script)
+}
+
+/// [`oracle`] with extra rovl mount options.
+pub fn oracle_with(s: &Scratch, st: &Stack, rovl_opts: &str, script: impl Fn(&Path) -> Log) -> Log {
+    let k = st.twin(s.path());
+    let km = mount_kernel(&k, "");
+    let rm = mount_rovl(st, rovl_opts);
+    let klog = script(&k.mnt);
+    let rlog = script(&st.mnt);
+    let d = log_diff(&rlog, &klog);
+    assert!(
+        d.is_empty(),
+        "rovl and kernel overlayfs disagree:\n{d}\nrovl:   {rlog:?}\nkernel: {klog:?}"
+    );
+    assert_same_view(&st.mnt, &k.mnt);
+    drop(rm);
+    drop(km);
+    rlog
+}
+
+/// Mounts kernel overlayfs over `lowers` with upper `upper` and a fresh
+/// work directory under `base`, at a fresh mountpoint under `base`.
+pub fn kernel_on(
+    base: &Path,
+    tag: &str,
+    lowers: &[PathBuf],
+    upper: &Path,
+) -> (crate::common::KernelOverlay, PathBuf) {
+    let work = base.join(format!("{tag}-work"));
+    let mnt = base.join(format!("{tag}-mnt"));
+    mkdirs(&work);
+    mkdirs(&mnt);
+    let ls: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+    let k = crate::common::KernelOverlay::mount(
+        &ls,
+        Some(upper),
+        Some(&work),
+        "redirect_dir=on,index=off,metacopy=off,xino=off",
+        &mnt,
+    )
+    .unwrap_or_else(|e| panic!("mounting kernel overlayfs on {}: {e}", upper.display()));
+    (k, mnt)
+}
+
+/// Mounts rovl over `lowers` with upper `upper` and a fresh work directory
+/// under `base`, at a fresh mountpoint under `base`.
+pub fn rovl_on(base: &Path, tag: &str, lowers: &[PathBuf], upper: &Path) -> (FuseMount, Stack) {
+    let st = Stack {
+        lowers: lowers.to_vec(),
+        upper: upper.to_path_buf(),
+        work: base.join(format!("{tag}-work")),
+        mnt: base.join(format!("{tag}-mnt")),
+    };
+    mkdirs(&st.work);
+    mkdirs(&st.mnt);
+    let m = mount_rovl(&st, "");
+    (m, st)
+}
+
+// -------------------------------------------------------------- processes
+
+/// True while process `pid` exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits up to `t` for `cond`.
+pub fn wait_for(t: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > t {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// True when something is mounted exactly at `p` (per mountinfo).
+pub fn mounted_at(p: &Path) -> bool {
+    let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    testbed::mounts()
+        .unwrap()
+        .iter()
+        .any(|m| m.mount_point == p)
+}
+
+/// The filesystem type mounted at `p`, if any (last mount wins).
+pub fn fstype_at(p: &Path) -> Option<String> {
+    let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    testbed::mounts()
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.mount_point == p)
+        .map(|m| m.fs_type)
+        .next_back()
+}
+
+/// Runs a shell snippet as user nobody (65534:65534, no supplementary
+/// groups): (exit code, stderr).
+pub fn as_nobody(script: &str) -> (i32, String) {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Recursive listing of a real directory (paths relative to `root`, with
+/// type and, for files, content): for "nothing changed" checks.
+pub fn tree(root: &Path) -> BTreeMap<String, Obj> {
+    if !root.exists() {
+        return BTreeMap::new();
+    }
+    view(root)
+}
+
+/// An `OsString` from raw bytes.
+pub fn os(b: &[u8]) -> OsString {
+    OsString::from_vec(b.to_vec())
+}
+
+/// Sorted names in directory `p`, or the error of listing it.
+pub fn try_names(p: &Path) -> io::Result<Vec<String>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(p)? {
+        v.push(String::from_utf8_lossy(e?.file_name().as_bytes()).into_owned());
+    }
+    v.sort();
+    Ok(v)
+}
