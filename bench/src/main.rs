@@ -1,0 +1,357 @@
+//! `rovl-bench`: rovl against kernel overlayfs, fuse-overlayfs and the
+//! native upper filesystem, side by side, on the same lower layers, each
+//! measurement on a fresh ext4 upper. See BENCHMARKS.md.
+
+mod layers;
+mod report;
+mod systems;
+mod workloads;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use clap::Parser;
+
+use crate::layers::Layers;
+use crate::report::Results;
+use crate::systems::{Env, System, Tools};
+use crate::workloads::{Ctx, JOBS, Job, Metric};
+
+/// Benchmark rovl against kernel overlayfs, fuse-overlayfs and native ext4.
+#[derive(Debug, Parser)]
+#[command(name = "rovl-bench")]
+struct Cli {
+    /// Smaller layers and workloads, one run: for development.
+    #[arg(long)]
+    quick: bool,
+    /// Runs of every workload (medians are reported). Default 5, or 1
+    /// with --quick.
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Only these workloads (comma-separated): walk, readdir, create,
+    /// seqwrite, seqread, randread, copyup, untar, noisy.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Only these systems (comma-separated): native, kernel,
+    /// fuse-overlayfs, rovl.
+    #[arg(long, value_delimiter = ',')]
+    systems: Vec<String>,
+    /// Use this rovl binary instead of building the workspace's in release.
+    #[arg(long)]
+    rovl: Option<PathBuf>,
+    /// The fuse-overlayfs binary.
+    #[arg(long, default_value = "fuse-overlayfs")]
+    fuse_overlayfs: PathBuf,
+    /// Where the generated layers are cached.
+    #[arg(long, default_value = "/var/tmp/rovl-bench-cache")]
+    cache: PathBuf,
+    /// Write the report here. Default: BENCHMARKS.md for a complete run
+    /// (all workloads and systems, not --quick), else
+    /// target/rovl-bench/report.md.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Record perf profiles of the rovl daemon during each timed section
+    /// into this directory (one perf.data per workload and run).
+    #[arg(long)]
+    profile: Option<PathBuf>,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // The first Ctrl-C stops after the current measurement, whose guards
+    // then clean up; a second one exits at once (the testbed sweeps what
+    // is left at the next start).
+    if STOP.swap(true, Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ has a parent")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// Builds rovl in release (the one command builds what it measures).
+fn build_rovl() -> Result<PathBuf, String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let st = Command::new(cargo)
+        .args(["build", "--release", "-p", "rovl"])
+        .current_dir(workspace())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !st.success() {
+        return Err(format!("cargo build --release -p rovl: {st}"));
+    }
+    Ok(target_dir().join("release/rovl"))
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Machine, versions and date, as Markdown list items and as JSON.
+fn describe(tools: &Tools, cache: &Path) -> (String, serde_json::Value) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(String::new(), |k| {
+            format!("{:.1} GiB", k as f64 / 1048576.0)
+        });
+    let ncpu = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = sh("uname", &["-r"]);
+    let disk = sh(
+        "findmnt",
+        &["-no", "SOURCE,FSTYPE", "--target", &cache.to_string_lossy()],
+    );
+    let fo = Command::new(&tools.fuse_overlayfs)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            all.lines()
+                .find(|l| l.starts_with("fuse-overlayfs"))
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let ws = workspace();
+    let ws = ws.to_string_lossy();
+    let commit = sh("git", &["-C", &ws, "rev-parse", "--short", "HEAD"]);
+    let dirty = !sh("git", &["-C", &ws, "status", "--porcelain", "--", "src"]).is_empty();
+    let rovl = format!(
+        "{commit}{}",
+        if dirty { " (+ uncommitted src/)" } else { "" }
+    );
+    let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let md = format!(
+        "- Machine: {ncpu} vCPU {cpu}, {mem} RAM, Linux {kernel}; lowers on {disk}, \
+         uppers on fresh ext4 (loop device, direct I/O, sparse image on the same disk)\n\
+         - Versions: rovl {rovl}; {fo}\n\
+         - Date: {date}\n"
+    );
+    let json = serde_json::json!({
+        "cpu": cpu, "ncpu": ncpu, "mem": mem, "kernel": kernel, "disk": disk,
+        "rovl": rovl, "fuse_overlayfs": fo, "date": date,
+    });
+    (md, json)
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("rovl-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Ok(true): every measurement succeeded.
+fn real_main() -> Result<bool, String> {
+    let cli = Cli::parse();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root (mounts, loop devices, drop_caches)".into());
+    }
+    let jobs: Vec<Job> = if cli.only.is_empty() {
+        JOBS.to_vec()
+    } else {
+        cli.only
+            .iter()
+            .map(|n| Job::parse(n).ok_or(format!("unknown workload '{n}'")))
+            .collect::<Result<_, _>>()?
+    };
+    let systems: Vec<System> = if cli.systems.is_empty() {
+        systems::ALL.to_vec()
+    } else {
+        let mut v = cli
+            .systems
+            .iter()
+            .map(|n| System::parse(n).ok_or(format!("unknown system '{n}'")))
+            .collect::<Result<Vec<_>, _>>()?;
+        v.sort();
+        v.dedup();
+        v
+    };
+    let complete = !cli.quick && cli.only.is_empty() && cli.systems.is_empty();
+    let runs = cli.runs.unwrap_or(if cli.quick { 1 } else { 5 }).max(1);
+    let scale = if cli.quick {
+        layers::QUICK
+    } else {
+        layers::FULL
+    };
+
+    // SAFETY: installing a handler that only touches an atomic and _exit.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+    }
+
+    let rovl = match &cli.rovl {
+        Some(p) => p.clone(),
+        None => build_rovl()?,
+    };
+    let tools = Tools {
+        rovl,
+        fuse_overlayfs: cli.fuse_overlayfs.clone(),
+    };
+    let layers = layers::prepare(&cli.cache, &scale).map_err(|e| format!("layers: {e}"))?;
+    let ctx = Ctx {
+        profile: cli.profile.clone(),
+    };
+
+    let started = Instant::now();
+    let mut results = Results::default();
+    // The very first measurement of a job in a process comes out slow
+    // (first large page-cache allocations, first loop device of its size):
+    // one untimed round of each job on the first system absorbs that.
+    for job in &jobs {
+        if STOP.load(Ordering::SeqCst) {
+            break;
+        }
+        if let Err(e) = measure(*job, systems[0], &tools, &layers, &ctx) {
+            eprintln!("[warm-up] {} {}: {e}", job.name(), systems[0].name());
+        }
+    }
+    'runs: for run in 0..runs {
+        for job in &jobs {
+            // Rotate the order of the systems from run to run so that none
+            // always goes first after a job change.
+            let mut order = systems.clone();
+            let k = run % order.len();
+            order.rotate_left(k);
+            for sys in order {
+                if STOP.load(Ordering::SeqCst) {
+                    results.failures.push("interrupted".into());
+                    break 'runs;
+                }
+                match measure(*job, sys, &tools, &layers, &ctx) {
+                    Ok(ms) => {
+                        let shown: Vec<String> = ms
+                            .iter()
+                            .map(|(m, v)| {
+                                format!("{} {}", m.key(), report::fmt_value(*v, m.unit()))
+                            })
+                            .collect();
+                        eprintln!(
+                            "[run {}/{runs}] {:<8} {:<14} {}",
+                            run + 1,
+                            job.name(),
+                            sys.name(),
+                            shown.join(", ")
+                        );
+                        for (m, v) in ms {
+                            results.samples.entry((m, sys)).or_default().push(v);
+                        }
+                    }
+                    Err(e) => {
+                        let msg = format!("run {} {} {}: {e}", run + 1, job.name(), sys.name());
+                        eprintln!("[FAILED] {msg}");
+                        results.failures.push(msg);
+                    }
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+
+    let (machine, meta) = describe(&tools, &cli.cache);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = if args.is_empty() {
+        "cargo run --release -p rovl-bench".to_string()
+    } else {
+        format!("cargo run --release -p rovl-bench -- {}", args.join(" "))
+    };
+    let table = results.markdown(&layers, &systems);
+    let mins = elapsed.as_secs_f64() / 60.0;
+    let section = format!(
+        "## Results\n\n{machine}- Command: `{command}` (as root), {runs} run(s) of each \
+         workload on the `{}` layer set, medians; the measurements took {mins:.1} min\n\n{table}",
+        scale.name
+    );
+    println!("{section}");
+
+    let out = cli.out.clone().unwrap_or_else(|| {
+        if complete {
+            workspace().join("BENCHMARKS.md")
+        } else {
+            target_dir().join("rovl-bench/report.md")
+        }
+    });
+    if let Some(d) = out.parent() {
+        let _ = std::fs::create_dir_all(d);
+    }
+    report::splice_into(&out, &section).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut meta = meta;
+    meta["command"] = command.into();
+    meta["runs"] = runs.into();
+    meta["scale"] = scale.name.into();
+    meta["minutes"] = mins.into();
+    let json_path = target_dir().join("rovl-bench/results.json");
+    let _ = std::fs::create_dir_all(json_path.parent().unwrap());
+    let _ = std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&results.json(meta)).unwrap_or_default(),
+    );
+    eprintln!(
+        "rovl-bench: report in {}, samples in {} ({mins:.1} min)",
+        out.display(),
+        json_path.display()
+    );
+    Ok(results.failures.is_empty())
+}
+
+/// One measurement: a fresh environment, the job, cleanup.
+fn measure(
+    job: Job,
+    sys: System,
+    tools: &Tools,
+    layers: &Layers,
+    ctx: &Ctx,
+) -> Result<Vec<(Metric, f64)>, String> {
+    let mut env = Env::new(sys, tools, layers, job.disk_size(layers), job.mounts())
+        .map_err(|e| format!("setup: {e}"))?;
+    let r = job.run(&mut env, layers, ctx).map_err(|e| e.to_string());
+    let fin = env.finish().map_err(|e| format!("teardown: {e}"));
+    // Whatever the teardown left dirty must not be written during the
+    // next measurement.
+    workloads::settle();
+    let ms = r?;
+    fin?;
+    Ok(ms)
+}
