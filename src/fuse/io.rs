@@ -34,8 +34,9 @@ use crate::sys::OFlags;
 
 /// Lower files smaller than this are read through the daemon (and the
 /// kernel's page cache) rather than passed through, so that copying them
-/// up while they are open is seamless.
-const LOWER_PASSTHROUGH_MIN: u64 = 256 * 1024;
+/// up while they are open is seamless (the same inode, and readers see
+/// the new data). Larger ones are where passthrough pays.
+const LOWER_PASSTHROUGH_MIN: u64 = 1 << 20;
 
 /// The reply an open is waiting for.
 pub(super) enum Reply {

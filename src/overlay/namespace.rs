@@ -53,12 +53,21 @@ enum UpperAt {
     Object,
 }
 
-fn upper_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<UpperAt> {
-    Ok(match sys::stat_at(dir, name)? {
-        None => UpperAt::Nothing,
-        Some(st) if markers::is_whiteout_stat(&st) => UpperAt::Whiteout,
-        Some(_) => UpperAt::Object,
-    })
+/// What `name` is in `dir`, the upper directory of `parent`: whiteouts in
+/// every form rovl reads (an upper written by other tools may hold xattr
+/// whiteouts) are replaced like the kernel's 0/0 ones.
+fn upper_at(parent: &Node, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<UpperAt> {
+    let Some(st) = sys::stat_at(dir, name)? else {
+        return Ok(UpperAt::Nothing);
+    };
+    if markers::is_whiteout_stat(&st) {
+        return Ok(UpperAt::Whiteout);
+    }
+    let xwhiteouts = parent.dir_layers().is_some_and(|d| d.upper_xwhiteouts);
+    if xwhiteouts && markers::is_xattr_whiteout(dir, name, &st)? {
+        return Ok(UpperAt::Whiteout);
+    }
+    Ok(UpperAt::Object)
 }
 
 fn check_new_name(name: &OsStr) -> SysResult<()> {
@@ -103,7 +112,7 @@ impl Overlay {
         let _r = self.rename_lock.read();
         let pup = self.upper_dir(&parent)?;
         let pup = pup.as_fd();
-        let over_whiteout = match upper_at(pup, name)? {
+        let over_whiteout = match upper_at(&parent, pup, name)? {
             UpperAt::Object => return Err(Errno::EXIST),
             UpperAt::Whiteout => true,
             UpperAt::Nothing => {
@@ -212,7 +221,7 @@ impl Overlay {
         let _r = self.rename_lock.read();
         let pup = self.upper_dir(&parent)?;
         let pup = pup.as_fd();
-        let over_whiteout = match upper_at(pup, new_name)? {
+        let over_whiteout = match upper_at(&parent, pup, new_name)? {
             UpperAt::Object => return Err(Errno::EXIST),
             UpperAt::Whiteout => true,
             UpperAt::Nothing => {
@@ -283,7 +292,7 @@ impl Overlay {
             !pdl.lowers.is_empty() && lookup::lower_positive(&self.stack, &pdl, name)?;
         let pup = self.upper_dir(&parent)?;
         let pup = pup.as_fd();
-        match upper_at(pup, name)? {
+        match upper_at(&parent, pup, name)? {
             UpperAt::Object => {
                 let plain = !need_whiteout && (!dir || upper_dir_is_empty(self, pup, name)?);
                 if plain {
@@ -404,7 +413,7 @@ impl Overlay {
             } else {
                 RenameFlags::empty()
             };
-            match upper_at(npup, new_name)? {
+            match upper_at(&np, npup, new_name)? {
                 UpperAt::Whiteout if src.is_dir() => {
                     // A directory cannot replace a device: swap, then drop
                     // the whiteout unless the old name needs one.
