@@ -44,13 +44,55 @@ pub const WH_PREFIX: &[u8] = b".wh.";
 /// Opaque-directory marker file written by containers/storage.
 pub const WH_OPAQUE: &[u8] = b".wh..wh..opq";
 
-/// True for xattr names that belong to an overlay implementation and must
-/// never be shown to, or set by, users of the mount.
+/// Where a user's `trusted.overlay.X` is stored: `trusted.overlay.overlay.X`
+/// (the kernel's escaping, so that an overlay nested on this one keeps its
+/// own markers without changing what the layers mean here).
+const TRUSTED_OVERLAY_ESCAPED: &[u8] = b"trusted.overlay.overlay";
+
+fn is_escaped_xattr(b: &[u8]) -> bool {
+    b.starts_with(TRUSTED_OVERLAY_ESCAPED)
+}
+
+/// True for xattr names that belong to an overlay implementation: never
+/// shown to users, never copied up.
 pub fn is_private_xattr(name: &OsStr) -> bool {
     let b = name.as_bytes();
-    b.starts_with(TRUSTED_OVERLAY_PREFIX)
+    (b.starts_with(TRUSTED_OVERLAY_PREFIX) && !is_escaped_xattr(b))
         || b.starts_with(USER_OVERLAY_PREFIX)
         || b.starts_with(USER_FUSEOVERLAYFS_PREFIX)
+}
+
+/// The name in the layers of an xattr a user names `name`: `trusted.overlay.X`
+/// is escaped as the kernel does; `user.overlay.*` and `user.fuseoverlayfs.*`
+/// (markers rovl reads in every layer) cannot be reached (`None`).
+pub fn xattr_to_layer(name: &OsStr) -> Option<OsString> {
+    let b = name.as_bytes();
+    if let Some(rest) = b.strip_prefix(TRUSTED_OVERLAY_PREFIX) {
+        let mut v = TRUSTED_OVERLAY_ESCAPED.to_vec();
+        v.push(b'.');
+        v.extend_from_slice(rest);
+        return Some(OsString::from_vec(v));
+    }
+    if b.starts_with(USER_OVERLAY_PREFIX) || b.starts_with(USER_FUSEOVERLAYFS_PREFIX) {
+        return None;
+    }
+    Some(name.to_owned())
+}
+
+/// The name users see for xattr `name` of a layer, `None` when it is
+/// private.
+pub fn xattr_from_layer(name: &OsStr) -> Option<OsString> {
+    let b = name.as_bytes();
+    if let Some(rest) = b.strip_prefix(TRUSTED_OVERLAY_ESCAPED) {
+        let rest = rest.strip_prefix(b".")?;
+        let mut v = TRUSTED_OVERLAY_PREFIX.to_vec();
+        v.extend_from_slice(rest);
+        return Some(OsString::from_vec(v));
+    }
+    if is_private_xattr(name) {
+        return None;
+    }
+    Some(name.to_owned())
 }
 
 /// True when `st` is a kernel-style whiteout: a character device 0/0.
@@ -273,6 +315,43 @@ mod tests {
         assert!(is_private_xattr(OsStr::new("user.fuseoverlayfs.opaque")));
         assert!(!is_private_xattr(OsStr::new("user.mine")));
         assert!(!is_private_xattr(OsStr::new("trusted.overlayx")));
+        assert!(!is_private_xattr(OsStr::new(
+            "trusted.overlay.overlay.opaque"
+        )));
+    }
+
+    #[test]
+    fn xattr_escaping_like_the_kernel() {
+        let to = |s: &str| xattr_to_layer(OsStr::new(s)).map(|o| o.into_string().unwrap());
+        let from = |s: &str| xattr_from_layer(OsStr::new(s)).map(|o| o.into_string().unwrap());
+        assert_eq!(
+            to("trusted.overlay.opaque").as_deref(),
+            Some("trusted.overlay.overlay.opaque")
+        );
+        assert_eq!(to("user.x").as_deref(), Some("user.x"));
+        assert_eq!(to("user.overlay.opaque"), None);
+        assert_eq!(to("user.fuseoverlayfs.opaque"), None);
+        assert_eq!(
+            from("trusted.overlay.overlay.opaque").as_deref(),
+            Some("trusted.overlay.opaque")
+        );
+        assert_eq!(
+            from("trusted.overlay.overlay.overlay.x").as_deref(),
+            Some("trusted.overlay.overlay.x")
+        );
+        assert_eq!(from("trusted.overlay.opaque"), None);
+        assert_eq!(from("user.overlay.whiteout"), None);
+        assert_eq!(
+            from("security.capability").as_deref(),
+            Some("security.capability")
+        );
+        for n in ["trusted.overlay.a", "trusted.overlay.overlay.b", "user.c"] {
+            assert_eq!(
+                from(&to(n).unwrap()).as_deref(),
+                Some(n),
+                "round trip of {n}"
+            );
+        }
     }
 
     #[test]

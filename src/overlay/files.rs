@@ -288,12 +288,12 @@ impl Overlay {
 
     /// Value of xattr `name` (overlay-private names do not exist).
     pub fn getxattr(&self, node_id: NodeId, name: &OsStr) -> SysResult<Vec<u8>> {
-        if markers::is_private_xattr(name) {
+        let Some(real) = markers::xattr_to_layer(name) else {
             return Err(Errno::NODATA);
-        }
+        };
         let node = self.node(node_id)?;
         let fd = node.top_fd().ok_or(Errno::STALE)?;
-        xattr::get(fd.as_fd(), name)?.ok_or(Errno::NODATA)
+        xattr::get(fd.as_fd(), &real)?.ok_or(Errno::NODATA)
     }
 
     /// Names of all xattrs but overlay-private ones, NUL-terminated.
@@ -302,10 +302,10 @@ impl Overlay {
         let fd = node.top_fd().ok_or(Errno::STALE)?;
         let mut out = Vec::new();
         for n in xattr::list(fd.as_fd())? {
-            if markers::is_private_xattr(&n) {
+            let Some(shown) = markers::xattr_from_layer(&n) else {
                 continue;
-            }
-            out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(n.as_os_str()));
+            };
+            out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(shown.as_os_str()));
             out.push(0);
         }
         Ok(out)
@@ -319,9 +319,10 @@ impl Overlay {
         value: &[u8],
         flags: i32,
     ) -> SysResult<()> {
-        if markers::is_private_xattr(name) {
+        let Some(real) = markers::xattr_to_layer(name) else {
             return Err(Errno::PERM);
-        }
+        };
+        let name = real.as_os_str();
         if self.opts.readonly {
             return Err(Errno::ROFS);
         }
@@ -350,9 +351,10 @@ impl Overlay {
 
     /// Removes xattr `name`; copies the object up first.
     pub fn removexattr(&self, node_id: NodeId, name: &OsStr) -> SysResult<()> {
-        if markers::is_private_xattr(name) {
+        let Some(real) = markers::xattr_to_layer(name) else {
             return Err(Errno::PERM);
-        }
+        };
+        let name = real.as_os_str();
         if self.opts.readonly {
             return Err(Errno::ROFS);
         }
