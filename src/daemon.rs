@@ -244,6 +244,9 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
         Ok(d) => d,
         Err(e) => return notify.fail(&e),
     };
+    if let Some(minor) = mount::fuse_connection(&c.mountpoint) {
+        ov.wb.set_mount_dev(rustix::fs::makedev(0, minor));
+    }
     let mut config = fuser::Config::default();
     config.n_threads = Some(c.opts.threads.unwrap_or_else(default_threads));
     config.clone_fd = true;

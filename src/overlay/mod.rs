@@ -101,6 +101,7 @@ impl Overlay {
                 ident,
                 split_pending: None,
             },
+            Default::default(),
         );
         root.lookups.store(1, Ordering::Release);
         let mut table = NodeTable::new();
@@ -288,7 +289,9 @@ impl Overlay {
                 ident,
                 split_pending: None,
             },
+            self.wb.inode_wb(ident),
         ));
+        self.wb.link(&node);
         table.insert(node.clone(), parent, name);
         Ok(node)
     }
@@ -329,7 +332,9 @@ impl Overlay {
                 ident,
                 split_pending: None,
             },
+            self.wb.inode_wb(ident),
         ));
+        self.wb.link(&node);
         table.insert(node.clone(), parent, name);
         node
     }
@@ -438,6 +443,7 @@ impl Overlay {
                 ident,
                 split_pending: None,
             },
+            Default::default(),
         ));
         crate::copy_up::copy_up_with(self, &part, data, origin)?;
         let up = part.upper().ok_or(Errno::IO)?;

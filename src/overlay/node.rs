@@ -129,7 +129,13 @@ pub struct Node {
 
 impl Node {
     /// A node in no table yet.
-    pub fn new(id: NodeId, generation: u64, kind: FileType, state: NodeState) -> Node {
+    pub fn new(
+        id: NodeId,
+        generation: u64,
+        kind: FileType,
+        state: NodeState,
+        wb: crate::writeback::InodeWb,
+    ) -> Node {
         Node {
             id,
             generation,
@@ -138,7 +144,7 @@ impl Node {
             lookups: AtomicU64::new(0),
             copy_up_lock: Mutex::new(()),
             lower_pinned: AtomicBool::new(false),
-            wb: Default::default(),
+            wb,
         }
     }
 

@@ -79,8 +79,9 @@ pub struct DirtyFile {
     fd: Mutex<Option<Arc<OwnedFd>>>,
     /// Handle to reopen it when parked.
     handle: Option<sys::FileHandle>,
-    /// The node, for its current path.
-    node: Weak<Node>,
+    /// The node, for its current path (the kernel may forget it and get a
+    /// new one for the same file).
+    node: Mutex<Weak<Node>>,
     /// Last known path (relative to the mount).
     path: Mutex<PathBuf>,
     /// Opens for writing right now.
@@ -154,6 +155,9 @@ pub struct MountWb {
     last_sync: Mutex<Option<SyncRecord>>,
     /// The mountpoint (to flush the kernel's page cache of this mount).
     pub mountpoint: PathBuf,
+    /// `st_dev` of the mount once it is live: the flush must only ever
+    /// reach this mount (after unmount the path is someone else's).
+    mount_dev: std::sync::atomic::AtomicU64,
     /// Whether the kernel caches writes (writeback cache negotiated).
     writeback_cache: std::sync::atomic::AtomicBool,
     /// The unmount's result, once known.
@@ -186,7 +190,8 @@ impl DirtyFile {
     }
 
     fn current_path(&self, ov: &Overlay) -> PathBuf {
-        if let Some(n) = self.node.upgrade() {
+        let node = self.node.lock().upgrade();
+        if let Some(n) = node {
             let p = ov.path_of(&n);
             *self.path.lock() = p.clone();
             return p;
@@ -217,6 +222,7 @@ impl MountWb {
             last_sync: Mutex::new(None),
             mountpoint,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
+            mount_dev: AtomicU64::new(0),
             exit: Mutex::new(None),
             sync_lock: Mutex::new(()),
         }
@@ -230,6 +236,38 @@ impl MountWb {
     /// Tells the writeback layer whether the kernel caches writes.
     pub fn set_writeback_cache(&self, on: bool) {
         self.writeback_cache.store(on, Ordering::Release);
+    }
+
+    /// Records the live mount's device number (see `mount_dev`).
+    pub fn set_mount_dev(&self, dev: u64) {
+        self.mount_dev.store(dev, Ordering::Release);
+    }
+
+    /// The writeback state of a new node for the object `ident` (upper
+    /// st_dev, st_ino): the one the mount already tracks for that object
+    /// when the kernel forgot an earlier node of it, so that no error
+    /// recorded meanwhile is lost to the new node's observers.
+    pub fn inode_wb(&self, ident: (u64, u64)) -> InodeWb {
+        if let Some(df) = self.files.lock().get(&ident) {
+            return InodeWb {
+                errs: df.errs.clone(),
+                dirty: Mutex::new(Some(df.clone())),
+            };
+        }
+        if let Some(d) = self.dirs.lock().get(&ident) {
+            return InodeWb {
+                errs: d.errs.clone(),
+                dirty: Mutex::new(None),
+            };
+        }
+        InodeWb::default()
+    }
+
+    /// Points the dirty entry of `node`'s object (if any) at `node`.
+    pub fn link(&self, node: &Arc<Node>) {
+        if let Some(df) = &*node.wb.dirty.lock() {
+            *df.node.lock() = Arc::downgrade(node);
+        }
     }
 
     /// A new observer opens `node`.
@@ -314,7 +352,7 @@ impl MountWb {
                     errs: node.wb.errs.clone(),
                     fd: Mutex::new(Some(Arc::new(fd))),
                     handle: sys::name_to_handle(upper).ok(),
-                    node: Arc::downgrade(node),
+                    node: Mutex::new(Arc::downgrade(node)),
                     path: Mutex::new(ov.path_of(node)),
                     writers: AtomicUsize::new(0),
                     epoch: AtomicU64::new(0),
@@ -566,7 +604,8 @@ impl MountWb {
             files.remove(&df.key);
         }
         drop(files);
-        if let Some(n) = df.node.upgrade() {
+        let node = df.node.lock().upgrade();
+        if let Some(n) = node {
             let mut slot = n.wb.dirty.lock();
             if slot.as_ref().is_some_and(|x| Arc::ptr_eq(x, df)) {
                 *slot = None;
@@ -581,12 +620,21 @@ impl MountWb {
         if !self.writeback_cache.load(Ordering::Acquire) {
             return Ok(());
         }
+        let dev = self.mount_dev.load(Ordering::Acquire);
+        if dev == 0 {
+            return Ok(());
+        }
         let fd = rustix::fs::open(
             &self.mountpoint,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             sys::Mode::empty(),
         )
         .map_err(wb_errno)?;
+        // Only ever our own mount: a syncfs of what lies under the
+        // mountpoint could be the shared upper filesystem (E3, E4).
+        if sys::stat_fd(fd.as_fd()).map(|s| s.st_dev).ok() != Some(dev) {
+            return Ok(());
+        }
         // An error here is the kernel's record of a failed FUSE_WRITE,
         // already told to the writers' observers by the kernel itself.
         let _ = rustix::fs::syncfs(&fd);
@@ -779,7 +827,7 @@ impl MountWb {
                 errs: Arc::new(ErrSeq::new()),
                 fd: Mutex::new(Some(Arc::new(fd))),
                 handle: Some(h),
-                node: Weak::new(),
+                node: Mutex::new(Weak::new()),
                 path: Mutex::new(PathBuf::from(&f.path)),
                 writers: AtomicUsize::new(0),
                 epoch: AtomicU64::new(1),
@@ -799,6 +847,9 @@ impl MountWb {
         let result = match self.mode {
             Mode::Normal => {
                 let before = self.errs.peek();
+                // The mount is gone: the kernel flushed its cache before the
+                // connection ended, and the mountpoint is no longer ours.
+                self.mount_dev.store(0, Ordering::Release);
                 let _ = self.sync(ov, None);
                 match self.errs.check(before) {
                     Some(e) => Err(format!(
