@@ -610,3 +610,91 @@ pub fn try_names(p: &Path) -> io::Result<Vec<String>> {
     v.sort();
     Ok(v)
 }
+
+/// A daemon run in the foreground (`rovl -f`) as our own child, for tests
+/// that need its exit status. (testbed's `FuseMount::unmount` can report a
+/// spurious error when a parallel test's new mount reuses the mount id.)
+/// Drop unmounts (lazily if needed) and kills the child if it is still
+/// there after 10 s.
+pub struct Foreground {
+    child: Option<std::process::Child>,
+    mnt: PathBuf,
+    log: PathBuf,
+}
+
+impl Foreground {
+    /// Spawns `cmd` (stdout/stderr to `log`) and waits up to 10 s for a FUSE
+    /// mount at `mnt`. Panics with the log if none appears.
+    pub fn spawn(mut cmd: Command, mnt: &Path, log: &Path) -> Foreground {
+        let f = std::fs::File::create(log).unwrap();
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f);
+        let mut me = Foreground {
+            child: Some(cmd.spawn().unwrap()),
+            mnt: mnt.to_path_buf(),
+            log: log.to_path_buf(),
+        };
+        let ok = wait_for(Duration::from_secs(10), || {
+            fstype_at(mnt).is_some_and(|t| t.starts_with("fuse"))
+                || me
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+        });
+        assert!(
+            ok && fstype_at(mnt).is_some(),
+            "no mount at {}: {}",
+            mnt.display(),
+            me.log()
+        );
+        me
+    }
+
+    /// Pid of the daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// What the daemon wrote.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to `t` for the daemon to exit; its exit code.
+    pub fn wait(&mut self, t: Duration) -> Option<i32> {
+        let mut code = None;
+        let c = self.child.as_mut()?;
+        wait_for(t, || match c.try_wait() {
+            Ok(Some(st)) => {
+                code = Some(st.code().unwrap_or(-1));
+                true
+            }
+            _ => false,
+        });
+        if code.is_some() {
+            self.child = None;
+        }
+        code
+    }
+}
+
+impl Drop for Foreground {
+    fn drop(&mut self) {
+        if fstype_at(&self.mnt).is_some_and(|t| t.starts_with("fuse")) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mnt)
+                .output();
+            if fstype_at(&self.mnt).is_some_and(|t| t.starts_with("fuse")) {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
+            }
+        }
+        if self.wait(Duration::from_secs(10)).is_none() {
+            if let Some(c) = self.child.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
