@@ -793,3 +793,53 @@ fn ro_option_with_an_upper_refuses_changes_and_keeps_the_upper() {
     drop(m);
     assert!(diff("before", &before, "after", &tree(&st.upper)).is_empty());
 }
+
+/// Kernel overlayfs (6.7+) lets users set `trusted.overlay.*` names, stored
+/// escaped as `trusted.overlay.overlay.*` in the upper layer and shown back
+/// unescaped (so overlays nest); they never change what the layers mean.
+#[test]
+fn trusted_overlay_xattrs_set_through_the_mount_are_escaped_like_the_kernel() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    oracle(&s, &st, |r| {
+        let p = |x: &str| r.join(x);
+        let mut l = Log::default();
+        l.r("get opaque", lget(&p("opq"), "trusted.overlay.opaque"));
+        l.r(
+            "set opaque",
+            lset(&p("d"), "trusted.overlay.opaque", b"y", 0),
+        );
+        l.r("get it back", lget(&p("d"), "trusted.overlay.opaque"));
+        l.r("list", llist(&p("d")));
+        l.r(
+            "set redirect",
+            lset(&p("m"), "trusted.overlay.redirect", b"/full", 0),
+        );
+        l.r(
+            "set whiteout",
+            lset(&p("f"), "trusted.overlay.whiteout", b"", 0),
+        );
+        l.r(
+            "create flag",
+            lset(&p("d"), "trusted.overlay.opaque", b"n", libc::XATTR_CREATE),
+        );
+        l.r("remove", lremove(&p("d"), "trusted.overlay.opaque"));
+        l.r("remove again", lremove(&p("d"), "trusted.overlay.opaque"));
+        l.r(
+            "remove lower marker",
+            lremove(&p("opq"), "trusted.overlay.opaque"),
+        );
+        l.v("d", names(&p("d")));
+        l.v("m", names(&p("m")));
+        l.r("read f", std::fs::read(p("f")));
+        l
+    });
+    assert_eq!(
+        getxattr(&st.upper.join("m"), "trusted.overlay.overlay.redirect").as_deref(),
+        Some(&b"/full"[..])
+    );
+    assert_eq!(
+        getxattr(&st.upper.join("m"), "trusted.overlay.redirect"),
+        None
+    );
+}
