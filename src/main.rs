@@ -9,7 +9,28 @@ use rovl::cli::{Cli, Command, parse_mount_options};
 use rovl::{commands, daemon, mount};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line naming the problem (SPEC §4), not clap's usage block.
+            let text = e.to_string();
+            let msg: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let msg = msg.join(" ");
+            let msg = msg.trim_start_matches("error: ");
+            eprintln!("rovl: {msg} (see rovl --help)");
+            return ExitCode::from(2);
+        }
+    };
     let code = match &cli.cmd {
         Some(Command::Umount { mountpoint }) => commands::umount(mountpoint),
         Some(Command::Sync { paths }) => commands::sync(paths),
