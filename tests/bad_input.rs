@@ -362,7 +362,6 @@ fn a_dead_fuse_mount_as_layer_or_mountpoint_is_named_as_such() {
 }
 
 #[test]
-#[ignore = "rovl bug F3: command-line syntax errors are clap's multi-line usage text"]
 fn a_missing_mountpoint_argument_is_one_line_too() {
     let s = Scratch::new().unwrap();
     let st = setup(&s);
@@ -370,7 +369,6 @@ fn a_missing_mountpoint_argument_is_one_line_too() {
 }
 
 #[test]
-#[ignore = "rovl bug F3: command-line syntax errors are clap's multi-line usage text"]
 fn too_many_positional_arguments_are_refused() {
     let s = Scratch::new().unwrap();
     let st = setup(&s);

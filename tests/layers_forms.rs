@@ -229,7 +229,6 @@ fn trusted_xattr_whiteouts_in_the_upper_layer() {
 }
 
 #[test]
-#[ignore = "rovl bug F1: an xattr whiteout in the upper layer is taken for an object (EEXIST)"]
 fn creating_and_removing_over_trusted_xattr_whiteouts_in_the_upper_layer() {
     compare_upper_form(Form::TrustedXattr, true);
 }
@@ -240,7 +239,6 @@ fn user_xattr_forms_in_the_upper_layer() {
 }
 
 #[test]
-#[ignore = "rovl bug F1: an xattr whiteout in the upper layer is taken for an object (EEXIST)"]
 fn creating_and_removing_over_user_xattr_forms_in_the_upper_layer() {
     compare_upper_form(Form::UserXattr, true);
 }
