@@ -1,0 +1,311 @@
+//! Copy-up (SPEC §2): what lands in the upper layer keeps the lower
+//! object's data, mode (setuid included), owner, times and xattrs (file
+//! capabilities included), parents are copied up first with their own
+//! attributes, concurrent writers share one copy, and a daemon killed in
+//! the middle leaves no partial file in the upper layer. The kernel's copy
+//! of the same lower objects is the reference.
+
+mod common;
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use support::*;
+
+/// A valid v2 file capability: cap_net_raw, permitted + effective.
+const CAP_NET_RAW_EP: [u8; 20] = [
+    0x01, 0x00, 0x00, 0x02, // VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE
+    0x00, 0x20, 0x00, 0x00, // permitted[0]: 1 << 13
+    0x00, 0x00, 0x00, 0x00, // inheritable[0]
+    0x00, 0x00, 0x00, 0x00, // permitted[1]
+    0x00, 0x00, 0x00, 0x00, // inheritable[1]
+];
+
+/// An object on disk as copy-up must keep it: the snapshot, mtime, and
+/// xattrs without the overlay's own. (atime is copied too, but reading the
+/// lower file for the copy moves it under relatime.)
+#[derive(Debug, PartialEq, Eq)]
+struct Real {
+    obj: Obj,
+    mtime: (i64, i64),
+}
+
+fn real(p: &Path) -> Real {
+    let mut obj = support::obj(p).unwrap();
+    obj.xattrs.retain(|k, _| !k.starts_with("trusted.overlay."));
+    let m = lstat(p).unwrap();
+    Real {
+        obj,
+        mtime: (m.mtime(), m.mtime_nsec()),
+    }
+}
+
+fn lower_objects(st: &Stack) {
+    let l = |r: &str| st.lower(0, r);
+    put(&l("a/b/c/file"), "file data");
+    put(&l("a/b/c/other"), "other");
+    put(&l("suid"), "#!/bin/true\n");
+    put(&l("caps"), "binary");
+    put(&l("empty"), "");
+    symlink("a/b/c/file", &l("link")).unwrap();
+    mknod(&l("fifo"), libc::S_IFIFO | 0o620, 0).unwrap();
+    mknod(&l("dev"), libc::S_IFBLK | 0o600, libc::makedev(7, 99)).unwrap();
+    for (p, mode, owner) in [
+        ("a", 0o751, (11, 12)),
+        ("a/b", 0o2775, (21, 22)),
+        ("a/b/c", 0o1733, (31, 32)),
+        ("a/b/c/file", 0o640, (41, 42)),
+        ("suid", 0o4755, (0, 0)),
+        ("caps", 0o755, (51, 52)),
+        ("empty", 0o000, (61, 62)),
+        ("fifo", 0o620, (71, 72)),
+        ("dev", 0o600, (81, 82)),
+    ] {
+        lchown(&l(p), owner.0, owner.1).unwrap();
+        chmod(&l(p), mode).unwrap();
+    }
+    lchown(&l("link"), 91, 92).unwrap();
+    setxattr(&l("a/b/c/file"), "user.note", b"kept");
+    setxattr(&l("a/b/c/file"), "trusted.secret", b"kept too");
+    setxattr(&l("a/b"), "user.dir", b"dir xattr");
+    setxattr(&l("link"), "trusted.linkx", b"on the link");
+    setxattr(&l("caps"), "security.capability", &CAP_NET_RAW_EP);
+    // Times last (chown and setxattr change ctime only, chmod too).
+    for (i, p) in [
+        "a",
+        "a/b",
+        "a/b/c",
+        "a/b/c/file",
+        "suid",
+        "caps",
+        "empty",
+        "fifo",
+        "dev",
+        "link",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let t = 1_000_000_000 + i as i64 * 1000;
+        utimes(&l(p), (t, 111 + i as i64), (t + 500, 222 + i as i64)).unwrap();
+    }
+}
+
+/// Triggers copy-up of each object without changing what copy-up keeps
+/// (xattrs the test then ignores, or an open for writing without a write).
+fn trigger(root: &Path) {
+    for p in ["a/b/c/file", "suid", "caps", "empty"] {
+        drop(open(&root.join(p), libc::O_WRONLY).unwrap());
+    }
+    for p in ["fifo", "dev", "link"] {
+        lset(&root.join(p), "trusted.trigger", b"1", 0).unwrap();
+    }
+}
+
+#[test]
+fn copy_up_keeps_data_mode_owner_times_and_xattrs_like_the_kernel() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    lower_objects(&st);
+    let k = st.twin(s.path());
+    let km = mount_kernel(&k, "");
+    let rm = mount_rovl(&st, "");
+    trigger(&k.mnt);
+    trigger(&st.mnt);
+    drop(rm);
+    drop(km);
+    let objs = [
+        "a",
+        "a/b",
+        "a/b/c",
+        "a/b/c/file",
+        "suid",
+        "caps",
+        "empty",
+        "link",
+        "fifo",
+        "dev",
+    ];
+    let mut mine = BTreeMap::new();
+    let mut kern = BTreeMap::new();
+    for p in objs {
+        let (mut a, mut b) = (real(&st.upper.join(p)), real(&k.upper.join(p)));
+        for x in [&mut a, &mut b] {
+            x.obj.xattrs.remove("trusted.trigger");
+        }
+        mine.insert(p.to_string(), a);
+        kern.insert(p.to_string(), b);
+    }
+    let d = diff("rovl upper", &mine, "kernel upper", &kern);
+    assert!(d.is_empty(), "copies differ:\n{d}");
+    // And both keep what the lower layer had (the kernel could be wrong too).
+    for p in ["a/b/c/file", "suid", "caps", "empty", "link", "fifo", "dev"] {
+        let mut low = real(&st.lower(0, p));
+        low.obj.xattrs.remove("trusted.trigger");
+        assert_eq!(mine[p], low, "{p}: the copy lost something");
+    }
+    // The lower layer itself is untouched.
+    assert!(getxattr(&st.lower(0, "link"), "trusted.trigger").is_none());
+}
+
+#[test]
+fn copy_up_of_a_deep_file_copies_its_parents_first() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    lower_objects(&st);
+    let _m = mount_rovl(&st, "");
+    assert!(!exists(&st.upper.join("a")));
+    write(&st.m("a/b/c/file"), b"new data").unwrap();
+    for p in ["a", "a/b", "a/b/c"] {
+        let (u, l) = (real(&st.upper.join(p)), real(&st.lower(0, p)));
+        assert_eq!(u.obj.perm, l.obj.perm, "{p} mode");
+        assert_eq!((u.obj.uid, u.obj.gid), (l.obj.uid, l.obj.gid), "{p} owner");
+        assert_eq!(u.obj.xattrs, l.obj.xattrs, "{p} xattrs");
+    }
+    // Siblings are not copied up.
+    assert!(!exists(&st.upper.join("a/b/c/other")));
+    assert_eq!(get(&st.upper.join("a/b/c/file")), "new data");
+    assert_eq!(get(&st.lower(0, "a/b/c/file")), "file data");
+    // The work directory is clean afterwards.
+    assert_eq!(names(&st.work.join("work")), Vec::<String>::new());
+}
+
+#[test]
+fn concurrent_writers_of_one_lower_file_share_one_copy() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    put(&st.lower(0, "shared"), &"-".repeat(64));
+    for i in 0..8 {
+        put(&st.lower(0, &format!("dir/f{i}")), "x");
+    }
+    let _m = mount_rovl(&st, "");
+    let p = st.m("shared");
+    std::thread::scope(|sc| {
+        for i in 0..8u8 {
+            let p = p.clone();
+            let dir = st.m("dir");
+            sc.spawn(move || {
+                let f = open(&p, libc::O_WRONLY).unwrap();
+                f.write_all_at(&[b'0' + i; 8], u64::from(i) * 8).unwrap();
+                // Copy-ups of siblings race with the parent's copy-up too.
+                write(&dir.join(format!("f{i}")), &[b'0' + i]).unwrap();
+            });
+        }
+    });
+    let want: String = (0..8).map(|i| format!("{i}").repeat(8)).collect();
+    assert_eq!(get(&p), want);
+    for i in 0..8 {
+        assert_eq!(get(&st.m(&format!("dir/f{i}"))), format!("{i}"));
+    }
+    assert_eq!(names(&st.work.join("work")), Vec::<String>::new());
+}
+
+/// SIGKILL while a big file is being copied up: the upper layer holds the
+/// complete copy or nothing, never a partial file; the next mount cleans
+/// the work directory and shows the lower file intact.
+#[test]
+fn a_daemon_killed_during_copy_up_leaves_no_partial_file() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    let size: u64 = 192 << 20;
+    {
+        let f = std::fs::File::create(st.lower(0, "big")).unwrap();
+        let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
+        for i in 0..size >> 20 {
+            f.write_all_at(&chunk, i << 20).unwrap();
+        }
+    }
+    let mut saw_partial_in_work = false;
+    for delay_ms in [5u64, 30] {
+        let mut m = mount_rovl(&st, "passthrough=off");
+        let pid = m.daemon_pids()[0];
+        let p = st.m("big");
+        let writer = std::thread::spawn(move || {
+            // Fails with ENOTCONN once the daemon is gone.
+            let _ = open(&p, libc::O_WRONLY).map(|f| f.write_all_at(b"!", 0));
+        });
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: killing the daemon we started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let _ = m.kill9();
+        writer.join().unwrap();
+        drop(m);
+        if let Ok(md) = lstat(&st.upper.join("big")) {
+            assert_eq!(md.len(), size, "partial copy in the upper layer");
+        }
+        saw_partial_in_work |= names(&st.work.join("work")).iter().any(|n| n != "incompat");
+        let _m = mount_rovl(&st, "");
+        let left: Vec<String> = names(&st.work.join("work"));
+        assert!(left.is_empty(), "leftovers after remount: {left:?}");
+        let f = open(&st.m("big"), libc::O_RDONLY).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), size);
+        let mut b = [0u8; 2];
+        f.read_exact_at(&mut b, (size - 1) - 1).unwrap();
+        let i = size - 2;
+        assert_eq!(
+            b,
+            [
+                (i % (1 << 20) % 253) as u8,
+                ((i + 1) % (1 << 20) % 253) as u8
+            ]
+        );
+        drop(f);
+        let _ = std::fs::remove_file(st.upper.join("big"));
+    }
+    eprintln!("copy-up interrupted in the work directory at least once: {saw_partial_in_work}");
+}
+
+#[test]
+fn copy_up_by_truncate_to_zero_copies_no_data_but_everything_else() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    lower_objects(&st);
+    let _m = mount_rovl(&st, "");
+    truncate(&st.m("a/b/c/file"), 0).unwrap();
+    let (u, l) = (
+        real(&st.upper.join("a/b/c/file")),
+        real(&st.lower(0, "a/b/c/file")),
+    );
+    assert_eq!(u.obj.data.as_deref(), Some(&b""[..]));
+    assert_eq!(u.obj.perm, l.obj.perm);
+    assert_eq!((u.obj.uid, u.obj.gid), (l.obj.uid, l.obj.gid));
+    assert_eq!(u.obj.xattrs, l.obj.xattrs);
+}
+
+/// Truncating or writing a file removes its file capability, also for root
+/// (`security_inode_need_killpriv`); the setuid bit stays for root. Through
+/// the overlay, copy-up included, the same as under the kernel.
+#[test]
+fn writes_after_copy_up_drop_file_capabilities_like_the_kernel() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    lower_objects(&st);
+    oracle(&s, &st, |r| {
+        let mut l = Log::default();
+        let caps = |l: &mut Log, tag: &str| {
+            l.r(
+                format!("{tag}: caps"),
+                lget(&r.join("caps"), "security.capability"),
+            );
+            l.v(
+                format!("{tag}: suid mode"),
+                lstat(&r.join("suid")).unwrap().mode() & 0o7777,
+            );
+        };
+        caps(&mut l, "before");
+        l.r(
+            "open caps O_TRUNC",
+            open(&r.join("caps"), libc::O_WRONLY | libc::O_TRUNC),
+        );
+        l.r("write suid", {
+            let f = open(&r.join("suid"), libc::O_WRONLY).unwrap();
+            f.write_all_at(b"#", 0)
+        });
+        caps(&mut l, "after");
+        l
+    });
+}
