@@ -47,7 +47,7 @@ pub fn copy_up(ov: &Overlay, node: &Arc<Node>, data: Data) -> SysResult<()> {
 
 /// [`copy_up`] choosing whether the copy records its origin.
 pub fn copy_up_with(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) -> SysResult<()> {
-    if node.upper().is_some() {
+    if node.has_upper() {
         return Ok(());
     }
     if ov.opts.readonly {
@@ -68,7 +68,7 @@ pub fn copy_up_with(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) 
             return Err(Errno::STALE);
         }
         let p = ov.node(parent)?;
-        if p.upper().is_some() {
+        if p.has_upper() {
             break;
         }
         chain.push(p);
@@ -91,26 +91,24 @@ pub fn copy_up_with(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) 
 
 fn copy_up_one(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) -> SysResult<()> {
     let _g = node.copy_up_lock.lock();
-    if node.upper().is_some() {
+    if node.has_upper() {
         return Ok(());
     }
     if node.lower_pinned.load(std::sync::atomic::Ordering::Acquire) {
         return Err(Errno::BUSY);
     }
-    let (parent_id, name, layer, lower) = {
+    let (parent_id, name, lower) = {
         let st = node.state.read();
-        let (layer, fd) = match &st.layers {
-            Layers::Dir(d) => d
-                .lowers
-                .first()
-                .map(|l| (l.layer, l.fd.clone()))
-                .ok_or(Errno::IO)?,
-            Layers::NonDir { lower, .. } => lower.clone().ok_or(Errno::IO)?,
+        let obj = match &st.layers {
+            Layers::Dir(d) => d.lowers.first().map(|l| l.obj.clone()),
+            Layers::NonDir { lower, .. } => lower.clone(),
         };
-        (st.parent, st.name.clone(), layer, fd)
+        (st.parent, st.name.clone(), obj.ok_or(Errno::IO)?)
     };
+    let layer = lower.layer();
+    let lower = lower.fd()?;
     let parent = ov.node(parent_id)?;
-    let pup = parent.upper().ok_or(Errno::IO)?;
+    let pup = parent.upper_fd()?.ok_or(Errno::IO)?;
     let work = ov.work()?;
     let st = sys::stat_fd(lower.as_fd())?;
     let pstat = sys::stat_fd(pup.as_fd())?;
@@ -136,15 +134,17 @@ fn copy_up_one(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) -> Sy
     }
     // The copy is published: record it before anything else can fail.
     let ust = sys::stat_fd(copy.as_fd())?;
-    let copy = Arc::new(copy);
+    let copy_fd = sys::dup(copy.as_fd())?;
+    let obj = ov.stack.objs.adopt(0, copy);
     {
         let mut s = node.state.write();
         match &mut s.layers {
-            Layers::Dir(d) => d.upper = Some(copy.clone()),
-            Layers::NonDir { upper, .. } => *upper = Some(copy.clone()),
+            Layers::Dir(d) => d.upper = Some(obj),
+            Layers::NonDir { upper, .. } => *upper = Some(obj),
         }
         s.ident = (ust.st_dev, ust.st_ino);
     }
+    let copy = copy_fd;
     // Best effort, like the kernel: the parent keeps its times.
     let _ = sys::set_times(
         pup.as_fd(),

@@ -172,7 +172,10 @@ pub fn init_logging(debug: bool, to: Option<&Path>) {
 
 /// Runs the daemon for a checked request. Returns the exit status.
 pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
-    sys::raise_nofile_limit();
+    // Descriptors: a quarter of the limit for cached layer objects, a
+    // quarter for dirty files' tracking; the rest for open files.
+    let nofile = sys::raise_nofile_limit() as usize;
+    let budget = (nofile / 4).clamp(64, 1 << 16);
     rustix::process::umask(sys::Mode::empty());
     sys::block_termination_signals();
 
@@ -180,6 +183,7 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
         Ok(s) => s,
         Err(e) => return notify.fail(&e),
     };
+    stack.objs.set_capacity(budget);
     let adopt = match adopt_list(&c, &stack) {
         Ok(a) => a,
         Err(e) => return notify.fail(&e),
@@ -213,6 +217,7 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
         Mode::Normal
     };
     let wb = MountWb::new(mode, journal, c.mountpoint.clone());
+    wb.set_fd_budget(budget);
     let readonly = c.upperdir.is_none() || c.opts.ro;
     let root = rustix::process::geteuid().is_root();
     let passthrough = match c.opts.passthrough {

@@ -17,6 +17,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use super::markers::{self, DirMarks, Redirect};
+use super::object::Obj;
 use super::{LayerId, Real, Stack};
 use crate::sys::{self, FileType, SysResult};
 
@@ -25,8 +26,8 @@ use crate::sys::{self, FileType, SysResult};
 pub struct LayerDir {
     /// The layer.
     pub layer: LayerId,
-    /// `O_PATH` handle on the directory.
-    pub fd: Arc<OwnedFd>,
+    /// The directory.
+    pub obj: Obj,
     /// Its entries may be xattr whiteouts.
     pub xwhiteouts: bool,
 }
@@ -35,7 +36,7 @@ pub struct LayerDir {
 #[derive(Debug, Clone, Default)]
 pub struct DirLayers {
     /// The upper directory, when it exists.
-    pub upper: Option<Arc<OwnedFd>>,
+    pub upper: Option<Obj>,
     /// The upper directory may hold xattr whiteouts.
     pub upper_xwhiteouts: bool,
     /// Lower directories merged below it, top first.
@@ -66,26 +67,21 @@ pub struct Found {
 
 impl Found {
     /// The layers of a found directory, as a parent for further lookups.
-    pub fn dir_layers(&self) -> SysResult<DirLayers> {
-        Ok(DirLayers {
-            upper: match &self.upper {
-                Some(u) => Some(Arc::new(sys::dup(u.fd.as_fd())?)),
-                None => None,
-            },
+    pub fn into_dir_layers(self, stack: &Stack) -> DirLayers {
+        DirLayers {
+            upper: self.upper.map(|u| stack.objs.adopt(0, u.fd)),
             upper_xwhiteouts: self.upper_marks.xwhiteouts,
             lowers: self
                 .lowers
-                .iter()
-                .map(|(layer, real, marks)| {
-                    Ok(LayerDir {
-                        layer: *layer,
-                        fd: Arc::new(sys::dup(real.fd.as_fd())?),
-                        xwhiteouts: marks.xwhiteouts,
-                    })
+                .into_iter()
+                .map(|(layer, real, marks)| LayerDir {
+                    layer,
+                    obj: stack.objs.adopt(layer, real.fd),
+                    xwhiteouts: marks.xwhiteouts,
                 })
-                .collect::<SysResult<Vec<_>>>()?,
-            lower_path: self.lower_path.clone(),
-        })
+                .collect(),
+            lower_path: self.lower_path,
+        }
     }
 
     /// The object whose attributes the merged view shows.
@@ -144,7 +140,8 @@ pub fn lookup(stack: &Stack, parent: &DirLayers, name: &OsStr) -> SysResult<Opti
     };
     let mut next = Next::Name(name.to_owned());
     if let Some(up) = &parent.upper {
-        let up = up.as_fd();
+        let upfd = up.fd()?;
+        let up = upfd.as_fd();
         match Real::open(up, name)? {
             Some(real) => {
                 if is_whiteout(up, name, &real.stat, parent.upper_xwhiteouts)? {
@@ -252,10 +249,13 @@ fn search_lowers(
     found: &mut Found,
 ) -> SysResult<()> {
     for layer in stack.lower_ids() {
-        let holder;
+        let holder: Arc<OwnedFd>;
         let (base, name, xwh): (BorrowedFd<'_>, OsString, bool) = match &next {
             Next::Name(n) => match parent.lowers.iter().find(|d| d.layer == layer) {
-                Some(d) => (d.fd.as_fd(), n.clone(), d.xwhiteouts),
+                Some(d) => {
+                    holder = d.obj.fd()?;
+                    (holder.as_fd(), n.clone(), d.xwhiteouts)
+                }
                 None => continue,
             },
             Next::Abs(p) => {
@@ -264,7 +264,7 @@ fn search_lowers(
                 };
                 match resolve_abs_parent(stack, layer, dirs)? {
                     AbsBase::Dir(fd, x) => {
-                        holder = fd;
+                        holder = Arc::new(fd);
                         (holder.as_fd(), last.clone(), x)
                     }
                     AbsBase::Missing => continue,

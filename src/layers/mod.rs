@@ -7,11 +7,13 @@
 
 pub mod lookup;
 pub mod markers;
+pub mod object;
 pub mod readdir;
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::sys::{self, ProcSelfFd, Stat, SysResult};
 
@@ -23,7 +25,7 @@ pub type LayerId = usize;
 #[derive(Debug)]
 pub struct Layer {
     /// The layer's root directory.
-    pub root: OwnedFd,
+    pub root: Arc<OwnedFd>,
     /// Path as given on the command line (for messages only).
     pub path: PathBuf,
     /// `st_dev` of the root: which filesystem holds the layer.
@@ -45,6 +47,8 @@ pub struct Stack {
     pub has_upper: bool,
     /// `/proc/self/fd`, for reopening `O_PATH` handles.
     pub proc: ProcSelfFd,
+    /// References to objects in the layers, and their descriptor cache.
+    pub objs: Arc<object::Objects>,
 }
 
 /// Bits of the reported inode number that carry the filesystem number when
@@ -74,17 +78,19 @@ impl Stack {
             };
             let uuid = sys::fs_uuid(root.as_fd());
             layers.push(Layer {
-                root,
+                root: Arc::new(root),
                 path: path.to_path_buf(),
                 dev: st.st_dev,
                 fsid,
                 uuid,
             });
         }
+        let objs = object::Objects::new(layers.iter().map(|l| l.root.clone()).collect());
         Ok(Stack {
             layers,
             has_upper: upper.is_some(),
             proc,
+            objs,
         })
     }
 

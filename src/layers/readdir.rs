@@ -31,16 +31,15 @@ pub struct MergedEntry {
 pub fn merge(stack: &Stack, dir: &DirLayers) -> SysResult<Vec<MergedEntry>> {
     let mut out = Vec::new();
     let mut decided: HashSet<OsString> = HashSet::new();
-    let upper = dir
-        .upper
-        .as_ref()
-        .map(|u| (0usize, u.as_fd(), dir.upper_xwhiteouts));
-    let lowers = dir
-        .lowers
-        .iter()
-        .map(|d| (d.layer, d.fd.as_fd(), d.xwhiteouts));
-    for (layer, fd, xwh) in upper.into_iter().chain(lowers) {
-        merge_layer(stack, layer, fd, xwh, &mut decided, &mut out)?;
+    let mut dirs = Vec::with_capacity(dir.lowers.len() + 1);
+    if let Some(u) = &dir.upper {
+        dirs.push((0usize, u.fd()?, dir.upper_xwhiteouts));
+    }
+    for d in &dir.lowers {
+        dirs.push((d.layer, d.obj.fd()?, d.xwhiteouts));
+    }
+    for (layer, fd, xwh) in &dirs {
+        merge_layer(stack, *layer, fd.as_fd(), *xwh, &mut decided, &mut out)?;
     }
     Ok(out)
 }

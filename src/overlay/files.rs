@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 
-use super::node::{Layers, Node, NodeId};
+use super::node::{Node, NodeId};
 use super::{Attr, Caller, Overlay, SetAttr, SetTime};
 use crate::copy_up::Data;
 use crate::layers::lookup::{self, DirLayers};
@@ -99,7 +99,7 @@ impl Overlay {
                 };
                 self.copy_up_node(&node, data)?;
             }
-            let up = node.upper().ok_or(Errno::IO)?;
+            let up = node.upper_fd()?.ok_or(Errno::IO)?;
             let f = super::namespace::adapt_access(self, acc | keep | (flags & OFlags::TRUNC));
             let fd = self.stack.proc.reopen(up.as_fd(), f)?;
             self.kill_privs_for(&node, &fd, caller)?;
@@ -116,9 +116,9 @@ impl Overlay {
             let (top, on_upper) = {
                 let st = node.state.read();
                 let on_upper = st.layers.upper().is_some();
-                (st.layers.top().map(sys::dup).transpose()?, on_upper)
+                (st.layers.top().cloned(), on_upper)
             };
-            let top = top.ok_or(Errno::STALE)?;
+            let top = top.ok_or(Errno::STALE)?.fd()?;
             let fd = self
                 .stack
                 .proc
@@ -157,7 +157,7 @@ impl Overlay {
     /// written since (as kernel overlayfs does).
     pub fn read(&self, of: &OpenFile, offset: u64, size: u32) -> SysResult<Vec<u8>> {
         if !of.on_upper() {
-            if let Some(up) = of.node.upper() {
+            if let Some(up) = of.node.upper_fd()? {
                 let fd = self.stack.proc.reopen(up.as_fd(), OFlags::RDONLY)?;
                 *of.fd.write() = Arc::new(fd);
                 of.on_upper.store(true, Ordering::Release);
@@ -235,7 +235,7 @@ impl Overlay {
             };
             self.copy_up_node(&node, data)?;
         }
-        let up = node.upper().ok_or(Errno::IO)?;
+        let up = node.upper_fd()?.ok_or(Errno::IO)?;
         if set.uid.is_some() || set.gid.is_some() {
             sys::chown_fd(up.as_fd(), set.uid, set.gid)?;
         }
@@ -282,7 +282,7 @@ impl Overlay {
         if node.kind != FileType::Symlink {
             return Err(Errno::INVAL);
         }
-        let fd = node.top_fd().ok_or(Errno::STALE)?;
+        let fd = node.top_fd()?;
         sys::read_link_fd(fd.as_fd())
     }
 
@@ -292,14 +292,14 @@ impl Overlay {
             return Err(Errno::NODATA);
         };
         let node = self.node(node_id)?;
-        let fd = node.top_fd().ok_or(Errno::STALE)?;
+        let fd = node.top_fd()?;
         xattr::get(fd.as_fd(), &real)?.ok_or(Errno::NODATA)
     }
 
     /// Names of all xattrs but overlay-private ones, NUL-terminated.
     pub fn listxattr(&self, node_id: NodeId) -> SysResult<Vec<u8>> {
         let node = self.node(node_id)?;
-        let fd = node.top_fd().ok_or(Errno::STALE)?;
+        let fd = node.top_fd()?;
         let mut out = Vec::new();
         for n in xattr::list(fd.as_fd())? {
             let Some(shown) = markers::xattr_from_layer(&n) else {
@@ -330,9 +330,7 @@ impl Overlay {
         if flags & libc::XATTR_REPLACE != 0 || flags & libc::XATTR_CREATE != 0 {
             let exists = node
                 .top_fd()
-                .map(|fd| xattr::get(fd.as_fd(), name))
-                .transpose()?
-                .flatten()
+                .and_then(|fd| xattr::get(fd.as_fd(), name))?
                 .is_some();
             if flags & libc::XATTR_REPLACE != 0 && !exists {
                 return Err(Errno::NODATA);
@@ -345,7 +343,7 @@ impl Overlay {
             let _r = self.rename_lock.read();
             self.copy_up_node(&node, Data::Full)?;
         }
-        let up = node.upper().ok_or(Errno::IO)?;
+        let up = node.upper_fd()?.ok_or(Errno::IO)?;
         xattr::set(up.as_fd(), name, value, flags)
     }
 
@@ -361,9 +359,7 @@ impl Overlay {
         let node = self.node(node_id)?;
         let exists = node
             .top_fd()
-            .map(|fd| xattr::get(fd.as_fd(), name))
-            .transpose()?
-            .flatten()
+            .and_then(|fd| xattr::get(fd.as_fd(), name))?
             .is_some();
         if !exists {
             return Err(Errno::NODATA);
@@ -372,7 +368,7 @@ impl Overlay {
             let _r = self.rename_lock.read();
             self.copy_up_node(&node, Data::Full)?;
         }
-        let up = node.upper().ok_or(Errno::IO)?;
+        let up = node.upper_fd()?.ok_or(Errno::IO)?;
         xattr::remove_strict(up.as_fd(), name)
     }
 
@@ -385,7 +381,7 @@ impl Overlay {
             self.node(p).map(|p| p.id).unwrap_or(node.id)
         };
         let impure = match &dl.upper {
-            Some(u) => xattr::is(u.as_fd(), OsStr::new(markers::IMPURE), b"y")?,
+            Some(u) => xattr::is(u.fd()?.as_fd(), OsStr::new(markers::IMPURE), b"y")?,
             None => false,
         };
         let mut out = Vec::with_capacity(merged.len() + 2);
@@ -528,13 +524,5 @@ impl Overlay {
         self.wb
             .sync(self, Some(obs))
             .map_err(crate::writeback::to_sys)
-    }
-
-    /// The open directory's real directory (for fsyncdir).
-    pub fn dir_upper(&self, node: &Node) -> Option<Arc<OwnedFd>> {
-        match &node.state.read().layers {
-            Layers::Dir(d) => d.upper.clone(),
-            Layers::NonDir { .. } => None,
-        }
     }
 }

@@ -67,15 +67,15 @@ impl Overlay {
             ..Default::default()
         };
         let mut ident = (0, 0);
-        if let Some(up) = stack.upper_root() {
-            let fd = sys::dup(up)?;
+        if stack.has_upper {
+            let fd = stack.layers[0].root.clone();
             dl.upper_xwhiteouts = markers::dir_marks(fd.as_fd())?.xwhiteouts;
             let st = sys::stat_fd(fd.as_fd())?;
             ident = (st.st_dev, st.st_ino);
-            dl.upper = Some(Arc::new(fd));
+            dl.upper = Some(stack.objs.pin(0, fd));
         }
         for id in stack.lower_ids() {
-            let fd = sys::dup(stack.layers[id].root.as_fd())?;
+            let fd = stack.layers[id].root.clone();
             if dl.upper.is_none() && dl.lowers.is_empty() {
                 let st = sys::stat_fd(fd.as_fd())?;
                 ident = (st.st_dev, st.st_ino);
@@ -83,7 +83,7 @@ impl Overlay {
             let xwhiteouts = markers::dir_marks(fd.as_fd())?.xwhiteouts;
             dl.lowers.push(LayerDir {
                 layer: id,
-                fd: Arc::new(fd),
+                obj: stack.objs.pin(id, fd),
                 xwhiteouts,
             });
         }
@@ -252,15 +252,16 @@ impl Overlay {
         let opaque = found.upper_marks.opaque;
         let kind = found.kind;
         let layers = if kind == FileType::Directory {
-            Layers::Dir(found.dir_layers()?)
+            Layers::Dir(found.into_dir_layers(&self.stack))
         } else {
+            let objs = &self.stack.objs;
             Layers::NonDir {
-                upper: found.upper.map(|u| Arc::new(u.fd)),
+                upper: found.upper.map(|u| objs.adopt(0, u.fd)),
                 lower: found
                     .lowers
                     .into_iter()
                     .next()
-                    .map(|(l, r, _)| (l, Arc::new(r.fd))),
+                    .map(|(l, r, _)| objs.adopt(l, r.fd)),
             }
         };
         let mut table = self.table.lock();
@@ -345,12 +346,10 @@ impl Overlay {
     /// kernel then retries the operation after looking the name up again,
     /// and that lookup copies up exactly that name (`Overlay::split`).
     pub(crate) fn needs_split(&self, node: &Node) -> SysResult<()> {
-        if node.is_dir() || node.upper().is_some() {
+        if node.is_dir() || node.has_upper() {
             return Ok(());
         }
-        let Some(fd) = node.top_fd() else {
-            return Ok(());
-        };
+        let fd = node.top_fd()?;
         if sys::stat_fd(fd.as_fd())?.st_nlink > 1 {
             node.state.write().split_pending = Some(std::time::Instant::now());
             return Err(Errno::STALE);
@@ -447,7 +446,7 @@ impl Overlay {
         ));
         crate::copy_up::copy_up_with(self, &part, data, origin)?;
         let up = part.upper().ok_or(Errno::IO)?;
-        let st = sys::stat_fd(up.as_fd())?;
+        let st = sys::stat_fd(up.fd()?.as_fd())?;
         let layers = Layers::NonDir {
             upper: Some(up),
             lower: Some(lower),
@@ -472,9 +471,9 @@ impl Overlay {
                 }
                 Layers::NonDir { .. } => false,
             };
-            (st.layers.top().map(sys::dup).transpose()?, merged)
+            (st.layers.top().cloned(), merged)
         };
-        let fd = fd.ok_or(Errno::STALE)?;
+        let fd = fd.ok_or(Errno::STALE)?.fd()?;
         let st = sys::stat_fd(fd.as_fd())?;
         let mut attr = Attr::from_stat(&st, node.id);
         if merged {

@@ -90,7 +90,7 @@ impl Overlay {
             return Err(Errno::ROFS);
         }
         copy_up::copy_up(self, parent, Data::Full)?;
-        parent.upper().ok_or(Errno::IO)
+        parent.upper_fd()?.ok_or(Errno::IO)
     }
 
     fn parent_layers(parent: &Node) -> SysResult<DirLayers> {
@@ -187,7 +187,7 @@ impl Overlay {
         }
         self.wb.dir_changed(self, &parent, pup);
         let st = sys::stat_fd(obj.as_fd())?;
-        let obj = Arc::new(obj);
+        let obj = self.stack.objs.adopt(0, obj);
         let layers = if ftype == FileType::Directory {
             Layers::Dir(DirLayers {
                 upper: Some(obj),
@@ -232,7 +232,7 @@ impl Overlay {
             }
         };
         self.copy_up_node(&node, Data::Full)?;
-        let up = node.upper().ok_or(Errno::IO)?;
+        let up = node.upper_fd()?.ok_or(Errno::IO)?;
         if over_whiteout {
             let work = self.work()?;
             let tmp = self.tmp_name();
@@ -485,7 +485,7 @@ impl Overlay {
                 Layers::NonDir { .. } => return Ok(()),
             }
         };
-        let up = up.ok_or(Errno::IO)?;
+        let up = up.ok_or(Errno::IO)?.fd()?;
         if has_lowers {
             let path = lower_path.ok_or(Errno::IO)?;
             let value = markers::encode_redirect(&path);

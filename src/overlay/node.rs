@@ -9,15 +9,15 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::layers::LayerId;
 use crate::layers::lookup::DirLayers;
+use crate::layers::object::Obj;
 use crate::sys::FileType;
 
 /// A FUSE node id, which is also the inode number users see. 1 is the root.
@@ -36,16 +36,16 @@ pub enum Layers {
     Dir(DirLayers),
     /// Anything else: the upper object, or else the one lower object.
     NonDir {
-        /// `O_PATH` handle on the upper object.
-        upper: Option<Arc<OwnedFd>>,
+        /// The upper object.
+        upper: Option<Obj>,
         /// The lower object the node shows (or was copied up from).
-        lower: Option<(LayerId, Arc<OwnedFd>)>,
+        lower: Option<Obj>,
     },
 }
 
 impl Layers {
     /// The upper object, when there is one.
-    pub fn upper(&self) -> Option<&Arc<OwnedFd>> {
+    pub fn upper(&self) -> Option<&Obj> {
         match self {
             Layers::Dir(d) => d.upper.as_ref(),
             Layers::NonDir { upper, .. } => upper.as_ref(),
@@ -53,17 +53,13 @@ impl Layers {
     }
 
     /// The object whose data and attributes the merged view shows.
-    pub fn top(&self) -> Option<BorrowedFd<'_>> {
+    pub fn top(&self) -> Option<&Obj> {
         match self {
             Layers::Dir(d) => d
                 .upper
                 .as_ref()
-                .map(|u| u.as_fd())
-                .or_else(|| d.lowers.first().map(|l| l.fd.as_fd())),
-            Layers::NonDir { upper, lower } => upper
-                .as_ref()
-                .map(|u| u.as_fd())
-                .or_else(|| lower.as_ref().map(|(_, l)| l.as_fd())),
+                .or_else(|| d.lowers.first().map(|l| &l.obj)),
+            Layers::NonDir { upper, lower } => upper.as_ref().or(lower.as_ref()),
         }
     }
 
@@ -159,22 +155,24 @@ impl Node {
     }
 
     /// The upper object, when there is one.
-    pub fn upper(&self) -> Option<Arc<OwnedFd>> {
+    pub fn upper(&self) -> Option<Obj> {
         self.state.read().layers.upper().cloned()
     }
 
-    /// A handle on the object the merged view shows.
-    pub fn top_fd(&self) -> Option<Arc<OwnedFd>> {
-        let st = self.state.read();
-        match &st.layers {
-            Layers::Dir(d) => d
-                .upper
-                .clone()
-                .or_else(|| d.lowers.first().map(|l| l.fd.clone())),
-            Layers::NonDir { upper, lower } => upper
-                .clone()
-                .or_else(|| lower.as_ref().map(|(_, l)| l.clone())),
-        }
+    /// True when the node has an upper copy.
+    pub fn has_upper(&self) -> bool {
+        self.state.read().layers.upper().is_some()
+    }
+
+    /// An `O_PATH` descriptor of the upper object, when there is one.
+    pub fn upper_fd(&self) -> crate::sys::SysResult<Option<Arc<OwnedFd>>> {
+        self.upper().map(|o| o.fd()).transpose()
+    }
+
+    /// An `O_PATH` descriptor of the object the merged view shows.
+    pub fn top_fd(&self) -> crate::sys::SysResult<Arc<OwnedFd>> {
+        let top = self.state.read().layers.top().cloned();
+        top.ok_or(crate::sys::Errno::STALE)?.fd()
     }
 
     /// The directory layers (for directories).

@@ -36,6 +36,7 @@ use errseq::{Cursor, ErrSeq, Errno};
 use parking_lot::Mutex;
 use tracing::{error, info, warn};
 
+use crate::layers::object::Obj;
 use crate::overlay::Overlay;
 use crate::overlay::node::Node;
 use crate::sys::{self, OFlags};
@@ -91,12 +92,23 @@ pub struct DirtyFile {
     epoch: AtomicU64,
     /// When it was dirtied (oldest first under fd pressure).
     since: Instant,
+    /// The mount's count of dirty files holding a descriptor.
+    open_fds: Arc<AtomicUsize>,
+}
+
+impl Drop for DirtyFile {
+    fn drop(&mut self) {
+        if self.fd.get_mut().is_some() {
+            self.open_fds.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// A directory whose entries this mount changed.
 #[derive(Debug)]
 struct DirtyDir {
-    fd: Arc<OwnedFd>,
+    key: (u64, u64),
+    obj: Obj,
     errs: Arc<ErrSeq>,
     node: Weak<Node>,
     path: PathBuf,
@@ -131,9 +143,6 @@ pub struct SyncRecord {
 
 /// Most errors kept in memory for the status report.
 const MAX_ERROR_RECORDS: usize = 4096;
-/// Above this many open dirty fds, idle ones are synced (normal mode) so
-/// their fds can close.
-const MAX_OPEN_DIRTY: usize = 16_384;
 /// Most files fsynced at once by a sync.
 const SYNC_PARALLELISM: usize = 8;
 
@@ -160,6 +169,9 @@ pub struct MountWb {
     mount_dev: std::sync::atomic::AtomicU64,
     /// Whether the kernel caches writes (writeback cache negotiated).
     writeback_cache: std::sync::atomic::AtomicBool,
+    /// Dirty files holding a descriptor, and how many may.
+    open_fds: Arc<AtomicUsize>,
+    fd_budget: AtomicUsize,
     /// The unmount's result, once known.
     exit: Mutex<Option<Result<(), String>>>,
     /// Serializes syncs of the whole mount.
@@ -175,18 +187,49 @@ fn sys_errno(e: Errno) -> sys::Errno {
 }
 
 impl DirtyFile {
-    fn fd(&self, ov: &Overlay) -> Result<Arc<OwnedFd>, sys::Errno> {
+    /// Holds a descriptor again (a parked file being written anew), so
+    /// the background checks see it. An error of writeback since it was
+    /// parked still reaches the new descriptor: nobody else checks this
+    /// mount's upper files, so it is untold.
+    fn unpark(&self, ov: &Overlay) {
         let mut g = self.fd.lock();
-        if let Some(fd) = &*g {
-            return Ok(fd.clone());
+        if g.is_some() {
+            return;
         }
-        // Parked: no unsynced data of ours, no unreported error; reopen.
+        if let Ok(fd) = self.reopen(ov) {
+            *g = Some(Arc::new(fd));
+            self.open_fds.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// A new descriptor of a parked file (not kept).
+    fn reopen(&self, ov: &Overlay) -> Result<OwnedFd, sys::Errno> {
         let h = self.handle.as_ref().ok_or(sys::Errno::STALE)?;
         let upper = ov.stack.upper_root().ok_or(sys::Errno::ROFS)?;
-        let p = sys::open_by_handle(upper, h)?;
-        let fd = Arc::new(ov.stack.proc.reopen(p.as_fd(), OFlags::RDONLY)?);
-        *g = Some(fd.clone());
-        Ok(fd)
+        let open = || -> Result<OwnedFd, sys::Errno> {
+            let p = sys::open_by_handle(upper, h)?;
+            ov.stack.proc.reopen(p.as_fd(), OFlags::RDONLY)
+        };
+        match open() {
+            Err(sys::Errno::MFILE | sys::Errno::NFILE) => {
+                ov.stack.objs.shrink();
+                open()
+            }
+            r => r,
+        }
+    }
+
+    /// Closes rovl's descriptor of the file (it can be reopened by handle).
+    fn park(&self) -> bool {
+        if self.handle.is_none() {
+            return false;
+        }
+        let mut g = self.fd.lock();
+        if g.take().is_some() {
+            self.open_fds.fetch_sub(1, Ordering::AcqRel);
+            return true;
+        }
+        false
     }
 
     fn current_path(&self, ov: &Overlay) -> PathBuf {
@@ -223,6 +266,8 @@ impl MountWb {
             mountpoint,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
             mount_dev: AtomicU64::new(0),
+            open_fds: Arc::new(AtomicUsize::new(0)),
+            fd_budget: AtomicUsize::new(4096),
             exit: Mutex::new(None),
             sync_lock: Mutex::new(()),
         }
@@ -236,6 +281,38 @@ impl MountWb {
     /// Tells the writeback layer whether the kernel caches writes.
     pub fn set_writeback_cache(&self, on: bool) {
         self.writeback_cache.store(on, Ordering::Release);
+    }
+
+    /// Sets how many dirty files may hold a descriptor at once; beyond
+    /// that, the oldest idle ones are parked (SPEC §4: degrade, reopen).
+    pub fn set_fd_budget(&self, n: usize) {
+        self.fd_budget.store(n.max(16), Ordering::Release);
+    }
+
+    /// Over budget: parks the oldest dirty files nobody has open for
+    /// writing, an eighth of the budget at a time.
+    fn make_room(&self) {
+        let budget = self.fd_budget.load(Ordering::Acquire);
+        if self.open_fds.load(Ordering::Acquire) < budget {
+            return;
+        }
+        let mut idle: Vec<Arc<DirtyFile>> = self
+            .files
+            .lock()
+            .values()
+            .filter(|d| d.writers.load(Ordering::Acquire) == 0 && d.handle.is_some())
+            .cloned()
+            .collect();
+        idle.sort_by_key(|d| d.since);
+        let mut n = budget / 8 + 1;
+        for df in idle {
+            if n == 0 {
+                break;
+            }
+            if df.park() {
+                n -= 1;
+            }
+        }
     }
 
     /// Records the live mount's device number (see `mount_dev`).
@@ -357,8 +434,11 @@ impl MountWb {
                     writers: AtomicUsize::new(0),
                     epoch: AtomicU64::new(0),
                     since: Instant::now(),
+                    open_fds: self.open_fds.clone(),
                 });
+                self.open_fds.fetch_add(1, Ordering::AcqRel);
                 self.files.lock().insert(key, df.clone());
+                self.make_room();
                 df
             }
         };
@@ -371,6 +451,8 @@ impl MountWb {
         if let Some(df) = self.dirty_file(ov, node, fd.as_fd()) {
             df.writers.fetch_add(1, Ordering::AcqRel);
             df.touch();
+            df.unpark(ov);
+            self.make_room();
         }
     }
 
@@ -414,11 +496,12 @@ impl MountWb {
             d.epoch.fetch_add(1, Ordering::AcqRel);
             return;
         }
-        let Ok(dup) = sys::dup(fd) else { return };
+        let Some(obj) = dir.upper() else { return };
         dirs.insert(
             key,
             Arc::new(DirtyDir {
-                fd: Arc::new(dup),
+                key,
+                obj,
                 errs: dir.wb.errs.clone(),
                 node: Arc::downgrade(dir),
                 path: ov.path_of(dir),
@@ -472,12 +555,13 @@ impl MountWb {
             }
             return Ok(());
         }
-        if let Some(up) = node.upper() {
+        if let Some(up) = node.upper_fd().ok().flatten() {
             let df = node.wb.dirty.lock().clone();
             match df {
                 Some(df) => {
-                    self.sync_file(ov, &df, datasync);
-                    self.settle(&df, None);
+                    if self.sync_file(ov, &df, datasync)? {
+                        self.settle(&df, None);
+                    }
                 }
                 None => {
                     // Not dirtied by this mount: make its metadata durable.
@@ -507,7 +591,7 @@ impl MountWb {
             }
             return Ok(());
         }
-        if let Some(up) = node.upper() {
+        if let Some(up) = node.upper_fd().ok().flatten() {
             if let Ok(st) = sys::stat_fd(up.as_fd()) {
                 let d = self.dirs.lock().get(&(st.st_dev, st.st_ino)).cloned();
                 if let Some(d) = d {
@@ -527,14 +611,19 @@ impl MountWb {
     }
 
     /// fsync of one dirty file; records an error it meets.
-    fn sync_file(&self, ov: &Overlay, df: &DirtyFile, datasync: bool) -> bool {
-        let fd = match df.fd(ov) {
-            Ok(fd) => fd,
-            Err(sys::Errno::STALE | sys::Errno::NOENT) => return true,
-            Err(e) => {
-                self.record(Some(&df.errs), &df.current_path(ov), wb_errno(e));
-                return false;
-            }
+    ///
+    /// A parked file is reopened for the fsync only. Failing to reopen it
+    /// (out of descriptors) is not a writeback error: it is returned.
+    fn sync_file(&self, ov: &Overlay, df: &DirtyFile, datasync: bool) -> Result<bool, Errno> {
+        let held = df.fd.lock().clone();
+        let fd = match held {
+            Some(fd) => fd,
+            None => match df.reopen(ov) {
+                Ok(fd) => Arc::new(fd),
+                // Deleted since: nothing of it left to make durable.
+                Err(sys::Errno::STALE | sys::Errno::NOENT) => return Ok(true),
+                Err(e) => return Err(wb_errno(e)),
+            },
         };
         let r = if datasync {
             rustix::fs::fdatasync(&*fd)
@@ -542,10 +631,10 @@ impl MountWb {
             rustix::fs::fsync(&*fd)
         };
         match r {
-            Ok(()) => true,
+            Ok(()) => Ok(true),
             Err(e) => {
                 self.record(Some(&df.errs), &df.current_path(ov), wb_errno(e));
-                false
+                Ok(false)
             }
         }
     }
@@ -553,22 +642,23 @@ impl MountWb {
     /// fsync of one dirty directory; records an error it meets.
     fn sync_dir(&self, ov: &Overlay, d: &DirtyDir) -> bool {
         let epoch = d.epoch.load(Ordering::Acquire);
-        let r = ov
-            .stack
-            .proc
-            .reopen(d.fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
+        let r = d
+            .obj
+            .fd()
+            .and_then(|fd| {
+                ov.stack
+                    .proc
+                    .reopen(fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
+            })
             .and_then(|fd| rustix::fs::fsync(&fd));
         match r {
             Ok(()) => {
                 let mut dirs = self.dirs.lock();
-                if let Ok(st) = sys::stat_fd(d.fd.as_fd()) {
-                    let key = (st.st_dev, st.st_ino);
-                    if dirs
-                        .get(&key)
-                        .is_some_and(|x| x.epoch.load(Ordering::Acquire) == epoch)
-                    {
-                        dirs.remove(&key);
-                    }
+                if dirs
+                    .get(&d.key)
+                    .is_some_and(|x| x.epoch.load(Ordering::Acquire) == epoch)
+                {
+                    dirs.remove(&d.key);
                 }
                 true
             }
@@ -669,17 +759,28 @@ impl MountWb {
             .map(|f| f.epoch.load(Ordering::Acquire))
             .collect();
         let chunk = files.len().div_ceil(SYNC_PARALLELISM).max(1);
+        let failed: Mutex<Option<Errno>> = Mutex::new(None);
         std::thread::scope(|s| {
             for (part, ep) in files.chunks(chunk).zip(epochs.chunks(chunk)) {
+                let failed = &failed;
                 s.spawn(move || {
                     for (df, e) in part.iter().zip(ep) {
-                        if self.sync_file(ov, df, false) {
-                            self.settle(df, Some(*e));
+                        match self.sync_file(ov, df, false) {
+                            Ok(true) => self.settle(df, Some(*e)),
+                            Ok(false) => {}
+                            Err(err) => {
+                                failed.lock().get_or_insert(err);
+                            }
                         }
                     }
                 });
             }
         });
+        if let Some(e) = failed.into_inner() {
+            // Could not even try (out of descriptors): not a writeback
+            // error, but the sync did not make everything durable.
+            return Err(e);
+        }
         for d in &dirs {
             self.sync_dir(ov, d);
         }
@@ -698,19 +799,15 @@ impl MountWb {
     }
 
     /// One pass of background work: checks files whose writeback finished
-    /// and parks them (closing their fd); under fd pressure, syncs the
-    /// oldest idle ones (normal mode only).
+    /// and parks them (closing their fd).
     pub fn background_pass(&self, ov: &Overlay) {
         let files: Vec<Arc<DirtyFile>> = self.files.lock().values().cloned().collect();
-        let mut open = 0usize;
         for df in &files {
             if df.writers.load(Ordering::Acquire) != 0 {
-                open += 1;
                 continue;
             }
             let fd = df.fd.lock().clone();
             let Some(fd) = fd else { continue };
-            open += 1;
             let Ok(cs) = sys::cachestat(fd.as_fd()) else {
                 continue;
             };
@@ -724,26 +821,12 @@ impl MountWb {
                     // Written back without error; only a commit of its
                     // metadata may be missing, which the next sync does by
                     // reopening it. Park it: close the fd.
-                    if df.handle.is_some()
-                        && df.writers.load(Ordering::Acquire) == 0
+                    if df.writers.load(Ordering::Acquire) == 0
                         && df.epoch.load(Ordering::Acquire) == epoch
                     {
-                        *df.fd.lock() = None;
-                        open -= 1;
+                        drop(fd);
+                        df.park();
                     }
-                }
-            }
-        }
-        if self.mode == Mode::Normal && open > MAX_OPEN_DIRTY {
-            let mut idle: Vec<&Arc<DirtyFile>> = files
-                .iter()
-                .filter(|d| d.writers.load(Ordering::Acquire) == 0 && d.fd.lock().is_some())
-                .collect();
-            idle.sort_by_key(|d| d.since);
-            for df in idle.into_iter().take(open - MAX_OPEN_DIRTY) {
-                let e = df.epoch.load(Ordering::Acquire);
-                if self.sync_file(ov, df, false) {
-                    self.settle(df, Some(e));
                 }
             }
         }
@@ -832,8 +915,11 @@ impl MountWb {
                 writers: AtomicUsize::new(0),
                 epoch: AtomicU64::new(1),
                 since: Instant::now(),
+                open_fds: self.open_fds.clone(),
             });
+            self.open_fds.fetch_add(1, Ordering::AcqRel);
             self.files.lock().insert(key, df);
+            self.make_room();
         }
         info!(
             files = files.len(),
