@@ -843,3 +843,139 @@ fn trusted_overlay_xattrs_set_through_the_mount_are_escaped_like_the_kernel() {
         None
     );
 }
+
+/// Everything the namespace tests do, in one script: afterwards the upper
+/// layer rovl wrote must give the same view when rovl mounts it again and
+/// when kernel overlayfs mounts it.
+fn busy_script(r: &Path) -> Log {
+    let p = |x: &str| r.join(x);
+    let mut l = Log::default();
+    l.r("rm f", std::fs::remove_file(p("f")));
+    l.r("rm -r full", std::fs::remove_dir_all(p("full")));
+    l.r("mkdir full", std::fs::create_dir(p("full")));
+    l.r("new in full", write(&p("full/n"), b"n"));
+    l.r("mv d e", rename2(&p("d"), &p("e"), 0));
+    l.r("mv e/sub m/sub", rename2(&p("e/sub"), &p("m/sub"), 0));
+    l.r("mv m/one e/one", rename2(&p("m/one"), &p("e/one"), 0));
+    l.r(
+        "exchange opq m",
+        rename2(&p("opq"), &p("m"), libc::RENAME_EXCHANGE),
+    );
+    l.r("link hl", link(&p("hl"), &p("e/hl-link")));
+    l.r("write hl2", write(&p("hl2"), b"split"));
+    l.r("symlink", symlink("e/one", &p("to-one")));
+    l.r("fifo", mknod(&p("e/fifo"), libc::S_IFIFO | 0o600, 0));
+    l.r("chmod", chmod(&p("e/c"), 0o600));
+    l.r("chown", lchown(&p("m"), 3, 4));
+    l.r("xattr", lset(&p("e"), "user.moved", b"yes", 0));
+    l.r("recreate gone", write(&p("gone"), b"back"));
+    l.r("mkdir deep", std::fs::create_dir_all(p("new/a/b")));
+    l.r(
+        "mv new/a into lower dir",
+        rename2(&p("new/a"), &p("opq/sub/a"), 0),
+    );
+    l.r("mv filed", rename2(&p("filed"), &p("e/filed"), 0));
+    l
+}
+
+#[test]
+fn the_upper_layer_written_by_rovl_remounts_with_the_same_view_under_rovl_and_the_kernel() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let log = oracle(&s, &st, busy_script);
+    assert!(log.0.iter().all(|(_, e)| *e == 0), "{log:?}");
+    let k = st.twin(s.path());
+    // Both mounts are gone; look at what each left.
+    let m = mount_rovl(&st, "");
+    let rovl_again = view(&st.mnt);
+    drop(m);
+    let km = mount_kernel(&k, "");
+    let kernel_own = view(&k.mnt);
+    drop(km);
+    let d = diff(
+        "rovl remounted",
+        &rovl_again,
+        "kernel's own upper",
+        &kernel_own,
+    );
+    assert!(d.is_empty(), "rovl's upper reads back differently:\n{d}");
+    let (km, kmnt) = kernel_on(s.path(), "k-on-rovl", &st.lowers, &st.upper);
+    let kernel_on_rovl = view(&kmnt);
+    drop(km);
+    let d = diff(
+        "rovl remounted",
+        &rovl_again,
+        "kernel on rovl's upper",
+        &kernel_on_rovl,
+    );
+    assert!(
+        d.is_empty(),
+        "the kernel reads rovl's upper differently:\n{d}"
+    );
+    let (rm, rst) = rovl_on(s.path(), "rovl-on-k", &st.lowers, &k.upper);
+    let rovl_on_kernel = view(&rst.mnt);
+    drop(rm);
+    let d = diff(
+        "kernel's own upper",
+        &kernel_own,
+        "rovl on the kernel's upper",
+        &rovl_on_kernel,
+    );
+    assert!(
+        d.is_empty(),
+        "rovl reads the kernel's upper differently:\n{d}"
+    );
+}
+
+/// Directory renames never fail with EXDEV where kernel overlayfs
+/// (redirect_dir=on) succeeds: merged, lower-only, opaque, deep, into
+/// upper-only parents, twice, and back.
+#[test]
+fn directory_renames_fail_with_exdev_only_where_the_kernel_does() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let mut deep = String::from("deep");
+    for i in 0..30 {
+        deep.push_str(&format!("/level-{i:02}-with-a-long-name"));
+    }
+    put(&st.lower(1, &format!("{deep}/leaf")), "leaf");
+    let k = st.twin(s.path());
+    let _km = mount_kernel(&k, "");
+    let _rm = mount_rovl(&st, "");
+    let steps: Vec<(String, String)> = vec![
+        ("d".into(), "m/d".into()),
+        ("full".into(), "full2".into()),
+        ("opq".into(), "m/d/opq".into()),
+        (deep.clone(), "shallow".into()),
+        ("shallow".into(), format!("{deep}-sibling")),
+        ("m/d/sub".into(), "newparent/sub".into()),
+        ("m/d".into(), "d".into()),
+    ];
+    for root in [&st.mnt, &k.mnt] {
+        std::fs::create_dir(root.join("newparent")).unwrap();
+    }
+    for (from, to) in &steps {
+        let kr = rc(rename2(&k.mnt.join(from), &k.mnt.join(to), 0));
+        let rr = rc(rename2(&st.m(from), &st.m(to), 0));
+        if kr != libc::EXDEV {
+            assert_eq!(
+                rr,
+                kr,
+                "mv {from} {to}: rovl {}, kernel {}",
+                ename(rr),
+                ename(kr)
+            );
+        } else {
+            assert!(
+                rr == 0 || rr == libc::EXDEV,
+                "mv {from} {to}: {}",
+                ename(rr)
+            );
+            if rr == 0 {
+                // Keep both trees alike for the next steps.
+                rename2(&st.m(to), &st.m(from), 0).unwrap();
+            }
+        }
+    }
+    assert_same_view(&st.mnt, &k.mnt);
+}
