@@ -152,6 +152,10 @@ fn copy_up_one(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) -> Sy
         Time::At(pstat.st_mtime, pstat.st_mtime_nsec as i64),
     );
     mark_impure(&parent, pup.as_fd());
+    if node.id != 0 {
+        ov.attributes_changed(node.id);
+    }
+    ov.attributes_changed(parent.id);
     if ov.opts.volatile {
         ov.wb.dir_changed(ov, &parent, pup.as_fd());
         if node.kind == FileType::RegularFile {

@@ -268,6 +268,7 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
             return notify.fail(&format!("FUSE handshake failed: {e}"));
         }
     };
+    ov.set_invalidate(crate::fuse::notify::start(session.notifier()));
     if volatile || adopt.is_none() {
         // Nothing to do: the adopted files of a volatile session stay dirty.
     } else if let Err(e) = ov.wb.sync(&ov, None) {

@@ -4,6 +4,7 @@
 //! real file, or through the daemon and the kernel's page cache).
 
 mod io;
+pub mod notify;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

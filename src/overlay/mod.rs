@@ -56,6 +56,16 @@ pub struct Overlay {
     wbcache: std::sync::atomic::AtomicBool,
     /// Mount-wide writeback state.
     pub wb: MountWb,
+    /// Where to report changes the kernel has cached but did not make.
+    invalidate: std::sync::OnceLock<Arc<dyn Invalidate>>,
+}
+
+/// Receives the changes rovl makes behind the kernel's back (copy-up
+/// changes an object's change time and blocks, and its parent's): the
+/// kernel caches attributes for a long time and must be told.
+pub trait Invalidate: Send + Sync + std::fmt::Debug {
+    /// The attributes of node `ino` changed.
+    fn attributes(&self, ino: NodeId);
 }
 
 impl Overlay {
@@ -114,8 +124,21 @@ impl Overlay {
             rename_lock: RwLock::new(()),
             tmp_counter: AtomicU64::new(0),
             wbcache: std::sync::atomic::AtomicBool::new(false),
+            invalidate: std::sync::OnceLock::new(),
             wb,
         })
+    }
+
+    /// Sets where changes behind the kernel's back are reported.
+    pub fn set_invalidate(&self, inv: Arc<dyn Invalidate>) {
+        let _ = self.invalidate.set(inv);
+    }
+
+    /// The attributes of `ino` changed behind the kernel's back.
+    pub(crate) fn attributes_changed(&self, ino: NodeId) {
+        if let Some(inv) = self.invalidate.get() {
+            inv.attributes(ino);
+        }
     }
 
     /// Records whether the kernel's writeback cache is on for this mount.
