@@ -118,7 +118,12 @@ fn is_whiteout(
 }
 
 fn has_wh_file(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<bool> {
-    Ok(sys::stat_at(dir, &markers::whiteout_name(name))?.is_some())
+    let wh = markers::whiteout_name(name);
+    if wh.len() > 255 {
+        // A name too long for its `.wh.` form cannot have one.
+        return Ok(false);
+    }
+    Ok(sys::stat_at(dir, &wh)?.is_some())
 }
 
 /// Looks `name` up in the merged directory `parent`.

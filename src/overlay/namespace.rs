@@ -108,6 +108,11 @@ impl Overlay {
         caller: Caller,
     ) -> SysResult<(Arc<Node>, Attr, Option<OwnedFd>)> {
         check_new_name(name)?;
+        if let NewKind::Special(FileType::CharacterDevice, 0) = kind {
+            // A 0/0 device is a whiteout in the upper layer: it would hide
+            // the name (EPERM, as kernel overlayfs answers).
+            return Err(Errno::PERM);
+        }
         let parent = self.node(parent_id)?;
         let _r = self.rename_lock.read();
         let pup = self.upper_dir(&parent)?;
