@@ -1,0 +1,240 @@
+//! Concurrent operations on the same names (SPEC §4): exactly one winner of
+//! racing creates and removals, one copy-up per file, no lost rename, no
+//! torn directory listing. Invariants that hold under kernel overlayfs for
+//! any interleaving.
+
+mod common;
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::*;
+use support::*;
+
+const THREADS: usize = 8;
+
+/// Runs `f(thread)` on THREADS threads started together; their results.
+fn race<T: Send>(f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let b = Barrier::new(THREADS);
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let (b, f) = (&b, &f);
+                sc.spawn(move || {
+                    b.wait();
+                    f(i)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn tally(v: &[i32]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for e in v {
+        *m.entry(ename(*e)).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn racing_creates_of_one_name_have_exactly_one_winner() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    for i in 0..10 {
+        put(&st.lower(0, &format!("d/old{i}")), "lower");
+    }
+    let _m = mount_rovl(&st, "");
+    // Half the names over whiteouts of lower files.
+    for i in 0..5 {
+        std::fs::remove_file(st.m(&format!("d/old{i}"))).unwrap();
+    }
+    for round in 0..10 {
+        let name = if round < 5 {
+            format!("d/old{round}")
+        } else {
+            format!("d/new{round}")
+        };
+        let p = st.m(&name);
+        let r = race(|i| {
+            if round % 2 == 0 {
+                rc(std::fs::create_dir(&p))
+            } else {
+                rc(
+                    open(&p, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY).and_then(|f| {
+                        use std::os::unix::fs::FileExt;
+                        f.write_all_at(format!("{i}").as_bytes(), 0)
+                    }),
+                )
+            }
+        });
+        let t = tally(&r);
+        assert_eq!(t.get("ok"), Some(&1), "{name}: {t:?}");
+        assert_eq!(
+            r.iter().filter(|e| **e == libc::EEXIST).count(),
+            THREADS - 1,
+            "{name}: {t:?}"
+        );
+        if round % 2 == 0 {
+            assert_eq!(names(&p), Vec::<String>::new(), "{name}");
+        }
+    }
+    assert_eq!(names(&st.work.join("work")), Vec::<String>::new());
+}
+
+#[test]
+fn racing_removals_of_one_lower_name_have_exactly_one_winner() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    for i in 0..10 {
+        put(&st.lower(0, &format!("f{i}")), "lower");
+        put(&st.lower(0, &format!("d{i}/x")), "x");
+    }
+    let _m = mount_rovl(&st, "");
+    for i in 0..10 {
+        std::fs::remove_file(st.m(&format!("d{i}/x"))).unwrap();
+    }
+    for i in 0..10 {
+        let f = st.m(&format!("f{i}"));
+        let t = tally(&race(|_| rc(std::fs::remove_file(&f))));
+        assert_eq!(t.get("ok"), Some(&1), "f{i}: {t:?}");
+        let d = st.m(&format!("d{i}"));
+        let t = tally(&race(|_| rc(std::fs::remove_dir(&d))));
+        assert_eq!(t.get("ok"), Some(&1), "d{i}: {t:?}");
+        assert!(is_whiteout(&st.upper.join(format!("f{i}"))));
+        assert!(is_whiteout(&st.upper.join(format!("d{i}"))));
+    }
+    assert_eq!(names(&st.mnt), Vec::<String>::new());
+    assert_eq!(names(&st.work.join("work")), Vec::<String>::new());
+}
+
+#[test]
+fn racing_renames_lose_no_file() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 2);
+    const N: usize = 64;
+    for i in 0..N {
+        put(
+            &st.lower(i % 2, &format!("a/f{i:02}")),
+            &format!("content {i}"),
+        );
+    }
+    mkdirs(&st.lower(0, "b"));
+    let _m = mount_rovl(&st, "");
+    let (a, b) = (st.m("a"), st.m("b"));
+    race(|t| {
+        for round in 0..40 {
+            let i = (t * 7 + round * 13) % N;
+            let n = format!("f{i:02}");
+            let (from, to) = if (t + round) % 2 == 0 {
+                (&a, &b)
+            } else {
+                (&b, &a)
+            };
+            let r = rename2(&from.join(&n), &to.join(&n), libc::RENAME_NOREPLACE);
+            if let Err(e) = r {
+                let e = e.raw_os_error().unwrap();
+                assert!(
+                    e == libc::ENOENT || e == libc::EEXIST,
+                    "mv {n}: unexpected {}",
+                    ename(e)
+                );
+            }
+        }
+    });
+    let mut seen = BTreeMap::new();
+    for d in [&a, &b] {
+        for n in names(d) {
+            *seen.entry(n.clone()).or_insert(0) += 1;
+            let i: usize = n[1..].parse().unwrap();
+            assert_eq!(get(&d.join(&n)), format!("content {i}"));
+        }
+    }
+    assert_eq!(seen.len(), N, "files lost: {seen:?}");
+    assert!(seen.values().all(|c| *c == 1), "files doubled: {seen:?}");
+    assert_eq!(names(&st.work.join("work")), Vec::<String>::new());
+}
+
+#[test]
+fn racing_copy_ups_in_one_lower_tree_copy_each_object_once() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    for i in 0..THREADS {
+        put(&st.lower(0, &format!("deep/er/still/f{i}")), "lower");
+    }
+    let _m = mount_rovl(&st, "");
+    race(|i| {
+        for round in 0..5 {
+            let p = st.m(&format!("deep/er/still/f{}", (i + round) % THREADS));
+            let f = open(&p, libc::O_WRONLY | libc::O_APPEND).unwrap();
+            use std::io::Write;
+            (&f).write_all(format!("<{i}>").as_bytes()).unwrap();
+        }
+    });
+    let mut total = 0;
+    for i in 0..THREADS {
+        let data = get(&st.m(&format!("deep/er/still/f{i}")));
+        assert!(data.starts_with("lower"), "f{i}: {data}");
+        total += data.matches('<').count();
+    }
+    assert_eq!(total, THREADS * 5, "appends lost");
+    assert_eq!(names(&st.upper.join("deep/er/still")).len(), THREADS);
+    assert_eq!(names(&st.work.join("work")), Vec::<String>::new());
+}
+
+#[test]
+fn listings_during_creates_and_removals_always_hold_the_stable_entries() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 2);
+    for i in 0..200 {
+        put(&st.lower(i % 2, &format!("dir/stable{i:03}")), "");
+    }
+    let _m = mount_rovl(&st, "");
+    let dir = st.m("dir");
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        for t in 0..2 {
+            let (dir, stop) = (&dir, &stop);
+            sc.spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let p = dir.join(format!("tmp{t}-{}", i % 50));
+                    let _ = write(&p, b"t");
+                    let _ = rename2(&p, &dir.join(format!("mv{t}-{}", i % 50)), 0);
+                    let _ = std::fs::remove_file(dir.join(format!("mv{t}-{}", (i + 25) % 50)));
+                    i += 1;
+                }
+            });
+        }
+        for _ in 0..100 {
+            let v = names(&dir);
+            let stable = v.iter().filter(|n| n.starts_with("stable")).count();
+            assert_eq!(stable, 200, "a listing lost stable entries");
+            let mut d = v.clone();
+            d.dedup();
+            assert_eq!(d.len(), v.len(), "a listing had duplicates");
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+}
+
+#[test]
+fn racing_exchanges_keep_both_names() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    put(&st.lower(0, "x"), "X");
+    put(&st.lower(0, "dir/y"), "Y");
+    let _m = mount_rovl(&st, "");
+    let r = race(|_| {
+        (0..25)
+            .map(|_| rc(rename2(&st.m("x"), &st.m("dir/y"), libc::RENAME_EXCHANGE)))
+            .collect::<Vec<i32>>()
+    });
+    assert!(r.iter().flatten().all(|e| *e == 0), "{r:?}");
+    // 8 × 25 exchanges: an even number, so everything is back in place.
+    assert_eq!(get(&st.m("x")), "X");
+    assert_eq!(get(&st.m("dir/y")), "Y");
+}
