@@ -195,6 +195,9 @@ fn seek_data_and_seek_hole_find_the_extents_of_a_sparse_file() {
         };
         let r = open(&p, libc::O_RDONLY).unwrap();
         probe(&mut l, "lower", &r, true);
+        // (Closed first: opening for writing while a reader holds a big
+        // lower file is F6's case, tested on its own.)
+        drop(r);
         let w = open(&p, libc::O_RDWR).unwrap();
         probe(&mut l, "copied up", &w, false);
         w.write_all_at(b"mid", 2 << 20).unwrap();
@@ -496,4 +499,59 @@ fn a_big_lower_file_open_for_reading_can_be_written_and_the_reader_sees_it() {
 #[test]
 fn a_big_lower_file_open_for_reading_can_be_written_without_passthrough() {
     big_lower_file_read_then_written("passthrough=off");
+}
+
+/// Opening for writing a lower file that needs a new node (a big file a
+/// reader holds through passthrough, or one of several hard links) makes
+/// rovl answer ESTALE and rely on the kernel's one retry. The caller must
+/// never see ESTALE, also when many such opens run at once.
+#[test]
+#[ignore = "rovl bug F6: ESTALE reaches the caller now and then (the split/pin retry)"]
+fn opening_pinned_or_hard_linked_lower_files_for_writing_never_fails_with_estale() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    const N: usize = 64;
+    for i in 0..N {
+        let big = st.lower(0, &format!("big{i}"));
+        put(&big, "");
+        std::fs::File::options()
+            .write(true)
+            .open(&big)
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
+        put(&st.lower(0, &format!("hl{i}")), "linked");
+        link(
+            &st.lower(0, &format!("hl{i}")),
+            &st.lower(0, &format!("hl{i}-2")),
+        )
+        .unwrap();
+    }
+    let _m = mount_rovl(&st, "");
+    let errors: Vec<String> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|t| {
+                let st = &st;
+                sc.spawn(move || {
+                    let mut errs = Vec::new();
+                    for i in (t..N).step_by(4) {
+                        let big = st.m(&format!("big{i}"));
+                        let _reader = open(&big, libc::O_RDONLY).unwrap();
+                        if let Err(e) = open(&big, libc::O_RDWR) {
+                            errs.push(format!("big{i}: {e}"));
+                        }
+                        if let Err(e) = open(&st.m(&format!("hl{i}")), libc::O_RDWR) {
+                            errs.push(format!("hl{i}: {e}"));
+                        }
+                        if let Err(e) = chmod(&st.m(&format!("hl{i}-2")), 0o600) {
+                            errs.push(format!("chmod hl{i}-2: {e}"));
+                        }
+                    }
+                    errs
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(errors.is_empty(), "{} failures: {errors:?}", errors.len());
 }
