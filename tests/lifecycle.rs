@@ -550,3 +550,52 @@ fn rovl_status_reports_a_live_mount_and_then_the_ended_session() {
     assert_eq!(v["mounted"], false);
     assert_eq!(v["session"]["state"], "clean");
 }
+
+/// Every option SPEC §1 lists mounts, and the writeback mode follows the
+/// three spellings of volatile.
+#[test]
+fn every_documented_option_mounts_and_selects_the_right_mode() {
+    let cases = [
+        ("volatile", "volatile"),
+        ("fsync=0", "volatile"),
+        ("fsync=volatile", "volatile"),
+        ("fsync=1", "normal"),
+        ("fsync=auto", "normal"),
+        ("fsync=strict", "normal"),
+        ("passthrough=on", "normal"),
+        ("passthrough=off", "normal"),
+        ("passthrough=auto", "normal"),
+        ("threads=1", "normal"),
+        ("threads=256", "normal"),
+        ("timeout=0", "normal"),
+        ("timeout=2.5", "normal"),
+        ("allow_other,default_permissions", "normal"),
+        ("noatime,nodev,nosuid,noexec,rw,relatime", "normal"),
+        ("context=system_u:object_r:container_file_t:s0", "normal"),
+        ("", "normal"),
+    ];
+    std::thread::scope(|sc| {
+        for (opt, mode) in cases {
+            sc.spawn(move || {
+                let s = Scratch::new().unwrap();
+                let st = setup(&s);
+                let m = mount_rovl(&st, opt);
+                check_live(&st);
+                put(&st.m("w"), "w");
+                assert_eq!(get(&st.m("w")), "w", "{opt}");
+                let (code, out, err) =
+                    run_rovl([Path::new("status"), &st.mnt, Path::new("--json")]);
+                assert_eq!(code, 0, "{opt}: {err}");
+                let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+                assert_eq!(v["mode"], mode, "{opt}");
+                assert!(!m.log().contains("warning"), "{opt}: {}", m.log());
+                assert_eq!(
+                    exists(&st.work.join("work/incompat/volatile")),
+                    mode == "volatile",
+                    "{opt}: volatile marker"
+                );
+                drop(m);
+            });
+        }
+    });
+}
