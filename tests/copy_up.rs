@@ -222,7 +222,7 @@ fn a_daemon_killed_during_copy_up_leaves_no_partial_file() {
     let mut saw_partial_in_work = false;
     for delay_ms in [5u64, 30] {
         let mut m = mount_rovl(&st, "passthrough=off");
-        let pid = m.daemon_pids()[0];
+        let pid = daemon_pid(&mut m);
         let p = st.m("big");
         let writer = std::thread::spawn(move || {
             // Fails with ENOTCONN once the daemon is gone.

@@ -347,7 +347,7 @@ fn layers_changed_under_a_live_mount_never_kill_the_daemon() {
         put(&st.lower(i % 2, &format!("d{i}/f")), "x");
     }
     let mut m = mount_rovl(&st, "");
-    let pid = m.daemon_pids()[0];
+    let pid = daemon_pid(&mut m);
     for i in 0..20 {
         let _ = names(&st.m(&format!("d{i}")));
     }

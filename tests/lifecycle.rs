@@ -238,9 +238,7 @@ fn background_daemon_exits_after_umount_or_fusermount3_u() {
         let s = Scratch::new().unwrap();
         let st = setup(&s);
         let mut m = mount_rovl(&st, "");
-        let pids = m.daemon_pids();
-        assert_eq!(pids.len(), 1, "one daemon expected: {pids:?}");
-        let pid = pids[0];
+        let pid = daemon_pid(&mut m);
         put(&st.m("x"), "x");
         let mut cmd = Command::new(how);
         if how == "fusermount3" {
@@ -262,7 +260,7 @@ fn rovl_umount_unmounts_and_returns_after_the_daemon_exited() {
     let s = Scratch::new().unwrap();
     let st = setup(&s);
     let mut m = mount_rovl(&st, "");
-    let pid = m.daemon_pids()[0];
+    let pid = daemon_pid(&mut m);
     put(&st.m("x"), "x");
     let (code, _out, err) = run_rovl([Path::new("umount"), &st.mnt]);
     assert_eq!(code, 0, "{err}");
@@ -286,7 +284,7 @@ fn sigterm_to_the_daemon_unmounts_and_it_exits() {
     let s = Scratch::new().unwrap();
     let st = setup(&s);
     let mut m = mount_rovl(&st, "");
-    let pid = m.daemon_pids()[0];
+    let pid = daemon_pid(&mut m);
     // SAFETY: signalling the daemon we started.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     assert!(wait_for(Duration::from_secs(5), || !alive(pid)));
@@ -314,7 +312,7 @@ fn mount_fuse3_runs_rovl_from_path() {
     let mut m = FuseMount::spawn(cmd, &st.mnt).unwrap();
     check_live(&st);
     put(&st.m("x"), "via mount.fuse3");
-    let pid = m.daemon_pids()[0];
+    let pid = daemon_pid(&mut m);
     testbed::run(Command::new("umount").arg(&st.mnt));
     assert!(wait_for(Duration::from_secs(5), || !alive(pid)));
     assert_eq!(get(&st.upper.join("x")), "via mount.fuse3");
@@ -536,7 +534,7 @@ fn rovl_status_reports_a_live_mount_and_then_the_ended_session() {
     let s = Scratch::new().unwrap();
     let st = setup(&s);
     let mut m = mount_rovl(&st, "");
-    let pid = m.daemon_pids()[0];
+    let pid = daemon_pid(&mut m);
     let (code, out, err) = run_rovl([Path::new("status"), &st.mnt, Path::new("--json")]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

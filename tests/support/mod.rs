@@ -698,3 +698,16 @@ impl Drop for Foreground {
         }
     }
 }
+
+/// The pid of the daemon behind `m`, once the programs that started it
+/// (rovl's waiting parent, mount.fuse3, a shell) have exited — before
+/// that, `daemon_pids()` lists them too.
+pub fn daemon_pid(m: &mut FuseMount) -> u32 {
+    let mut pids = Vec::new();
+    let ok = wait_for(Duration::from_secs(10), || {
+        pids = m.daemon_pids();
+        pids.len() == 1
+    });
+    assert!(ok, "not exactly one daemon process: {pids:?}");
+    pids[0]
+}
