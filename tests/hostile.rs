@@ -421,7 +421,6 @@ fn forged_origin_xattrs_do_not_alias_objects() {
 /// A 0/0 character device is a whiteout on disk: kernel overlayfs refuses
 /// to make one through the mount (EPERM), so a user cannot hide names.
 #[test]
-#[ignore = "rovl bug F4: mknod c 0 0 through the mount makes a whiteout (kernel: EPERM)"]
 fn mknod_of_a_whiteout_device_through_the_mount_matches_the_kernel() {
     let s = Scratch::new().unwrap();
     let st = Stack::under(s.path(), 1);
@@ -480,7 +479,6 @@ fn fifos_sockets_and_devices_in_layers_do_not_block_the_daemon() {
 /// Names up to NAME_MAX (255 bytes) work, including those too long to have
 /// a `.wh.` twin (252 to 255 bytes).
 #[test]
-#[ignore = "rovl bug F5: names of 252-255 bytes fail with ENAMETOOLONG (the .wh. probe)"]
 fn names_up_to_255_bytes_work_like_under_the_kernel() {
     let s = Scratch::new().unwrap();
     let st = Stack::under(s.path(), 1);
