@@ -512,3 +512,54 @@ fn names_up_to_255_bytes_work_like_under_the_kernel() {
         l
     });
 }
+
+/// A filesystem mounted on a directory of a layer is not part of the layer:
+/// kernel overlayfs shows the directory underneath the mount. rovl must not
+/// cross into it either.
+#[test]
+#[ignore = "rovl bug F8: lookups cross mount points inside a layer"]
+fn a_mount_inside_a_lower_layer_is_not_crossed() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    put(&st.lower(0, "sub/under"), "the layer's own file");
+    testbed::run(
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(st.lower(0, "sub")),
+    );
+    put(&st.lower(0, "sub/ontop"), "another filesystem");
+    oracle(&s, &st, |r| {
+        let mut l = Log::default();
+        l.v("sub", names(&r.join("sub")));
+        l.r("read ontop", std::fs::read(r.join("sub/ontop")));
+        l.r("write into sub", write(&r.join("sub/new"), b"n"));
+        l
+    });
+    assert!(!exists(&st.lower(0, "sub/new")));
+}
+
+/// The mountpoint inside a lower layer: the overlay must not reach itself
+/// through it (kernel overlayfs shows an empty directory there), and a
+/// plain unmount must work.
+#[test]
+#[ignore = "rovl bug F8: lookups cross mount points inside a layer"]
+fn a_mountpoint_inside_a_lower_layer_does_not_recurse() {
+    let s = Scratch::new().unwrap();
+    let st = Stack {
+        lowers: vec![s.mkdir("l").unwrap()],
+        upper: s.mkdir("upper").unwrap(),
+        work: s.mkdir("work").unwrap(),
+        mnt: s.mkdir("l/mnt").unwrap(),
+    };
+    put(&st.lower(0, "f"), "f");
+    let mut m = mount_rovl(&st, "");
+    m.set_exit_timeout(Duration::from_secs(2));
+    assert_eq!(names(&st.mnt), vec!["f", "mnt"]);
+    assert_eq!(
+        names(&st.m("mnt")),
+        Vec::<String>::new(),
+        "the mount sees itself"
+    );
+    let (code, _out, err) = run_rovl([Path::new("umount"), &st.mnt]);
+    assert_eq!(code, 0, "{err}");
+}
