@@ -389,3 +389,36 @@ fn a_refused_mount_leaves_a_stack_that_mounts_fine_afterwards() {
     let _m = mount_rovl(&st, "");
     assert_eq!(names(&st.mnt), vec!["low", "top", "up"]);
 }
+
+/// `rovl sync` and `rovl status` on paths that are not rovl mounts: one
+/// line per path (`PATH: reason`), exit 1.
+#[test]
+fn sync_and_status_of_paths_that_are_not_rovl_mounts() {
+    let s = Scratch::new().unwrap();
+    let missing = s.join("missing");
+    let plain = s.mkdir("plain").unwrap();
+    let (code, out, err) = run_rovl([Path::new("sync"), &missing]);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("{}: ", missing.display())),
+        "{err}"
+    );
+    assert!(err.contains("No such file"), "{err}");
+    let (code, _out, err) = run_rovl([Path::new("sync"), &plain]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with(&format!("{}: ", plain.display())), "{err}");
+    assert!(err.contains("not on a rovl mount"), "{err}");
+    // Several paths: one line for each bad one, still exit 1.
+    let (code, _out, err) = run_rovl([Path::new("sync"), &plain, &missing]);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim().lines().count(), 2, "{err}");
+    for p in [&missing, &plain] {
+        let (code, out, err) = run_rovl([Path::new("status"), p]);
+        assert_ne!(code, 0, "{out}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert!(!exists(&missing));
+    assert!(names(&plain).is_empty());
+}
