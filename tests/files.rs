@@ -555,3 +555,61 @@ fn opening_pinned_or_hard_linked_lower_files_for_writing_never_fails_with_estale
     });
     assert!(errors.is_empty(), "{} failures: {errors:?}", errors.len());
 }
+
+/// After each way of changing a file, stat shows its new size and a new
+/// mtime (set to the past before each step), as under kernel overlayfs —
+/// through passthrough and through the writeback cache alike.
+fn attributes_follow_changes(rovl_opts: &str) {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    oracle_with(&s, &st, rovl_opts, |root| {
+        let mut l = Log::default();
+        let p = root.join("small");
+        let f = open(&p, libc::O_RDWR).unwrap();
+        let g = open(&root.join("dir/in"), libc::O_RDONLY).unwrap();
+        let steps: Vec<(&str, Box<dyn Fn() -> std::io::Result<()>>)> = vec![
+            ("pwrite inside", Box::new(|| f.write_all_at(b"ab", 2))),
+            ("pwrite past end", Box::new(|| f.write_all_at(b"tail", 100))),
+            ("ftruncate", Box::new(|| f.set_len(50))),
+            ("truncate path", Box::new(|| truncate(&p, 7000))),
+            ("fallocate", Box::new(|| fallocate(&f, 0, 0, 20000))),
+            (
+                "copy_file_range",
+                Box::new(|| {
+                    let mut oi: i64 = 0;
+                    let mut oo: i64 = 30000;
+                    // SAFETY: valid fds and offsets.
+                    let n = unsafe {
+                        libc::copy_file_range(g.as_raw_fd(), &mut oi, f.as_raw_fd(), &mut oo, 6, 0)
+                    };
+                    if n < 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(())
+                    }
+                }),
+            ),
+            ("write via other open", Box::new(|| write(&p, b"replaced"))),
+        ];
+        for (what, step) in steps {
+            utimes(&p, (1000, 0), (1000, 0)).unwrap();
+            l.r(what, step());
+            let m = lstat(&p).unwrap();
+            let fm = f.metadata().unwrap();
+            l.v(format!("{what}: size"), m.len());
+            l.v(format!("{what}: fstat size"), fm.len());
+            l.v(format!("{what}: mtime moved"), m.mtime() != 1000);
+        }
+        l
+    });
+}
+
+#[test]
+fn attributes_follow_every_kind_of_change() {
+    attributes_follow_changes("");
+}
+
+#[test]
+fn attributes_follow_every_kind_of_change_without_passthrough() {
+    attributes_follow_changes("passthrough=off");
+}
