@@ -228,8 +228,7 @@ pub fn prepare(cache: &Path, scale: &Scale) -> io::Result<Layers> {
     wide(&layers.lowers[0], &layers.lowers[1], scale.wide)?;
     big_file(&layers.lowers[0].join(BIG), scale.big, &mut rng)?;
     untar_archive(&dir, &layers.tar, scale.untar_files, &mut rng)?;
-    // SAFETY: sync(2) has no arguments and cannot fail.
-    unsafe { libc::sync() };
+    crate::workloads::syncfs_of(&[&dir]);
     fs::write(&ready, format!("{scale:?}\n"))?;
     eprintln!("rovl-bench: layers ready in {:.1?}", t.elapsed());
     Ok(layers)

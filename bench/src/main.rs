@@ -106,6 +106,30 @@ fn sh(cmd: &str, args: &[&str]) -> String {
 }
 
 /// Machine, versions and date, as Markdown list items and as JSON.
+/// The commit a binary was built from, when it lies in a git work tree
+/// (`<tree>/target/release/rovl`), with a mark if that tree's `src/` has
+/// uncommitted changes.
+fn commit_of(bin: &Path) -> String {
+    let Some(tree) = bin.canonicalize().ok().and_then(|b| {
+        b.ancestors()
+            .find(|d| d.join(".git").exists())
+            .map(Path::to_path_buf)
+    }) else {
+        return "unknown commit".into();
+    };
+    let t = tree.to_string_lossy();
+    let commit = sh("git", &["-C", &t, "rev-parse", "--short", "HEAD"]);
+    let dirty = !sh("git", &["-C", &t, "status", "--porcelain", "--", "src"]).is_empty();
+    format!(
+        "{commit}{}",
+        if dirty {
+            " + uncommitted changes in src/"
+        } else {
+            ""
+        }
+    )
+}
+
 fn describe(tools: &Tools, cache: &Path) -> (String, serde_json::Value) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -142,26 +166,33 @@ fn describe(tools: &Tools, cache: &Path) -> (String, serde_json::Value) {
                 .to_string()
         })
         .unwrap_or_default();
-    let ws = workspace();
-    let ws = ws.to_string_lossy();
-    let commit = sh("git", &["-C", &ws, "rev-parse", "--short", "HEAD"]);
-    let dirty = !sh("git", &["-C", &ws, "status", "--porcelain", "--", "src"]).is_empty();
-    let rovl = format!(
-        "{commit}{}",
-        if dirty { " (+ uncommitted src/)" } else { "" }
-    );
+    let rovl = commit_of(&tools.rovl);
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
     let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let md = format!(
         "- Machine: {ncpu} vCPU {cpu}, {mem} RAM, Linux {kernel}; lowers on {disk}, \
          uppers on fresh ext4 (loop device, direct I/O, sparse image on the same disk)\n\
          - Versions: rovl {rovl}; {fo}\n\
-         - Date: {date}\n"
+         - Date: {date}; load average at the end: {load}\n"
     );
     let json = serde_json::json!({
         "cpu": cpu, "ncpu": ncpu, "mem": mem, "kernel": kernel, "disk": disk,
-        "rovl": rovl, "fuse_overlayfs": fo, "date": date,
+        "rovl": rovl, "fuse_overlayfs": fo, "date": date, "loadavg": load,
     });
     (md, json)
+}
+
+/// The 1-minute load average.
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn main() -> ExitCode {
@@ -235,6 +266,7 @@ fn real_main() -> Result<bool, String> {
         profile: cli.profile.clone(),
     };
 
+    let load_before = loadavg();
     let started = Instant::now();
     let mut results = Results::default();
     // The very first measurement of a job in a process comes out slow
@@ -297,7 +329,15 @@ fn real_main() -> Result<bool, String> {
     } else {
         format!("cargo run --release -p rovl-bench -- {}", args.join(" "))
     };
-    let table = results.markdown(&layers, &systems);
+    let mut table = results.markdown(&layers, &systems);
+    let load_after = loadavg();
+    if load_before.max(load_after) > 1.0 {
+        table = format!(
+            "**Noisy machine:** the 1-minute load average was {load_before:.1} at the start and \
+             {load_after:.1} at the end (other processes were busy); compare within this run \
+             only.\n\n{table}"
+        );
+    }
     let mins = elapsed.as_secs_f64() / 60.0;
     let section = format!(
         "## Results\n\n{machine}- Command: `{command}` (as root), {runs} run(s) of each \
@@ -306,8 +346,9 @@ fn real_main() -> Result<bool, String> {
     );
     println!("{section}");
 
+    let interrupted = STOP.load(Ordering::SeqCst);
     let out = cli.out.clone().unwrap_or_else(|| {
-        if complete {
+        if complete && !interrupted {
             workspace().join("BENCHMARKS.md")
         } else {
             target_dir().join("rovl-bench/report.md")
@@ -336,6 +377,28 @@ fn real_main() -> Result<bool, String> {
     Ok(results.failures.is_empty())
 }
 
+/// Waits (5 s at most) until no loop device is backed by a deleted file
+/// of the testbed.
+fn wait_loops_released() {
+    let root = testbed::root();
+    let root = root.to_string_lossy();
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let busy = std::fs::read_dir("/sys/block")
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    std::fs::read_to_string(e.path().join("loop/backing_file"))
+                        .is_ok_and(|b| b.starts_with(&*root) && b.trim_end().ends_with("(deleted)"))
+                })
+            })
+            .unwrap_or(false);
+        if !busy {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// One measurement: a fresh environment, the job, cleanup.
 fn measure(
     job: Job,
@@ -348,10 +411,18 @@ fn measure(
         .map_err(|e| format!("setup: {e}"))?;
     let r = job.run(&mut env, layers, ctx).map_err(|e| e.to_string());
     let fin = env.finish().map_err(|e| format!("teardown: {e}"));
-    // Whatever the teardown left dirty must not be written during the
-    // next measurement.
-    workloads::settle();
+    // The image of the ext4 is deleted while its loop device may still be
+    // letting go of it; the blocks (and the host filesystem's discards)
+    // are freed only then. Wait for that, then write back whatever the
+    // teardown left dirty, so neither lands in the next measurement (only the benchmark's filesystems: see
+    // `syncfs_of`).
+    wait_loops_released();
+    workloads::syncfs_of(&[&testbed::root(), &layers.lowers[0]]);
     let ms = r?;
-    fin?;
+    if let Err(e) = fin {
+        // The numbers are taken; the guards have cleaned up what they could
+        // (seen: a mount already gone when mountinfo still listed it).
+        eprintln!("[warning] {} {}: {e}", job.name(), sys.name());
+    }
     Ok(ms)
 }

@@ -260,17 +260,31 @@ impl Job {
     }
 }
 
-/// Writes back every dirty page of the machine, so that nothing left by
-/// an earlier step is written during a measurement.
-pub fn settle() {
-    // SAFETY: sync(2) has no arguments and cannot fail.
-    unsafe { libc::sync() };
+/// `syncfs(2)` of the filesystem holding each path (errors ignored).
+/// Never a global `sync(2)`: that would also write back filesystems of
+/// tests running beside the benchmark (their ballooned failing disks abort
+/// their journals when forced to write).
+pub fn syncfs_of(paths: &[&Path]) {
+    for p in paths {
+        if let Ok(d) = File::open(p) {
+            // SAFETY: a descriptor we own.
+            unsafe { libc::syncfs(d.as_raw_fd()) };
+        }
+    }
 }
 
-/// Empties the page, dentry and inode caches (after a sync), for cold
-/// measurements. Only ever called between measurements.
-pub fn drop_caches() -> io::Result<()> {
-    settle();
+/// Writes back what is dirty on the benchmark's filesystems (the ext4
+/// upper and the filesystem of the lowers), so that nothing left by an
+/// earlier step is written during a measurement.
+pub fn settle(env: &Env, l: &Layers) {
+    syncfs_of(&[env.disk.path(), &l.lowers[0]]);
+}
+
+/// Empties the page, dentry and inode caches (after [`settle`]), for cold
+/// measurements. Only ever called between measurements. Dropping caches
+/// writes nothing back, so it does not disturb other filesystems' data.
+pub fn drop_caches(env: &Env, l: &Layers) -> io::Result<()> {
+    settle(env, l);
     fs::write("/proc/sys/vm/drop_caches", "3")
 }
 
@@ -390,7 +404,7 @@ fn walk_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric, f64
         }
         Ok(n)
     };
-    drop_caches()?;
+    drop_caches(env, l)?;
     let (cold, n) = timed(env, ctx, "walk_cold", walk_all)?;
     if env.system != System::Native {
         check(n == l.merged_entries, || {
@@ -425,7 +439,7 @@ fn readdir_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric, 
             count_dir(&d)?;
         }
     }
-    settle();
+    settle(env, l);
     let dirs: Vec<PathBuf> = match env.system {
         System::Native => l
             .lowers
@@ -460,7 +474,7 @@ fn create_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric, f
     let sizes: Vec<usize> = (0..l.scale.creates)
         .map(|_| rng.range(1024, 16 * 1024) as usize)
         .collect();
-    settle();
+    settle(env, l);
     let (secs, ()) = timed(env, ctx, "create", || {
         for (i, &size) in sizes.iter().enumerate() {
             let mut f = OpenOptions::new()
@@ -501,7 +515,7 @@ fn write_big(p: &Path, size: u64, buf: &[u8], fsync: bool) -> io::Result<()> {
 fn seq_write_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric, f64)>> {
     let buf = random_buffer(1);
     let p = env.view(0).join("written.bin");
-    settle();
+    settle(env, l);
     let (secs, ()) = timed(env, ctx, "seq_write", || {
         write_big(&p, l.scale.write, &buf, true)
     })?;
@@ -510,7 +524,7 @@ fn seq_write_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric
 
 fn seq_read_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric, f64)>> {
     let p = env.read_path(l, BIG);
-    drop_caches()?;
+    drop_caches(env, l)?;
     let (secs, n) = timed(env, ctx, "seq_read", || warm_file(&p))?;
     check(n == l.scale.big, || {
         format!("read {n} bytes of {}", l.scale.big)
@@ -526,7 +540,7 @@ fn rand_read_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric
         .map(|_| rng.below(blocks) * 4096)
         .collect();
     let f = File::open(env.read_path(l, BIG))?;
-    settle();
+    settle(env, l);
     let mut buf = vec![0u8; 4096];
     let (secs, ()) = timed(env, ctx, "rand_read", || {
         for &off in &offsets {
@@ -595,7 +609,7 @@ fn copy_up_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric, 
         fs::create_dir(&native_dir)?;
     }
     let system = env.system;
-    settle();
+    settle(env, l);
     let (secs, ()) = timed(env, ctx, "copy_up", || {
         let p = if system == System::Native {
             native_copy_up(&lower, &native_dir, "file.bin")?
@@ -617,7 +631,7 @@ fn untar_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric, f6
     warm_file(&l.tar)?;
     let dest = env.view(0).join("untar");
     fs::create_dir(&dest)?;
-    settle();
+    settle(env, l);
     let (secs, out) = timed(env, ctx, "untar", || {
         Command::new("tar")
             .arg("-xf")
@@ -652,7 +666,7 @@ fn dirty_mib() -> f64 {
 
 fn noisy_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric, f64)>> {
     let buf = random_buffer(2);
-    settle();
+    settle(env, l);
     // The neighbour (mount 1) writes a lot and does not sync.
     write_big(&env.view(1).join("noise.bin"), l.scale.write, &buf, false)?;
     // Mount 0 writes one small file and wants it durable.
