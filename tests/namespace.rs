@@ -1292,3 +1292,20 @@ fn posix_acls_in_a_layer_decide_access_like_under_the_kernel() {
         assert_eq!(r.0, kr.0, "{what}: rovl {r:?}, kernel {kr:?}");
     }
 }
+
+/// The busy script again with the other data path (no passthrough: the
+/// kernel's writeback cache) and with no entry/attribute caching (every
+/// step looks names up again), against the kernel.
+#[test]
+fn the_busy_script_matches_the_kernel_without_passthrough_and_without_caching() {
+    for opts in [
+        "passthrough=off",
+        "timeout=0",
+        "passthrough=off,timeout=0,threads=1",
+    ] {
+        let s = Scratch::new().unwrap();
+        let st = setup(&s);
+        let log = oracle_with(&s, &st, opts, busy_script);
+        assert!(log.0.iter().all(|(_, e)| *e == 0), "{opts}: {log:?}");
+    }
+}
