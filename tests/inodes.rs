@@ -267,7 +267,7 @@ fn hard_links_in_a_lower_layer_share_an_inode_until_one_is_copied_up() {
 }
 
 #[test]
-fn readdir_d_ino_is_st_ino_in_merged_and_copied_up_directories() {
+fn readdir_d_ino_and_d_type_are_stats_in_merged_and_copied_up_directories() {
     let s = Scratch::new().unwrap();
     let st = setup(&s);
     let k = st.twin(s.path());
@@ -283,7 +283,14 @@ fn readdir_d_ino_is_st_ino_in_merged_and_copied_up_directories() {
         for dir in ["", "d", "m", "m/sub", "empty"] {
             for e in std::fs::read_dir(root.join(dir)).unwrap() {
                 let e = e.unwrap();
-                let st_ino = lstat(&e.path()).unwrap().ino();
+                let md = lstat(&e.path()).unwrap();
+                let st_ino = md.ino();
+                assert_eq!(
+                    e.file_type().unwrap(),
+                    md.file_type(),
+                    "{}: d_type differs from stat's type",
+                    e.path().display()
+                );
                 assert_eq!(
                     e.ino(),
                     st_ino,
