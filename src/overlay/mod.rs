@@ -209,9 +209,26 @@ impl Overlay {
                 }
             }
         }
-        let attr = self.getattr(&node)?;
-        node.lookups.fetch_add(1, Ordering::AcqRel);
-        Ok(Some((node, attr)))
+        Ok(Some(self.reference(&node, parent, name)?))
+    }
+
+    /// Counts the kernel reference a reply is about to give for `node`
+    /// (reached as `parent/name`) and returns its attributes.
+    pub(crate) fn reference(
+        &self,
+        node: &Arc<Node>,
+        parent: NodeId,
+        name: &OsStr,
+    ) -> SysResult<(Arc<Node>, Attr)> {
+        let node = self.table.lock().take_ref(node, parent, name);
+        match self.getattr(&node) {
+            Ok(attr) => Ok((node, attr)),
+            Err(e) => {
+                // No reply will carry the reference: give it back.
+                self.forget(node.id, 1);
+                Err(e)
+            }
+        }
     }
 
     /// The node `parent/name` leads to, without counting a reference. Nodes

@@ -13,7 +13,6 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use super::node::{Layers, Node, NodeId};
 use super::{Attr, Caller, Overlay};
@@ -205,8 +204,7 @@ impl Overlay {
             }
         };
         let node = self.install_upper(parent_id, name, ftype, layers, &st, opaque);
-        node.lookups.fetch_add(1, Ordering::AcqRel);
-        let attr = self.getattr(&node)?;
+        let (node, attr) = self.reference(&node, parent_id, name)?;
         Ok((node, attr, file))
     }
 
@@ -258,9 +256,7 @@ impl Overlay {
             table.remove_name(new_parent, new_name);
             table.add_alias(&node, new_parent, new_name);
         }
-        node.lookups.fetch_add(1, Ordering::AcqRel);
-        let attr = self.getattr(&node)?;
-        Ok((node, attr))
+        self.reference(&node, new_parent, new_name)
     }
 
     /// Removes the non-directory `parent/name`.

@@ -340,6 +340,28 @@ impl NodeTable {
         }
     }
 
+    /// Counts one kernel reference to `node`, reached as `parent/name`,
+    /// atomically with forgets: a node that a racing FORGET removed between
+    /// its lookup and now is entered again (or, should its id have been
+    /// taken meanwhile, the node now holding it is used). Returns the node
+    /// the reference was counted on.
+    pub fn take_ref(&mut self, node: &Arc<Node>, parent: NodeId, name: &OsStr) -> Arc<Node> {
+        let n = match self.nodes.get(&node.id) {
+            Some(n) => n.clone(),
+            None => {
+                self.nodes.insert(node.id, node.clone());
+                if !name.is_empty() {
+                    self.names
+                        .entry((parent, name.to_owned()))
+                        .or_insert(node.id);
+                }
+                node.clone()
+            }
+        };
+        n.lookups.fetch_add(1, Ordering::AcqRel);
+        n
+    }
+
     /// Drops `n` kernel references to node `id`; removes the node when none
     /// remain. Returns the removed node.
     pub fn forget(&mut self, id: NodeId, n: u64) -> Option<Arc<Node>> {
