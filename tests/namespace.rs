@@ -1293,9 +1293,9 @@ fn posix_acls_in_a_layer_decide_access_like_under_the_kernel() {
     }
 }
 
-/// The busy script again with the other data path (no passthrough: the
-/// kernel's writeback cache) and with no entry/attribute caching (every
-/// step looks names up again), against the kernel.
+/// The busy script again in volatile mode, with the other data path (no
+/// passthrough: the kernel's writeback cache) and with no entry/attribute
+/// caching (every step looks names up again), against the kernel.
 #[test]
 fn the_busy_script_matches_the_kernel_without_passthrough_and_without_caching() {
     for opts in [
