@@ -341,3 +341,64 @@ fn uppers_written_by_rovl_and_by_the_kernel_mount_under_the_other() {
     assert!(d.is_empty(), "{d}");
     drop(rm);
 }
+
+/// Container engines stack yesterday's upper layers as today's lower
+/// layers (overlay2 diff directories, committed images). An upper written
+/// by the kernel or by rovl — whiteouts, opaque directories, redirects of
+/// renamed directories, copied-up files with origins — must read the same
+/// as a lower layer under rovl and under the kernel.
+#[test]
+fn uppers_reused_as_lower_layers_read_like_under_the_kernel() {
+    let s = Scratch::new().unwrap();
+    let base = s.path();
+    let ls = lowers(base, "l", Form::Kernel);
+    let script = |r: &Path| {
+        rename2(&r.join("d"), &r.join("d-moved"), 0).unwrap();
+        rename2(&r.join("d-moved/deep"), &r.join("deep-moved"), 0).unwrap();
+        std::fs::remove_file(r.join("keep")).unwrap();
+        std::fs::remove_dir_all(r.join("od")).unwrap();
+        std::fs::create_dir(r.join("od")).unwrap();
+        write(&r.join("od/fresh"), b"fresh").unwrap();
+        chmod(&r.join("nd/shown"), 0o600).unwrap();
+        rename2(&r.join("nd"), &r.join("re/nd"), 0).unwrap();
+        write(&r.join("new-top"), b"n").unwrap();
+    };
+    for writer in ["kernel", "rovl"] {
+        let up = base.join(format!("{writer}-layer"));
+        mkdirs(&up);
+        if writer == "kernel" {
+            let (k, mnt) = kernel_on(base, "write-k", &ls, &up);
+            script(&mnt);
+            drop(k);
+        } else {
+            let (m, st) = rovl_on(base, "write-r", &ls, &up);
+            script(&st.mnt);
+            drop(m);
+        }
+        // Yesterday's upper on top of the same lowers, a fresh upper above.
+        let mut stacked = vec![up.clone()];
+        stacked.extend(ls.iter().cloned());
+        let kup = base.join(format!("{writer}-k-upper"));
+        let rup = base.join(format!("{writer}-r-upper"));
+        mkdirs(&kup);
+        mkdirs(&rup);
+        let (km, kmnt) = kernel_on(base, &format!("{writer}-read-k"), &stacked, &kup);
+        let (rm, st) = rovl_on(base, &format!("{writer}-read-r"), &stacked, &rup);
+        let d = diff("rovl", &view(&st.mnt), "kernel", &view(&kmnt));
+        assert!(d.is_empty(), "{writer}'s upper as a lower layer:\n{d}");
+        let ino = |root: &Path| -> std::collections::BTreeMap<String, u64> {
+            inodes(root)
+                .into_iter()
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k, v.0))
+                .collect()
+        };
+        let d = diff("rovl", &ino(&st.mnt), "kernel", &ino(&kmnt));
+        assert!(
+            d.is_empty(),
+            "{writer}'s upper as a lower layer, inode numbers:\n{d}"
+        );
+        drop(rm);
+        drop(km);
+    }
+}
