@@ -42,6 +42,8 @@ pub struct Report {
     pub skipped: Vec<u64>,
     /// Diverging seeds, with their case and divergence.
     pub failures: Vec<(Case, Failure)>,
+    /// Seeds that diverged once but not on replay (with `retry_flaky`).
+    pub flaky: Vec<(Case, Failure)>,
     /// Harness problems (seed, message).
     pub errors: Vec<(u64, String)>,
     /// Reproducers of the distinct divergences, shrunk.
@@ -68,6 +70,15 @@ impl Report {
             self.errors.len(),
             self.skipped.len()
         );
+        for (c, f) in &self.flaky {
+            let _ = writeln!(
+                s,
+                "seed {}: FLAKY (diverged once, not on replay) [{}]\n{}",
+                c.seed,
+                f.signature(&c.steps),
+                f.describe(&c.steps)
+            );
+        }
         for (seed, e) in &self.errors {
             let _ = writeln!(s, "seed {seed}: harness error: {e}");
         }
@@ -147,6 +158,24 @@ impl Batch {
                 Ok((c, Some(f))) => rep.failures.push((c, f)),
                 Ok((_, None)) => {}
                 Err(e) => rep.errors.push((r.seed, e)),
+            }
+        }
+        if self.known.retry_flaky && !rep.failures.is_empty() {
+            if let Ok(mut ws) = Workspace::new() {
+                let mut still = Vec::new();
+                for (c, f) in std::mem::take(&mut rep.failures) {
+                    let mut cfg = cfg.clone();
+                    cfg.interchange = f.phase_needs_interchange();
+                    let again = (0..2).any(|_| {
+                        matches!(crate::run::replay(&mut ws, &cfg, &c), Ok(Some(_)) | Err(_))
+                    });
+                    if again {
+                        still.push((c, f));
+                    } else {
+                        rep.flaky.push((c, f));
+                    }
+                }
+                rep.failures = still;
             }
         }
         if !self.shrink_budget.is_zero() && !rep.failures.is_empty() {

@@ -13,6 +13,9 @@ pub struct Known {
     pub seeds: Vec<u64>,
     /// Fields not compared.
     pub ignore: Vec<String>,
+    /// A diverging seed is replayed; when the replays do not diverge it is
+    /// reported as flaky instead of failing (`- retry flaky: why`).
+    pub retry_flaky: bool,
 }
 
 impl Known {
@@ -38,6 +41,8 @@ impl Known {
                 }
             } else if let Some(f) = head.strip_prefix("ignore ") {
                 k.ignore.push(f.trim().to_string());
+            } else if head == "retry flaky" {
+                k.retry_flaky = true;
             }
         }
         k
@@ -50,7 +55,7 @@ impl Known {
 
     /// True when nothing is skipped.
     pub fn is_empty(&self) -> bool {
-        self.seeds.is_empty() && self.ignore.is_empty()
+        self.seeds.is_empty() && self.ignore.is_empty() && !self.retry_flaky
     }
 }
 
@@ -60,9 +65,11 @@ mod tests {
 
     #[test]
     fn parses_the_section_only() {
-        let t = "# x\n- seed 1: no\n## Known divergences (CI skips these)\n- seed 17: F1\n- ignore atime: F2\n\n## F1\n- seed 3: not here\n";
+        let t = "# x\n- seed 1: no\n## Known divergences (CI skips these)\n- seed 17: F1\n- ignore atime: F2\n- retry flaky: F3\n\n## F1\n- seed 3: not here\n";
         let k = Known::parse(t);
         assert_eq!(k.seeds, vec![17]);
         assert_eq!(k.ignore, vec!["atime".to_string()]);
+        assert!(k.retry_flaky);
+        assert!(Known::parse("## Known divergences\n\nnone\n").is_empty());
     }
 }

@@ -220,21 +220,17 @@ impl OpGen {
                 } else {
                     self.rng.pick(&XNAMES).to_string()
                 };
-                let mut flag =
-                    *self
-                        .rng
-                        .pick(&[XFlag::Any, XFlag::Any, XFlag::Create, XFlag::Replace]);
                 let path = self.existing(view, |_| true, true);
-                if view
-                    .objs
-                    .get(&path)
-                    .is_none_or(|o| o.kind == 'l' || (o.kind != 'd' && o.nlink > 1))
-                {
-                    // The kernel copies up before it checks XATTR_CREATE and
-                    // XATTR_REPLACE, breaking a hard link even when the call
-                    // fails; rovl checks first (FINDINGS: kernel quirks).
-                    flag = XFlag::Any;
-                }
+                // XATTR_CREATE/REPLACE only where they succeed: the kernel
+                // copies up before it checks them, so a failing one still
+                // breaks hard links and changes directory link counts; rovl
+                // checks first (FINDINGS: kernel quirks).
+                let has = view.objs.get(&path).map(|o| o.xattrs.contains_key(&name));
+                let flag = match (has, self.rng.below(4)) {
+                    (Some(false), 0) => XFlag::Create,
+                    (Some(true), 0) => XFlag::Replace,
+                    _ => XFlag::Any,
+                };
                 Op::SetXattr {
                     path,
                     name,
@@ -275,6 +271,15 @@ impl OpGen {
                     self.existing(view, |k| (k == 'd') == from_dir, false)
                 } else {
                     self.any(view)
+                };
+                let ino = |p: &String| view.objs.get(p).filter(|o| o.kind != 'd').map(|o| o.ino);
+                let to = if ino(&from).is_some() && ino(&from) == ino(&to) {
+                    // Two names of one lower file: POSIX says rename does
+                    // nothing (rovl); the kernel renames (FINDINGS: kernel
+                    // quirks).
+                    self.fresh(view)
+                } else {
+                    to
                 };
                 let mode = match self.rng.below(10) {
                     0..=5 => RenameMode::Plain,
@@ -363,16 +368,8 @@ impl OpGen {
     pub fn observe(&mut self, step: &Step, kernel: &Outcome) {
         let ok = !matches!(kernel, Outcome::Err(_));
         match &step.op {
-            Op::Open { slot, .. } => {
-                if *slot < SLOTS {
-                    self.open[*slot] = ok;
-                }
-            }
-            Op::Close { slot } => {
-                if *slot < SLOTS {
-                    self.open[*slot] = false;
-                }
-            }
+            Op::Open { slot, .. } if *slot < SLOTS => self.open[*slot] = ok,
+            Op::Close { slot } if *slot < SLOTS => self.open[*slot] = false,
             _ => {}
         }
         if !ok {

@@ -99,10 +99,8 @@ mod tests {
         // Pinned values: if these change, every recorded seed changes.
         let mut r = Rng::new(1, 0);
         let v: Vec<u64> = (0..3).map(|_| r.below(1000)).collect();
-        let mut r2 = Rng::new(1, 0);
-        let v2: Vec<u64> = (0..3).map(|_| r2.below(1000)).collect();
-        assert_eq!(v, v2);
-        assert_eq!(data(7, 5), data(7, 5));
+        assert_eq!(v, vec![745, 971, 444]);
+        assert_eq!(data(7, 5), vec![67, 75, 59, 83, 29]);
         assert_ne!(data(7, 5), data(8, 5));
         assert_eq!(fnv(b""), 0xcbf2_9ce4_8422_2325);
     }
