@@ -11,6 +11,14 @@
 //! divergence is shrunk to a minimal case and printed as a Rust test.
 //!
 //! Needs root, /dev/fuse and overlayfs.
+//!
+//! Running: `cargo test --release --test differential` (CI: 200 seeds of 50
+//! steps), or the binary: `cargo run --release -p difftest -- --help`
+//! (`--seed N` replays and shrinks one seed, `--long 2h` runs fresh seeds).
+//! Debugging aids: `DIFFTEST_TRACE=1` prints every step's outcomes and
+//! differences; `DIFFTEST_PAUSE=SECS` keeps both mounts up for SECS after
+//! the last step (paths printed); `SEED=N cargo test -p difftest dump_seed
+//! -- --ignored --nocapture` prints a seed's layers.
 
 pub mod check;
 pub mod drive;

@@ -64,6 +64,31 @@ pub struct Obj {
     pub errors: Vec<String>,
 }
 
+impl Obj {
+    /// A listed name that lstat could not reach.
+    fn unreadable(errors: Vec<String>) -> Obj {
+        Obj {
+            kind: '?',
+            perm: 0,
+            uid: 0,
+            gid: 0,
+            nlink: 0,
+            size: None,
+            hash: None,
+            target: None,
+            rdev: None,
+            xattrs: BTreeMap::new(),
+            mtime: Tm::Now,
+            atime: Tm::Now,
+            ino: 0,
+            dino_ok: true,
+            dino: 0,
+            dtype_ok: true,
+            errors,
+        }
+    }
+}
+
 /// A whole tree, plus the open descriptors' inodes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -225,25 +250,7 @@ fn walk(root: &Path, rel: &str, depth: usize, out: &mut BTreeMap<String, Obj>) {
                 o.errors.extend(errors);
                 o
             }
-            None => Obj {
-                kind: '?',
-                perm: 0,
-                uid: 0,
-                gid: 0,
-                nlink: 0,
-                size: None,
-                hash: None,
-                target: None,
-                rdev: None,
-                xattrs: BTreeMap::new(),
-                mtime: Tm::Now,
-                atime: Tm::Now,
-                ino: 0,
-                dino_ok: true,
-                dino: 0,
-                dtype_ok: true,
-                errors,
-            },
+            None => Obj::unreadable(errors),
         };
         if o.kind == 'd' {
             subdirs.push(path.clone());
@@ -269,10 +276,7 @@ impl Snapshot {
                 objs.insert(String::new(), o);
             }
             None => {
-                let mut o = look(Path::new("/"), &mut Vec::new()).expect("stat /");
-                o.kind = '?';
-                o.errors = errors;
-                objs.insert(String::new(), o);
+                objs.insert(String::new(), Obj::unreadable(errors));
             }
         }
         walk(root, "", 0, &mut objs);
