@@ -302,7 +302,7 @@ fn mount_fuse3_runs_rovl_from_path() {
     let bin = s.mkdir("bin").unwrap();
     symlink(rovl_bin(), &bin.join("rovl")).unwrap();
     let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
-    let mut cmd = Command::new("/sbin/mount.fuse3");
+    let mut cmd = Command::new("mount.fuse3");
     cmd.env("PATH", &path).arg("rovl").arg(&st.mnt).args([
         "-o",
         &format!("rw,{}", st.opts()),
