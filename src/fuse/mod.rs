@@ -208,10 +208,10 @@ impl RovlFs {
         parent: INodeNo,
         name: &OsStr,
         k: NewKind<'_>,
-        perm: u32,
+        (perm, umask): (u32, u32),
         reply: ReplyEntry,
     ) {
-        match self.ov.create(parent.0, name, k, perm, caller(req)) {
+        match self.ov.create(parent.0, name, k, perm, umask, caller(req)) {
             Ok((node, attr, _)) => self.entry(reply, &node, &attr),
             Err(e) => reply.error(err(e)),
         }
@@ -239,7 +239,11 @@ impl Filesystem for RovlFs {
             | InitFlags::FUSE_HAS_IOCTL_DIR
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_ASYNC_DIO
-            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
+            // The kernel enforces ACLs (with default_permissions) and
+            // leaves the umask to rovl, which a default ACL replaces.
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DONT_MASK;
         let passthrough = self.cfg.passthrough && caps.contains(InitFlags::FUSE_PASSTHROUGH);
         if passthrough {
             want |= InitFlags::FUSE_PASSTHROUGH;
@@ -333,7 +337,7 @@ impl Filesystem for RovlFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -347,7 +351,7 @@ impl Filesystem for RovlFs {
             parent,
             name,
             NewKind::Special(t, u64::from(rdev)),
-            mode & 0o7777,
+            (mode & 0o7777, umask),
             reply,
         );
     }
@@ -358,10 +362,17 @@ impl Filesystem for RovlFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        self.make(req, parent, name, NewKind::Dir, mode & 0o7777, reply);
+        self.make(
+            req,
+            parent,
+            name,
+            NewKind::Dir,
+            (mode & 0o7777, umask),
+            reply,
+        );
     }
 
     fn symlink(
@@ -373,7 +384,14 @@ impl Filesystem for RovlFs {
         reply: ReplyEntry,
     ) {
         let t = target.as_os_str().as_bytes();
-        self.make(req, parent, link_name, NewKind::Symlink(t), 0o777, reply);
+        self.make(
+            req,
+            parent,
+            link_name,
+            NewKind::Symlink(t),
+            (0o777, 0),
+            reply,
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -763,15 +781,19 @@ impl Filesystem for RovlFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let f = OFlags::from_bits_retain(flags as u32);
-        match self
-            .ov
-            .create(parent.0, name, NewKind::File(f), mode & 0o7777, caller(req))
-        {
+        match self.ov.create(
+            parent.0,
+            name,
+            NewKind::File(f),
+            mode & 0o7777,
+            umask,
+            caller(req),
+        ) {
             Ok((node, attr, Some(file))) => {
                 let of = self.ov.adopt_created(node.clone(), file);
                 let (fh, of) = self.handles.add_file(of);

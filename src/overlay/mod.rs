@@ -2,6 +2,7 @@
 //! operation on it. No FUSE types here: `crate::fuse` translates requests
 //! into calls on [`Overlay`].
 
+pub mod acl;
 pub mod attr;
 pub mod files;
 mod namespace;

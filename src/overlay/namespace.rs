@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use super::node::{Layers, Node, NodeId};
-use super::{Attr, Caller, Overlay};
+use super::{Attr, Caller, Overlay, acl};
 use crate::copy_up::{self, Data, mark_impure, remove_tmp, remove_tree};
 use crate::layers::lookup::{self, DirLayers};
 use crate::layers::{markers, readdir};
@@ -96,14 +96,17 @@ impl Overlay {
         parent.dir_layers().ok_or(Errno::NOTDIR)
     }
 
-    /// Creates `parent/name`. Returns the new node (with one kernel
-    /// reference), its attributes, and for `NewKind::File` the open file.
+    /// Creates `parent/name` with permissions `perm` (not yet masked by
+    /// the caller's `umask`: a default ACL of the parent replaces the
+    /// umask). Returns the new node (with one kernel reference), its
+    /// attributes, and for `NewKind::File` the open file.
     pub fn create(
         &self,
         parent_id: NodeId,
         name: &OsStr,
         kind: NewKind<'_>,
         perm: u32,
+        umask: u32,
         caller: Caller,
     ) -> SysResult<(Arc<Node>, Attr, Option<OwnedFd>)> {
         check_new_name(name)?;
@@ -131,7 +134,18 @@ impl Overlay {
         let sgid_parent = pst.st_mode & libc::S_ISGID != 0;
         let uid = caller.uid;
         let gid = if sgid_parent { pst.st_gid } else { caller.gid };
-        let mut perm = perm & 0o7777;
+        // A default ACL of the parent decides the permissions and the ACLs
+        // the object inherits; without one, the umask applies.
+        let inherited = if ftype == FileType::Symlink {
+            None
+        } else {
+            xattr::get(pup, OsStr::new(acl::DEFAULT))?
+                .and_then(|d| acl::inherit(&d, perm & 0o7777, ftype == FileType::Directory))
+        };
+        let mut perm = match &inherited {
+            Some(i) => i.mode & 0o7777,
+            None => perm & 0o7777 & !(umask & 0o777),
+        };
         if ftype == FileType::Directory && sgid_parent {
             perm |= libc::S_ISGID;
         }
@@ -166,6 +180,7 @@ impl Overlay {
                 if opaque {
                     xattr::set(obj.as_fd(), OsStr::new(markers::OPAQUE), b"y", 0)?;
                 }
+                set_inherited_acls(obj.as_fd(), inherited.as_ref())?;
                 if over_whiteout && ftype == FileType::Directory {
                     sys::rename_at(work, tmp, pup, name, RenameFlags::EXCHANGE)?;
                     // The whiteout is now in the work directory.
@@ -188,6 +203,7 @@ impl Overlay {
             if st.st_mode & 0o7777 != perm {
                 self.stack.proc.chmod(obj.as_fd(), perm)?;
             }
+            set_inherited_acls(obj.as_fd(), inherited.as_ref())?;
         }
         self.wb.dir_changed(self, &parent, pup);
         let st = sys::stat_fd(obj.as_fd())?;
@@ -520,6 +536,20 @@ impl Overlay {
         }
         remove_tree(self, work, &tmp, 0)
     }
+}
+
+/// Sets the ACLs a new object inherited (the upper filesystem applied them
+/// already when the object was made in its real parent; setting them again
+/// is harmless).
+fn set_inherited_acls(obj: BorrowedFd<'_>, inherited: Option<&acl::Inherited>) -> SysResult<()> {
+    let Some(i) = inherited else { return Ok(()) };
+    if let Some(a) = &i.access {
+        xattr::set(obj, OsStr::new(acl::ACCESS), a, 0)?;
+    }
+    if let Some(d) = &i.default {
+        xattr::set(obj, OsStr::new(acl::DEFAULT), d, 0)?;
+    }
+    Ok(())
 }
 
 fn upper_dir_is_empty(ov: &Overlay, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<bool> {
