@@ -239,7 +239,6 @@ fn distinct_objects_have_distinct_inode_numbers() {
 }
 
 #[test]
-#[ignore = "rovl bug F6: ESTALE reaches the caller now and then (the split retry)"]
 fn hard_links_in_a_lower_layer_share_an_inode_until_one_is_copied_up() {
     let s = Scratch::new().unwrap();
     let st = setup(&s);

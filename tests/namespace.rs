@@ -1032,7 +1032,6 @@ fn renames_over_whited_out_and_emptied_directories_hide_the_lower_content() {
 }
 
 #[test]
-#[ignore = "rovl bug F6: ESTALE reaches the caller now and then (the split retry)"]
 fn lower_hard_links_split_on_every_kind_of_change_like_the_kernel() {
     let s = Scratch::new().unwrap();
     let st = setup(&s);
