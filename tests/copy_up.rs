@@ -309,3 +309,40 @@ fn writes_after_copy_up_drop_file_capabilities_like_the_kernel() {
         l
     });
 }
+
+#[test]
+fn copy_up_keeps_many_and_large_xattrs_like_the_kernel() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    let f = st.lower(0, "many");
+    put(&f, "x");
+    for i in 0..60 {
+        setxattr(
+            &f,
+            &format!("user.attr{i:02}"),
+            format!("value {i}").as_bytes(),
+        );
+    }
+    let d = st.lower(0, "dir");
+    mkdirs(&d);
+    // ext4 holds all xattrs of an inode in one block (without ea_inode).
+    setxattr(&d, "user.large", &[0xab; 1800]);
+    setxattr(&d, "trusted.large", &[0xcd; 1800]);
+    oracle(&s, &st, |r| {
+        let mut l = Log::default();
+        l.r("chmod many", chmod(&r.join("many"), 0o600));
+        l.r("create in dir", write(&r.join("dir/new"), b"n"));
+        l.r("list many", llist(&r.join("many")).map(|v| v.len()));
+        l.r(
+            "get large",
+            lget(&r.join("dir"), "user.large").map(|v| v.len()),
+        );
+        l
+    });
+    let up = llist(&st.upper.join("many")).unwrap();
+    assert_eq!(up.iter().filter(|n| n.starts_with("user.attr")).count(), 60);
+    assert_eq!(
+        getxattr(&st.upper.join("dir"), "trusted.large").map(|v| v.len()),
+        Some(1800)
+    );
+}
