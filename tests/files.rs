@@ -563,7 +563,8 @@ fn attributes_follow_changes(rovl_opts: &str) {
         let p = root.join("small");
         let f = open(&p, libc::O_RDWR).unwrap();
         let g = open(&root.join("dir/in"), libc::O_RDONLY).unwrap();
-        let steps: Vec<(&str, Box<dyn Fn() -> std::io::Result<()>>)> = vec![
+        type Step<'a> = Box<dyn Fn() -> std::io::Result<()> + 'a>;
+        let steps: Vec<(&str, Step)> = vec![
             ("pwrite inside", Box::new(|| f.write_all_at(b"ab", 2))),
             ("pwrite past end", Box::new(|| f.write_all_at(b"tail", 100))),
             ("ftruncate", Box::new(|| f.set_len(50))),
