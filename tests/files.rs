@@ -666,3 +666,39 @@ fn many_open_files_work_under_a_low_descriptor_limit() {
         assert!(f.read_at(&mut b, 0).unwrap() > 0);
     }
 }
+
+/// A program running from the mount cannot be opened for writing (ETXTBSY)
+/// — from a lower layer and after copy-up — and can once it exited; the
+/// same as under kernel overlayfs.
+#[test]
+fn running_programs_are_text_busy_like_under_the_kernel() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    std::fs::copy("/bin/sleep", st.lower(0, "sleeper")).unwrap();
+    std::fs::copy("/bin/sleep", st.lower(0, "copied")).unwrap();
+    oracle(&s, &st, |r| {
+        let mut l = Log::default();
+        // One copied up before it runs, one run straight from the lower layer.
+        chmod(&r.join("copied"), 0o755).unwrap();
+        for n in ["sleeper", "copied"] {
+            let p = r.join(n);
+            let mut child = std::process::Command::new(&p).arg("5").spawn().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            l.r(
+                format!("{n}: open for writing while running"),
+                open(&p, libc::O_WRONLY),
+            );
+            l.r(
+                format!("{n}: read while running"),
+                std::fs::read(&p).map(|d| d.len()),
+            );
+            child.kill().unwrap();
+            child.wait().unwrap();
+            l.r(
+                format!("{n}: open for writing after"),
+                open(&p, libc::O_WRONLY),
+            );
+        }
+        l
+    });
+}
