@@ -676,7 +676,7 @@ fn running_programs_are_text_busy_like_under_the_kernel() {
     let st = setup(&s);
     std::fs::copy("/bin/sleep", st.lower(0, "sleeper")).unwrap();
     std::fs::copy("/bin/sleep", st.lower(0, "copied")).unwrap();
-    oracle(&s, &st, |r| {
+    let log = oracle(&s, &st, |r| {
         let mut l = Log::default();
         // One copied up before it runs, one run straight from the lower layer.
         chmod(&r.join("copied"), 0o755).unwrap();
@@ -701,4 +701,9 @@ fn running_programs_are_text_busy_like_under_the_kernel() {
         }
         l
     });
+    for n in ["sleeper", "copied"] {
+        let w = format!("{n}: open for writing while running");
+        assert_eq!(log.errno(&w), libc::ETXTBSY, "{w}");
+        assert_eq!(log.errno(&format!("{n}: open for writing after")), 0);
+    }
 }
