@@ -1237,7 +1237,6 @@ fn acl_xattr(entries: &[(u16, u16, u32)]) -> Vec<u8> {
 /// what the mode bits would allow. (The kernel enforces ACLs on a FUSE
 /// mount only when the daemon negotiates FUSE_POSIX_ACL.)
 #[test]
-#[ignore = "rovl bug F7: POSIX ACLs are not enforced (grants refused, denials ignored)"]
 fn posix_acls_in_a_layer_decide_access_like_under_the_kernel() {
     const ANY: u32 = u32::MAX;
     let s = Scratch::new().unwrap();
@@ -1307,4 +1306,43 @@ fn the_busy_script_matches_the_kernel_without_passthrough_and_without_caching() 
         let log = oracle_with(&s, &st, opts, busy_script);
         assert!(log.0.iter().all(|(_, e)| *e == 0), "{opts}: {log:?}");
     }
+}
+
+/// A default ACL on a directory is inherited by what is created in it, and
+/// replaces the umask for the new object's mode, like on any filesystem.
+#[test]
+fn default_acls_are_inherited_like_under_the_kernel() {
+    const ANY: u32 = u32::MAX;
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    // default: user::rwx user:nobody:rwx group::r-x mask::rwx other::---
+    let dacl = acl_xattr(&[
+        (1, 7, ANY),
+        (2, 7, 65534),
+        (4, 5, ANY),
+        (0x10, 7, ANY),
+        (0x20, 0, ANY),
+    ]);
+    mkdirs(&st.lower(1, "shared"));
+    setxattr(&st.lower(1, "shared"), "system.posix_acl_default", &dacl);
+    chmod(&st.mnt, 0o755).unwrap();
+    oracle(&s, &st, |r| {
+        let mut l = Log::default();
+        let sh = |c: &str| {
+            std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!("cd {} && {c}", r.join("shared").display()))
+                .status()
+                .unwrap()
+                .code()
+        };
+        l.v("file", sh("umask 077 && echo f > file"));
+        l.v("dir", sh("umask 077 && mkdir dir && echo g > dir/inner"));
+        l.v("fifo", sh("umask 022 && mkfifo fifo"));
+        l.v(
+            "nobody writes",
+            as_nobody(&format!("echo n >> {}/shared/file", r.display())).0,
+        );
+        l
+    });
 }
