@@ -74,6 +74,21 @@ fn lower_objects(st: &Stack) {
     setxattr(&l("a/b"), "user.dir", b"dir xattr");
     setxattr(&l("link"), "trusted.linkx", b"on the link");
     setxattr(&l("caps"), "security.capability", &CAP_NET_RAW_EP);
+    // user::rw- user:1234:r-- group::r-- mask::r-- other::--- (mode 0640)
+    let mut acl = vec![2u8, 0, 0, 0];
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 1234),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    setxattr(&l("a/b/c/file"), "system.posix_acl_access", &acl);
+    setxattr(&l("a/b"), "system.posix_acl_default", &acl);
     // Times last (chown and setxattr change ctime only, chmod too).
     for (i, p) in [
         "a",
