@@ -63,10 +63,24 @@ impl Stack {
         let proc = ProcSelfFd::open().map_err(|e| format!("cannot open /proc/self/fd: {e}"))?;
         let mut layers = Vec::new();
         let mut devs: Vec<u64> = Vec::new();
-        let all = upper.into_iter().chain(lowers.iter().map(PathBuf::as_path));
-        for path in all {
+        let all = upper
+            .into_iter()
+            .map(|p| (p, true))
+            .chain(lowers.iter().map(|p| (p.as_path(), false)));
+        for (path, is_upper) in all {
             let root = sys::open_dir_path(path)
                 .map_err(|e| format!("{}: cannot open layer: {e}", path.display()))?;
+            // Lower layers are reached through a private read-only, noatime
+            // clone of their mount where the system allows it (as root): no
+            // access time, nothing at all, changes in them because of rovl.
+            let root = if is_upper {
+                root
+            } else {
+                match sys::private_readonly_clone(path) {
+                    Ok(clone) => clone,
+                    Err(_) => root,
+                }
+            };
             let st = sys::stat_fd(root.as_fd())
                 .map_err(|e| format!("{}: cannot stat layer: {e}", path.display()))?;
             let fsid = match devs.iter().position(|d| *d == st.st_dev) {
