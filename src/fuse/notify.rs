@@ -1,12 +1,12 @@
-//! Telling the kernel what changed behind its back, from a thread of its
-//! own: a notification sent from a request thread could wait for a lock
-//! the kernel holds while it waits for that very request.
-
-use std::sync::Arc;
-use std::sync::mpsc::{Sender, channel};
+//! Telling the kernel what changed behind its back.
+//!
+//! Notifications are sent synchronously, before the reply of the request
+//! that caused the change, so that the next system call already sees it.
+//! That is safe here: invalidating attributes takes only spinlocks in the
+//! kernel, and invalidating a directory's cached listing takes only page
+//! locks, which no task holds while it waits for rovl.
 
 use fuser::{INodeNo, Notifier};
-use parking_lot::Mutex;
 use tracing::warn;
 
 use crate::overlay::Invalidate;
@@ -15,30 +15,27 @@ use crate::overlay::node::NodeId;
 /// Sends the overlay's invalidations to the kernel.
 #[derive(Debug)]
 pub struct Invalidator {
-    tx: Mutex<Sender<NodeId>>,
+    notifier: Notifier,
 }
 
 impl Invalidate for Invalidator {
     fn attributes(&self, ino: NodeId) {
-        let _ = self.tx.lock().send(ino);
+        // Offset -1: attributes only.
+        if let Err(e) = self.notifier.inval_inode(INodeNo(ino), -1, 0) {
+            warn!(%e, ino, "attribute invalidation failed");
+        }
+    }
+
+    fn contents(&self, ino: NodeId) {
+        // Offset 0, length 0: attributes and all cached pages (for a
+        // directory, its cached listing).
+        if let Err(e) = self.notifier.inval_inode(INodeNo(ino), 0, 0) {
+            warn!(%e, ino, "cache invalidation failed");
+        }
     }
 }
 
-/// Starts the notification thread over the session's notifier.
-pub fn start(notifier: Notifier) -> Arc<Invalidator> {
-    let (tx, rx) = channel::<NodeId>();
-    let spawned = std::thread::Builder::new()
-        .name("rovl-notify".into())
-        .spawn(move || {
-            for ino in rx {
-                // Offset -1: attributes only, the page cache stays.
-                if let Err(e) = notifier.inval_inode(INodeNo(ino), -1, 0) {
-                    warn!(%e, ino, "attribute invalidation failed");
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        warn!(%e, "cannot start the notification thread");
-    }
-    Arc::new(Invalidator { tx: Mutex::new(tx) })
+/// The invalidator over the session's notifier.
+pub fn start(notifier: Notifier) -> std::sync::Arc<Invalidator> {
+    std::sync::Arc::new(Invalidator { notifier })
 }

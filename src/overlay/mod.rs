@@ -67,6 +67,9 @@ pub struct Overlay {
 pub trait Invalidate: Send + Sync + std::fmt::Debug {
     /// The attributes of node `ino` changed.
     fn attributes(&self, ino: NodeId);
+    /// What the kernel caches of node `ino`'s contents changed (for a
+    /// directory: an entry's inode number).
+    fn contents(&self, ino: NodeId);
 }
 
 impl Overlay {
@@ -139,6 +142,13 @@ impl Overlay {
     pub(crate) fn attributes_changed(&self, ino: NodeId) {
         if let Some(inv) = self.invalidate.get() {
             inv.attributes(ino);
+        }
+    }
+
+    /// The cached contents of `ino` changed behind the kernel's back.
+    pub(crate) fn contents_changed(&self, ino: NodeId) {
+        if let Some(inv) = self.invalidate.get() {
+            inv.contents(ino);
         }
     }
 
@@ -492,7 +502,11 @@ impl Overlay {
             upper: Some(up),
             lower: Some(lower),
         };
-        Ok(self.install_upper(parent, name, node.kind, layers, &st, false))
+        let node = self.install_upper(parent, name, node.kind, layers, &st, false);
+        // The name's inode number changed: the kernel's cached listing of
+        // the parent still has the old one.
+        self.contents_changed(parent);
+        Ok(node)
     }
 
     /// Drops `n` kernel references to node `id`.
