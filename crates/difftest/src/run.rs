@@ -336,8 +336,9 @@ pub fn lower_state(roots: &[PathBuf]) -> BTreeMap<String, (String, String)> {
         }
         out.insert(format!("{tag}/{}", rel.display()), (s, atime));
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-            if let Ok(rd) = std::fs::read_dir(&p) {
-                let mut names: Vec<_> = rd.filter_map(Result::ok).map(|e| e.file_name()).collect();
+            // O_NOATIME: looking must not change the access times this
+            // very snapshot compares.
+            if let Ok(mut names) = sys::list_dir_noatime(&p) {
                 names.sort();
                 for n in names {
                     walk(root, &rel.join(n), tag, out);

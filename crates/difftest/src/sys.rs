@@ -400,3 +400,44 @@ pub fn errno_name(e: i32) -> String {
     };
     n.to_string()
 }
+
+/// The names in directory `p`, read without changing its access time
+/// (`O_NOATIME`), so that looking at a layer does not change it.
+pub fn list_dir_noatime(p: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = cpath(p)?;
+    // SAFETY: a valid NUL-terminated path; the returned fd is owned below.
+    let fd = cvt(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `fd` is a fresh directory descriptor that fdopendir takes over
+    // (closedir closes it).
+    let dir = unsafe { libc::fdopendir(fd) };
+    if dir.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so `fd` is still ours to close.
+        unsafe { libc::close(fd) };
+        return Err(e);
+    }
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: `dir` is a valid DIR* until closedir below.
+        let ent = unsafe { libc::readdir(dir) };
+        if ent.is_null() {
+            break;
+        }
+        // SAFETY: readdir returned a valid dirent whose d_name is a
+        // NUL-terminated string that lives until the next readdir call.
+        let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) };
+        let b = name.to_bytes();
+        if b != b"." && b != b".." {
+            out.push(std::ffi::OsStr::from_bytes(b).to_owned());
+        }
+    }
+    // SAFETY: `dir` came from fdopendir and is closed once.
+    unsafe { libc::closedir(dir) };
+    Ok(out)
+}
