@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[allow(unused_imports)] // not every test binary needs all of them
 pub use testbed::{FuseMount, KernelOverlay, Scratch};
 
 /// The rovl binary under test.
