@@ -203,11 +203,7 @@ fn foreground_daemon_exits_zero_after_fusermount3_u_or_umount() {
         let mut d = Foreground::spawn(cmd, &st.mnt, &s.join("log"));
         check_live(&st);
         put(&st.m("x"), "x");
-        let mut cmd = Command::new(how);
-        if how == "fusermount3" {
-            cmd.arg("-u");
-        }
-        testbed::run(cmd.arg(&st.mnt));
+        unmount_with(how, &st.mnt);
         let code = d.wait(Duration::from_secs(10));
         assert_eq!(code, Some(0), "{how}: {}", d.log());
         assert_eq!(session_state(&st.work), "clean");
@@ -240,11 +236,7 @@ fn background_daemon_exits_after_umount_or_fusermount3_u() {
         let mut m = mount_rovl(&st, "");
         let pid = daemon_pid(&mut m);
         put(&st.m("x"), "x");
-        let mut cmd = Command::new(how);
-        if how == "fusermount3" {
-            cmd.arg("-u");
-        }
-        testbed::run(cmd.arg(&st.mnt));
+        unmount_with(how, &st.mnt);
         assert!(
             wait_for(Duration::from_secs(5), || !alive(pid)),
             "{how}: daemon {pid} still running"
@@ -313,7 +305,7 @@ fn mount_fuse3_runs_rovl_from_path() {
     check_live(&st);
     put(&st.m("x"), "via mount.fuse3");
     let pid = daemon_pid(&mut m);
-    testbed::run(Command::new("umount").arg(&st.mnt));
+    unmount_with("umount", &st.mnt);
     assert!(wait_for(Duration::from_secs(5), || !alive(pid)));
     assert_eq!(get(&st.upper.join("x")), "via mount.fuse3");
     assert!(!m.log().contains("warning"), "{}", m.log());

@@ -711,3 +711,26 @@ pub fn daemon_pid(m: &mut FuseMount) -> u32 {
     assert!(ok, "not exactly one daemon process: {pids:?}");
     pids[0]
 }
+
+/// Unmounts `mnt` with `umount` or `fusermount3 -u` (`how`), retrying for
+/// 2 s while it is busy (another program of the machine walking the
+/// scratch tree can hold it for a moment). Panics with the last error.
+pub fn unmount_with(how: &str, mnt: &Path) {
+    let mut last = String::new();
+    for _ in 0..40 {
+        let mut cmd = Command::new(how);
+        if how == "fusermount3" {
+            cmd.arg("-u");
+        }
+        let out = cmd.arg(mnt).output().unwrap();
+        if out.status.success() {
+            return;
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !last.to_lowercase().contains("busy") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{how} {}: {last}", mnt.display());
+}
