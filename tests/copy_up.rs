@@ -361,3 +361,66 @@ fn copy_up_keeps_many_and_large_xattrs_like_the_kernel() {
         Some(1800)
     );
 }
+
+/// A copy-up that does not fit in the upper filesystem fails with ENOSPC,
+/// as under the kernel, and leaves nothing behind: no partial file in the
+/// upper layer, nothing in the work directory, the lower file intact.
+#[test]
+fn a_copy_up_that_does_not_fit_fails_with_enospc_and_leaves_nothing() {
+    let s = Scratch::new().unwrap();
+    let mut st = Stack::under(s.path(), 1);
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    mkdirs(&st.lower(0, "dir"));
+    std::fs::write(st.lower(0, "dir/big"), &data).unwrap();
+    put(&st.lower(0, "dir/small"), "small");
+    // Upper and work on a 1 MiB tmpfs, for rovl and for the kernel.
+    let small_fs = |name: &str| {
+        let d = s.mkdir(name).unwrap();
+        testbed::run(
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+                .arg(&d),
+        );
+        mkdirs(&d.join("upper"));
+        mkdirs(&d.join("work"));
+        d
+    };
+    let r = small_fs("rfs");
+    st.upper = r.join("upper");
+    st.work = r.join("work");
+    let kfs = small_fs("kfs");
+    let k = Stack {
+        lowers: st.lowers.clone(),
+        upper: kfs.join("upper"),
+        work: kfs.join("work"),
+        mnt: s.mkdir("kmnt").unwrap(),
+    };
+    let _km = mount_kernel(&k, "");
+    let _rm = mount_rovl(&st, "");
+    let script = |root: &Path| {
+        let mut l = Log::default();
+        l.r(
+            "open big for writing",
+            open(&root.join("dir/big"), libc::O_WRONLY),
+        );
+        l.r("chmod big", chmod(&root.join("dir/big"), 0o600));
+        l.r(
+            "read big",
+            std::fs::read(root.join("dir/big")).map(|d| d.len()),
+        );
+        l.r("write small", write(&root.join("dir/small"), b"fits"));
+        l.v("dir", names(&root.join("dir")));
+        l
+    };
+    let (a, b) = (script(&st.mnt), script(&k.mnt));
+    assert_eq!(a, b);
+    assert_eq!(a.errno("open big for writing"), libc::ENOSPC);
+    assert!(
+        !exists(&st.upper.join("dir/big")),
+        "partial copy in the upper layer"
+    );
+    let left: Vec<String> = names(&st.work.join("work"));
+    assert!(left.is_empty(), "left in the work directory: {left:?}");
+    assert_eq!(std::fs::read(st.m("dir/big")).unwrap(), data);
+    assert_eq!(get(&st.m("dir/small")), "fits");
+}
