@@ -707,3 +707,44 @@ fn running_programs_are_text_busy_like_under_the_kernel() {
         assert_eq!(log.errno(&format!("{n}: open for writing after")), 0);
     }
 }
+
+/// Writing more than the upper filesystem holds: write(2) fails with ENOSPC
+/// (passthrough, the default as root) like under the kernel; without
+/// passthrough the kernel's writeback cache accepts the write and the error
+/// comes with fsync (SPEC §3), never silently.
+#[test]
+fn a_full_upper_filesystem_reports_enospc() {
+    let s = Scratch::new().unwrap();
+    for opts in ["", "passthrough=off"] {
+        let fs = s.mkdir(format!("fs{}", opts.len())).unwrap();
+        testbed::run(
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+                .arg(&fs),
+        );
+        let mut st = Stack::under(&fs.join("stack"), 1);
+        st.upper = fs.join("upper");
+        st.work = fs.join("work");
+        mkdirs(&st.upper);
+        mkdirs(&st.work);
+        let _m = mount_rovl(&st, opts);
+        let mut f = open(&st.m("new"), libc::O_WRONLY | libc::O_CREAT).unwrap();
+        let chunk = vec![7u8; 256 << 10];
+        let mut write_err = None;
+        for _ in 0..8 {
+            if let Err(e) = f.write_all(&chunk) {
+                write_err = e.raw_os_error();
+                break;
+            }
+        }
+        let sync_err = f.sync_all().err().and_then(|e| e.raw_os_error());
+        if opts.is_empty() {
+            assert_eq!(write_err, Some(libc::ENOSPC), "passthrough: write");
+        } else {
+            assert!(
+                write_err == Some(libc::ENOSPC) || sync_err == Some(libc::ENOSPC),
+                "writeback cache: write {write_err:?}, fsync {sync_err:?}"
+            );
+        }
+    }
+}
