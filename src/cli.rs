@@ -145,6 +145,29 @@ fn split_escaped(s: &str, sep: char) -> Vec<String> {
     out
 }
 
+/// Undoes the escapes of a single path value (`upperdir=`, `workdir=`):
+/// `\\` and `\:` stand for `\` and `:`, as in `lowerdir=` and as kernel
+/// overlayfs reads them; an unescaped `:` is kept as it is.
+fn unescape_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some(n) if n == ':' || n == '\\' => out.push(n),
+            Some(n) => {
+                out.push('\\');
+                out.push(n);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
 /// Splits one `-o` argument into options; `\,` escapes a comma (and keeps
 /// other escapes for the option's own parser).
 fn split_options(s: &str) -> Vec<String> {
@@ -244,8 +267,8 @@ pub fn parse_mount_options(args: &[String]) -> Result<MountOptions, String> {
                     o.lowerdirs = dirs;
                 }
                 "lowerdir+" => o.lowerdirs.push(PathBuf::from(need(value)?)),
-                "upperdir" => o.upperdir = Some(PathBuf::from(need(value)?)),
-                "workdir" => o.workdir = Some(PathBuf::from(need(value)?)),
+                "upperdir" => o.upperdir = Some(PathBuf::from(unescape_path(&need(value)?))),
+                "workdir" => o.workdir = Some(PathBuf::from(unescape_path(&need(value)?))),
                 "volatile" if value.is_none() => volatile = true,
                 "fsync" => match value.unwrap_or("") {
                     "0" | "volatile" => volatile = true,
@@ -348,6 +371,9 @@ mod tests {
         let o = parse(&[r"lowerdir=a\:b:c,upperdir=u\,x,workdir=w"]).unwrap();
         assert_eq!(o.lowerdirs, vec![PathBuf::from("a:b"), PathBuf::from("c")]);
         assert_eq!(o.upperdir, Some(PathBuf::from("u,x")));
+        let o = parse(&[r"lowerdir=a,upperdir=u\\b\:c:d,workdir=w\n"]).unwrap();
+        assert_eq!(o.upperdir, Some(PathBuf::from(r"u\b:c:d")));
+        assert_eq!(o.workdir, Some(PathBuf::from(r"w\n")));
     }
 
     #[test]

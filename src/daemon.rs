@@ -1,7 +1,7 @@
 //! The daemon: from a checked mount request to a live mount, serving it,
 //! and the unmount work (SPEC §1, E6, E7).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,21 +71,24 @@ fn max_stack_depth(stack: &Stack) -> u32 {
 
 /// Prepares WORKDIR (state and work directories, lock, leftovers, volatile
 /// marker, session record). Runs only after every check passed.
-fn prepare_workdir(c: &Checked, stack: &Stack, adopt_ok: bool) -> Result<Held, String> {
-    let Some(workdir) = &c.workdir else {
+fn prepare_workdir(
+    c: &Checked,
+    wd: Option<BorrowedFd<'_>>,
+    stack: &Stack,
+    adopt_ok: bool,
+) -> Result<Held, String> {
+    let (Some(workdir), Some(wd)) = (&c.workdir, wd) else {
         return Ok(Held {
             state: None,
             _lock: None,
             record: None,
         });
     };
-    let wd =
-        sys::open_dir_path(workdir).map_err(|e| format!("workdir {}: {e}", workdir.display()))?;
-    let state = mount::ensure_dir(wd.as_fd(), STATE_DIR, 0o700)
+    let state = mount::ensure_dir(wd, STATE_DIR, 0o700)
         .map_err(|e| format!("cannot create {}/{STATE_DIR}: {e}", workdir.display()))?;
     let upper = stack.upper_root().ok_or("no upper layer")?;
     let lock = mount::lock_stack(state.as_fd(), upper)?;
-    let work = mount::ensure_dir(wd.as_fd(), WORK_DIR, 0o700)
+    let work = mount::ensure_dir(wd, WORK_DIR, 0o700)
         .map_err(|e| format!("cannot create {}/{WORK_DIR}: {e}", workdir.display()))?;
     match mount::clean_work(&stack.proc, work.as_fd()) {
         Ok(0) => {}
@@ -134,16 +137,67 @@ fn prepare_workdir(c: &Checked, stack: &Stack, adopt_ok: bool) -> Result<Held, S
     })
 }
 
-fn open_work(c: &Checked) -> Result<Option<OwnedFd>, String> {
-    match &c.workdir {
-        Some(w) => {
-            let wd = sys::open_dir_path(w).map_err(|e| format!("workdir {}: {e}", w.display()))?;
-            sys::open_dir_at(wd.as_fd(), std::ffi::OsStr::new(WORK_DIR))
-                .map(Some)
-                .map_err(|e| format!("{}/{WORK_DIR}: {e}", w.display()))
-        }
-        None => Ok(None),
+fn open_work(c: &Checked, wd: Option<BorrowedFd<'_>>) -> Result<Option<OwnedFd>, String> {
+    match (&c.workdir, wd) {
+        (Some(w), Some(wd)) => sys::open_dir_at(wd, std::ffi::OsStr::new(WORK_DIR))
+            .map(Some)
+            .map_err(|e| format!("{}/{WORK_DIR}: {e}", w.display())),
+        _ => Ok(None),
     }
+}
+
+/// The upper layer's root and the workdir, open.
+struct UpperWork {
+    upper: OwnedFd,
+    workdir: OwnedFd,
+}
+
+/// Opens the upper layer and the workdir through one private clone of the
+/// mount that holds both (as root), rooted at their common ancestor: like
+/// kernel overlayfs, rovl then never crosses a mount inside the upper layer
+/// (not even its own mountpoint placed there), and renames from the work
+/// directory into the upper layer stay within one mount. Without the
+/// privilege, or when the two are not reachable through one mount (a bind
+/// mount between them), the directories are opened as given.
+fn open_upper_and_work(upper: &Path, workdir: &Path) -> Result<UpperWork, String> {
+    let direct = UpperWork {
+        upper: sys::open_dir_path(upper)
+            .map_err(|e| format!("{}: cannot open layer: {e}", upper.display()))?,
+        workdir: sys::open_dir_path(workdir)
+            .map_err(|e| format!("workdir {}: {e}", workdir.display()))?,
+    };
+    Ok(through_private_clone(upper, workdir, &direct).unwrap_or(direct))
+}
+
+fn through_private_clone(upper: &Path, workdir: &Path, direct: &UpperWork) -> Option<UpperWork> {
+    // Both paths are canonical (mount::check), so their common prefix is a
+    // directory and the rest holds no symlink and no `..`.
+    let base: PathBuf = upper
+        .components()
+        .zip(workdir.components())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    let clone = sys::private_clone(&base, false).ok()?;
+    let walk = |rel: &Path| -> Option<OwnedFd> {
+        let mut cur = sys::dup(clone.as_fd()).ok()?;
+        for c in rel.components() {
+            let std::path::Component::Normal(name) = c else {
+                return None;
+            };
+            cur = sys::open_dir_at(cur.as_fd(), name).ok()?;
+        }
+        Some(cur)
+    };
+    let same = |a: &OwnedFd, b: &OwnedFd| match (sys::stat_fd(a.as_fd()), sys::stat_fd(b.as_fd())) {
+        (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
+        _ => false,
+    };
+    let uw = UpperWork {
+        upper: walk(upper.strip_prefix(&base).ok()?)?,
+        workdir: walk(workdir.strip_prefix(&base).ok()?)?,
+    };
+    (same(&uw.upper, &direct.upper) && same(&uw.workdir, &direct.workdir)).then_some(uw)
 }
 
 /// Sets up logging: stderr in the foreground, else WORKDIR/rovl/rovl.log.
@@ -179,7 +233,14 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
     rustix::process::umask(sys::Mode::empty());
     sys::block_termination_signals();
 
-    let stack = match Stack::open(c.upperdir.as_deref(), &c.lowerdirs) {
+    let (upper, wd) = match (&c.upperdir, &c.workdir) {
+        (Some(u), Some(w)) => match open_upper_and_work(u, w) {
+            Ok(uw) => (Some((u.as_path(), uw.upper)), Some(uw.workdir)),
+            Err(e) => return notify.fail(&e),
+        },
+        _ => (None, None),
+    };
+    let stack = match Stack::open(upper, &c.lowerdirs) {
         Ok(s) => s,
         Err(e) => return notify.fail(&e),
     };
@@ -188,10 +249,11 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
         Ok(a) => a,
         Err(e) => return notify.fail(&e),
     };
-    let mut held = match prepare_workdir(&c, &stack, adopt.is_some()) {
-        Ok(h) => h,
-        Err(e) => return notify.fail(&e),
-    };
+    let mut held =
+        match prepare_workdir(&c, wd.as_ref().map(|w| w.as_fd()), &stack, adopt.is_some()) {
+            Ok(h) => h,
+            Err(e) => return notify.fail(&e),
+        };
     if daemonized {
         let log = c
             .workdir
@@ -199,7 +261,7 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
             .map(|w| w.join(STATE_DIR).join("rovl.log"));
         init_logging(debug, log.as_deref());
     }
-    let work = match open_work(&c) {
+    let work = match open_work(&c, wd.as_ref().map(|w| w.as_fd())) {
         Ok(w) => w,
         Err(e) => return notify.fail(&e),
     };

@@ -102,6 +102,9 @@ fn is_mount_root(p: &Path) -> bool {
 pub fn check(opts: MountOptions, mountpoint: &Path) -> Result<Checked, String> {
     let mountpoint = absolute(mountpoint);
     check_dir("mountpoint", &mountpoint)?;
+    // The mount table names it canonically (no `..`, no trailing slash, no
+    // symlink): so must we, to find our connection there later.
+    let mountpoint = std::fs::canonicalize(&mountpoint).unwrap_or(mountpoint);
     if is_mount_root(&mountpoint) {
         return Err(format!(
             "mountpoint {}: busy (something is already mounted there)",

@@ -821,6 +821,16 @@ pub fn wait_termination_signal() -> i32 {
 /// layer, not even access times. Returns a regular directory descriptor
 /// of its root. Needs CAP_SYS_ADMIN.
 pub fn private_readonly_clone(path: &std::path::Path) -> SysResult<OwnedFd> {
+    private_clone(path, true)
+}
+
+/// A private, detached clone of the mount holding directory `path`,
+/// rooted at `path`, without the mounts below it: walking down from the
+/// returned directory descriptor never leaves that filesystem, whatever is
+/// mounted inside it later (the overlay's own mountpoint included).
+/// `readonly` also makes the clone read-only and `noatime`. Needs
+/// CAP_SYS_ADMIN.
+pub fn private_clone(path: &std::path::Path, readonly: bool) -> SysResult<OwnedFd> {
     let fd = rustix::mount::open_tree(
         rustix::fs::CWD,
         path,
@@ -837,6 +847,11 @@ pub fn private_readonly_clone(path: &std::path::Path) -> SysResult<OwnedFd> {
     const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
     const MOUNT_ATTR_NOATIME: u64 = 0x0000_0010;
     const MOUNT_ATTR__ATIME: u64 = 0x0000_0070;
+    if !readonly {
+        // open_tree gives an O_PATH descriptor, which open_by_handle_at and
+        // ioctls refuse; a regular one keeps the detached mount alive too.
+        return open_dir_at(fd.as_fd(), std::ffi::OsStr::new("."));
+    }
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOATIME,
         attr_clr: MOUNT_ATTR__ATIME,

@@ -566,7 +566,6 @@ fn a_mountpoint_inside_a_lower_layer_does_not_recurse() {
 /// upper layer is not part of it (kernel overlayfs reads and writes the
 /// directory underneath), and the mountpoint may sit inside the upper.
 #[test]
-#[ignore = "rovl bug F8: lookups cross mount points inside the upper layer"]
 fn a_mount_inside_the_upper_layer_is_not_crossed() {
     let s = Scratch::new().unwrap();
     let st = Stack::under(s.path(), 1);
@@ -596,7 +595,6 @@ fn a_mount_inside_the_upper_layer_is_not_crossed() {
 }
 
 #[test]
-#[ignore = "rovl bug F8: lookups cross mount points inside the upper layer"]
 fn a_mountpoint_inside_the_upper_layer_does_not_recurse() {
     let s = Scratch::new().unwrap();
     let st = Stack::under(s.path(), 1);

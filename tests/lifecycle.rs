@@ -634,7 +634,6 @@ fn odd_characters_in_layer_and_mountpoint_paths() {
 /// `\\` and `\:` escapes in upperdir= and workdir= are undone like in
 /// lowerdir= and like kernel overlayfs does (`upperdir=/a\\b` is `/a\b`).
 #[test]
-#[ignore = "rovl bug F10: escapes in upperdir=/workdir= are not undone"]
 fn upperdir_and_workdir_take_the_kernels_escapes() {
     let s = Scratch::new().unwrap();
     let l = s.mkdir("low\\er:x").unwrap();
@@ -702,7 +701,6 @@ fn sigterm_with_a_busy_mount_still_ends_the_daemon() {
 }
 
 #[test]
-#[ignore = "rovl bug F11: a mountpoint given with a trailing slash is not found in mountinfo"]
 fn sigterm_with_a_busy_mount_given_with_a_trailing_slash() {
     sigterm_with_a_busy_mount("mnt/");
 }

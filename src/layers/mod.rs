@@ -56,30 +56,31 @@ pub struct Stack {
 const FSID_SHIFT: u32 = 58;
 
 impl Stack {
-    /// Opens the layer roots. `upper` comes first when present; `lowers` are
-    /// top first. Symlinks in these paths are followed (they were given by
-    /// the user); nothing inside a layer ever is.
-    pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> Result<Stack, String> {
+    /// Opens the layer roots. `upper` comes first when present, with its
+    /// root already open (the caller reaches it and the workdir through one
+    /// mount); `lowers` are top first. Symlinks in these paths are followed
+    /// (they were given by the user); nothing inside a layer ever is.
+    pub fn open(upper: Option<(&Path, OwnedFd)>, lowers: &[PathBuf]) -> Result<Stack, String> {
         let proc = ProcSelfFd::open().map_err(|e| format!("cannot open /proc/self/fd: {e}"))?;
         let mut layers = Vec::new();
         let mut devs: Vec<u64> = Vec::new();
+        let has_upper = upper.is_some();
         let all = upper
             .into_iter()
-            .map(|p| (p, true))
-            .chain(lowers.iter().map(|p| (p.as_path(), false)));
-        for (path, is_upper) in all {
-            let root = sys::open_dir_path(path)
-                .map_err(|e| format!("{}: cannot open layer: {e}", path.display()))?;
+            .map(|(p, fd)| (p, Some(fd)))
+            .chain(lowers.iter().map(|p| (p.as_path(), None)));
+        for (path, upper_root) in all {
             // Lower layers are reached through a private read-only, noatime
             // clone of their mount where the system allows it (as root): no
-            // access time, nothing at all, changes in them because of rovl.
-            let root = if is_upper {
-                root
-            } else {
-                match sys::private_readonly_clone(path) {
+            // access time, nothing at all, changes in them because of rovl,
+            // and nothing mounted inside them is ever crossed.
+            let root = match upper_root {
+                Some(fd) => fd,
+                None => match sys::private_readonly_clone(path) {
                     Ok(clone) => clone,
-                    Err(_) => root,
-                }
+                    Err(_) => sys::open_dir_path(path)
+                        .map_err(|e| format!("{}: cannot open layer: {e}", path.display()))?,
+                },
             };
             let st = sys::stat_fd(root.as_fd())
                 .map_err(|e| format!("{}: cannot stat layer: {e}", path.display()))?;
@@ -102,7 +103,7 @@ impl Stack {
         let objs = object::Objects::new(layers.iter().map(|l| l.root.clone()).collect());
         Ok(Stack {
             layers,
-            has_upper: upper.is_some(),
+            has_upper,
             proc,
             objs,
         })
