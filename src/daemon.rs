@@ -226,8 +226,8 @@ pub fn init_logging(debug: bool, to: Option<&Path>) {
 
 /// Runs the daemon for a checked request. Returns the exit status.
 pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
-    // Descriptors: a quarter of the limit for cached layer objects, a
-    // quarter for dirty files' tracking; the rest for open files.
+    // Descriptors: a quarter of the limit each for cached layer objects,
+    // dirty files' tracking and open files; the rest for everything else.
     let nofile = sys::raise_nofile_limit() as usize;
     let budget = (nofile / 4).clamp(64, 1 << 16);
     rustix::process::umask(sys::Mode::empty());
@@ -305,6 +305,7 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
         passthrough,
         max_stack_depth: max_depth,
         workdir: c.workdir.clone(),
+        open_fd_budget: budget,
     };
     let allow_other = root || c.opts.allow_other || c.opts.allow_root;
     let dev = match mount::fuse_mount(&c.opts, &c.mountpoint, readonly, allow_other) {

@@ -658,6 +658,59 @@ fn fsync_err_many_descriptors() {
     }
 }
 
+/// fsync-err with more files open for writing than the daemon may hold
+/// descriptors for (hard limit 256): rovl closes and reopens its own
+/// descriptors behind the kernel's open files, and still every descriptor
+/// of the mount is told of the error exactly once.
+#[test]
+fn fsync_err_with_more_writers_than_daemon_descriptors() {
+    const FILES: usize = 300;
+    for mode in passthrough_modes() {
+        let s = Scratch::new().unwrap();
+        let mut disk = FailingDisk::new().unwrap();
+        let st = disk_stack(&disk, &s, "a");
+        let mut cmd = std::process::Command::new("prlimit");
+        cmd.arg("--nofile=256:256")
+            .arg(rovl_bin())
+            .arg("-o")
+            .arg(format!("{},{mode}", st.opts()))
+            .arg(&st.mnt);
+        let m = testbed::FuseMount::spawn(cmd, &st.mnt).unwrap();
+        let mut fds: Vec<File> = (0..FILES)
+            .map(|i| {
+                let p = st.m(&format!("f{i}"));
+                put(&p, "");
+                rw(&p)
+            })
+            .collect();
+        for f in fds.iter_mut() {
+            f.write_all(&[1u8; 4096]).unwrap();
+        }
+        for (i, f) in fds.iter().enumerate() {
+            assert_eq!(fsync(f), 0, "{mode}: file {i} before the disk fills");
+        }
+        disk.balloon().unwrap();
+        for f in fds.iter_mut() {
+            grow(f, 65536);
+        }
+        for (i, f) in fds.iter().enumerate() {
+            assert_eq!(fsync(f), ENOSPC, "{mode}: file {i} told");
+        }
+        for (i, f) in fds.iter().enumerate() {
+            assert_eq!(fsync(f), 0, "{mode}: file {i} told once");
+        }
+        let mut buf = [0u8; 4096];
+        for (i, f) in fds.iter_mut().enumerate() {
+            f.seek(SeekFrom::Start(0)).unwrap();
+            f.read_exact(&mut buf).unwrap();
+            assert!(buf.iter().all(|b| *b == 1), "{mode}: file {i} data");
+        }
+        drop(fds);
+        disk.heal().unwrap();
+        drop(m);
+    }
+}
+
 /// `rovl status` shows dirty files and bytes, mode, and the last sync.
 #[test]
 fn status_reports_dirty_data_and_last_sync() {

@@ -135,6 +135,9 @@ impl IoModes {
                         FopenFlags::empty()
                     };
                     reply.passthrough(fh, flags, backing);
+                    if flags.is_empty() {
+                        of.mark_idle();
+                    }
                 }
             }
             return;
@@ -144,14 +147,18 @@ impl IoModes {
         match &nio.mode {
             Mode::Cached => reply.cached(fh),
             Mode::Passthrough { backing, .. } => {
-                reply.passthrough(fh, FopenFlags::empty(), backing)
+                reply.passthrough(fh, FopenFlags::empty(), backing);
+                // The kernel reads and writes the backing file itself.
+                of.mark_idle();
             }
         }
         nodes.insert(of.node.id, nio);
     }
 
     fn first_mode(&self, ov: &Overlay, of: &OpenFile, reply: &Reply) -> Mode {
-        let fd = of.fd();
+        let Ok(fd) = ov.file_fd(of) else {
+            return Mode::Cached;
+        };
         if of.on_upper() {
             // A read-write backing file serves every later open, readers
             // and writers alike.

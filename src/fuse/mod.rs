@@ -3,15 +3,14 @@
 //! writeback layer, and decides per open how data flows (passthrough to the
 //! real file, or through the daemon and the kernel's page cache).
 
+mod handles;
 mod io;
 pub mod notify;
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -24,6 +23,7 @@ use fuser::{
 use parking_lot::Mutex;
 use tracing::{debug, warn};
 
+use self::handles::Handles;
 use self::io::IoModes;
 use crate::overlay::files::ListEntry;
 use crate::overlay::{Attr, Caller, NewKind, OpenFile, Overlay, SetAttr, SetTime};
@@ -64,6 +64,9 @@ pub struct FuseConfig {
     pub max_stack_depth: u32,
     /// The workdir, reported by `ROVL_IOC_WORKDIR`.
     pub workdir: Option<std::path::PathBuf>,
+    /// Descriptors open files may hold; past it the least recently used
+    /// are closed and reopened on demand.
+    pub open_fd_budget: usize,
 }
 
 /// A directory open on the mount.
@@ -72,34 +75,6 @@ struct DirHandle {
     node: Arc<crate::overlay::node::Node>,
     entries: Mutex<Option<Arc<Vec<ListEntry>>>>,
     observer: crate::writeback::Observer,
-}
-
-/// Handle tables.
-#[derive(Debug, Default)]
-struct Handles {
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
-    next: AtomicU64,
-}
-
-impl Handles {
-    fn add_file(&self, f: OpenFile) -> (u64, Arc<OpenFile>) {
-        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let f = Arc::new(f);
-        self.files.lock().insert(fh, f.clone());
-        (fh, f)
-    }
-    fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, FErrno> {
-        self.files.lock().get(&fh.0).cloned().ok_or(FErrno::EBADF)
-    }
-    fn add_dir(&self, d: DirHandle) -> u64 {
-        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        self.dirs.lock().insert(fh, Arc::new(d));
-        fh
-    }
-    fn dir(&self, fh: FileHandle) -> Result<Arc<DirHandle>, FErrno> {
-        self.dirs.lock().get(&fh.0).cloned().ok_or(FErrno::EBADF)
-    }
 }
 
 /// The FUSE filesystem: the overlay engine plus handle and io-mode tables.
@@ -171,8 +146,8 @@ impl RovlFs {
     pub fn new(ov: Arc<Overlay>, cfg: FuseConfig) -> Self {
         RovlFs {
             ov,
+            handles: Handles::new(cfg.open_fd_budget),
             cfg,
-            handles: Handles::default(),
             io: IoModes::default(),
         }
     }
@@ -395,6 +370,9 @@ impl Filesystem for RovlFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Some(node) = self.ov.cached_child(parent.0, name) {
+            self.handles.removing(&self.ov, node);
+        }
         match self.ov.unlink(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -423,6 +401,11 @@ impl Filesystem for RovlFs {
             return;
         }
         let f = RenameFlags::from_bits_retain(flags.bits());
+        if !f.contains(RenameFlags::EXCHANGE) {
+            if let Some(node) = self.ov.cached_child(newparent.0, newname) {
+                self.handles.removing(&self.ov, node);
+            }
+        }
         match self.ov.rename(parent.0, name, newparent.0, newname, f) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -453,6 +436,7 @@ impl Filesystem for RovlFs {
         };
         let (fh, of) = self.handles.add_file(of);
         self.io.open(&self.ov, fh, &of, io::Reply::Open(reply));
+        self.handles.trim();
     }
 
     fn read(
@@ -474,6 +458,7 @@ impl Filesystem for RovlFs {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(e),
         }
+        self.handles.trim();
     }
 
     fn write(
@@ -497,6 +482,7 @@ impl Filesystem for RovlFs {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(e),
         }
+        self.handles.trim();
     }
 
     fn flush(
@@ -522,7 +508,7 @@ impl Filesystem for RovlFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let of = self.handles.files.lock().remove(&fh.0);
+        let of = self.handles.remove_file(&self.ov, fh);
         if let Some(of) = of {
             self.io.release(fh.0, &of);
             self.ov.release(&of);
@@ -690,7 +676,7 @@ impl Filesystem for RovlFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.handles.dirs.lock().remove(&fh.0);
+        self.handles.remove_dir(fh);
         reply.ok();
     }
 
@@ -808,6 +794,7 @@ impl Filesystem for RovlFs {
                         Generation(node.generation),
                     ),
                 );
+                self.handles.trim();
             }
             Ok((_, _, None)) => reply.error(FErrno::EIO),
             Err(e) => reply.error(err(e)),

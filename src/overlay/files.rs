@@ -5,11 +5,9 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use parking_lot::RwLock;
 
 use super::node::{Node, NodeId};
+use super::open_file::OpenFile;
 use super::{Attr, Caller, Overlay, SetAttr, SetTime};
 use crate::copy_up::Data;
 use crate::layers::lookup::{self, DirLayers};
@@ -20,32 +18,6 @@ use crate::writeback::Observer;
 
 /// Open flags, as `open(2)` takes them.
 pub type OpenFlags = OFlags;
-
-/// One open file description of the mount (what the kernel's FUSE file
-/// handle stands for).
-#[derive(Debug)]
-pub struct OpenFile {
-    /// The node it was opened on.
-    pub node: Arc<Node>,
-    fd: RwLock<Arc<OwnedFd>>,
-    on_upper: AtomicBool,
-    /// Opened for writing (the node has an upper copy).
-    pub writable: bool,
-    /// This observer's writeback-error cursors.
-    pub observer: Observer,
-}
-
-impl OpenFile {
-    /// The real file this open reads and writes.
-    pub fn fd(&self) -> Arc<OwnedFd> {
-        self.fd.read().clone()
-    }
-
-    /// True when the real file is the upper copy.
-    pub fn on_upper(&self) -> bool {
-        self.on_upper.load(Ordering::Acquire)
-    }
-}
 
 fn to_time(t: SetTime) -> Time {
     match t {
@@ -105,13 +77,14 @@ impl Overlay {
             self.kill_privs_for(&node, &fd, caller)?;
             let fd = Arc::new(fd);
             self.wb.opened_for_write(self, &node, &fd);
-            Ok(OpenFile {
-                observer: self.wb.observe(&node),
-                node,
-                fd: RwLock::new(fd),
-                on_upper: AtomicBool::new(true),
-                writable: true,
-            })
+            Ok(OpenFile::new(
+                node.clone(),
+                fd,
+                f,
+                true,
+                true,
+                self.wb.observe(&node),
+            ))
         } else {
             let (top, on_upper) = {
                 let st = node.state.read();
@@ -119,17 +92,16 @@ impl Overlay {
                 (st.layers.top().cloned(), on_upper)
             };
             let top = top.ok_or(Errno::STALE)?.fd()?;
-            let fd = self
-                .stack
-                .proc
-                .reopen(top.as_fd(), OFlags::RDONLY | (keep & !OFlags::APPEND))?;
-            Ok(OpenFile {
-                observer: self.wb.observe(&node),
-                node,
-                fd: RwLock::new(Arc::new(fd)),
-                on_upper: AtomicBool::new(on_upper),
-                writable: false,
-            })
+            let flags = OFlags::RDONLY | (keep & !OFlags::APPEND);
+            let fd = self.stack.proc.reopen(top.as_fd(), flags)?;
+            Ok(OpenFile::new(
+                node.clone(),
+                Arc::new(fd),
+                flags,
+                on_upper,
+                false,
+                self.wb.observe(&node),
+            ))
         }
     }
 
@@ -159,11 +131,10 @@ impl Overlay {
         if !of.on_upper() {
             if let Some(up) = of.node.upper_fd()? {
                 let fd = self.stack.proc.reopen(up.as_fd(), OFlags::RDONLY)?;
-                *of.fd.write() = Arc::new(fd);
-                of.on_upper.store(true, Ordering::Release);
+                of.replace_fd(fd, true);
             }
         }
-        let fd = of.fd();
+        let fd = self.file_fd(of)?;
         let mut buf = vec![0u8; size as usize];
         let mut got = 0usize;
         while got < buf.len() {
@@ -189,7 +160,7 @@ impl Overlay {
         if !of.writable {
             return Err(Errno::BADF);
         }
-        let fd = of.fd();
+        let fd = self.file_fd(of)?;
         if kill_suidgid {
             let st = sys::stat_fd(fd.as_fd())?;
             let mode = st.st_mode & 0o7777;
@@ -247,7 +218,7 @@ impl Overlay {
                 return Err(Errno::ISDIR);
             }
             match of.filter(|f| f.writable && f.on_upper()) {
-                Some(f) => rustix::fs::ftruncate(&*f.fd(), size)?,
+                Some(f) => rustix::fs::ftruncate(&*self.file_fd(f)?, size)?,
                 None => {
                     let fd = self.stack.proc.reopen(up.as_fd(), OFlags::WRONLY)?;
                     rustix::fs::ftruncate(&fd, size)?;
@@ -372,6 +343,11 @@ impl Overlay {
         xattr::remove_strict(up.as_fd(), name)
     }
 
+    /// The node the kernel knows by `name` in `parent`, if any.
+    pub fn cached_child(&self, parent: NodeId, name: &OsStr) -> Option<NodeId> {
+        self.table.lock().child(parent, name).map(|n| n.id)
+    }
+
     /// The listing of directory `node`: `.`, `..`, then the merged entries.
     pub fn list_dir(&self, node: &Node) -> SysResult<Vec<ListEntry>> {
         let dl = node.dir_layers().ok_or(Errno::NOTDIR)?;
@@ -443,7 +419,7 @@ impl Overlay {
             return Err(Errno::BADF);
         }
         let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
-        rustix::fs::fallocate(&*of.fd(), flags, offset, len)?;
+        rustix::fs::fallocate(&*self.file_fd(of)?, flags, offset, len)?;
         self.wb.wrote(&of.node, 0);
         Ok(())
     }
@@ -458,7 +434,7 @@ impl Overlay {
             libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset as u64),
             _ => return Err(Errno::INVAL),
         };
-        Ok(rustix::fs::seek(&*of.fd(), pos)? as i64)
+        Ok(rustix::fs::seek(&*self.file_fd(of)?, pos)? as i64)
     }
 
     /// Copies a range between two open files of the mount.
@@ -473,7 +449,7 @@ impl Overlay {
         if !dst.writable {
             return Err(Errno::BADF);
         }
-        let (fi, fo) = (src.fd(), dst.fd());
+        let (fi, fo) = (self.file_fd(src)?, self.file_fd(dst)?);
         let mut i = off_in;
         let mut o = off_out;
         let n = rustix::fs::copy_file_range(&*fi, Some(&mut i), &*fo, Some(&mut o), len as usize)?;
@@ -483,20 +459,14 @@ impl Overlay {
 
     /// The open file for a file `create` just made.
     pub fn adopt_created(&self, node: Arc<Node>, file: OwnedFd) -> OpenFile {
-        let writable = rustix::fs::fcntl_getfl(&file)
-            .map(|f| f & OFlags::ACCMODE != OFlags::RDONLY)
-            .unwrap_or(true);
+        let flags = rustix::fs::fcntl_getfl(&file).unwrap_or(OFlags::RDWR);
+        let writable = flags & OFlags::ACCMODE != OFlags::RDONLY;
         let fd = Arc::new(file);
         if writable {
             self.wb.opened_for_write(self, &node, &fd);
         }
-        OpenFile {
-            observer: self.wb.observe(&node),
-            node,
-            fd: RwLock::new(fd),
-            on_upper: AtomicBool::new(true),
-            writable,
-        }
+        let observer = self.wb.observe(&node);
+        OpenFile::new(node, fd, flags, true, writable, observer)
     }
 
     /// The last reference to an open file went away.

@@ -7,6 +7,7 @@ pub mod attr;
 pub mod files;
 mod namespace;
 pub mod node;
+pub mod open_file;
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -17,7 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock};
 
 pub use self::attr::{Attr, Caller, SetAttr, SetTime};
-pub use self::files::{OpenFile, OpenFlags};
+pub use self::files::OpenFlags;
+pub use self::open_file::OpenFile;
 pub use self::namespace::NewKind;
 use self::node::{Layers, Node, NodeId, NodeState, NodeTable, ROOT_ID};
 

@@ -289,8 +289,12 @@ impl MountWb {
         self.fd_budget.store(n.max(16), Ordering::Release);
     }
 
-    /// Over budget: parks the oldest dirty files nobody has open for
-    /// writing, an eighth of the budget at a time.
+    /// Over budget: parks the oldest dirty files, an eighth of the budget
+    /// at a time: first those nobody has open for writing, then, when
+    /// many files are open for writing at once (more than the descriptor
+    /// limit allows), open ones too. A parked file is still synced and
+    /// checked by every fsync and sync (reopened for it); only the
+    /// periodic background check skips it.
     fn make_room(&self) {
         let budget = self.fd_budget.load(Ordering::Acquire);
         if self.open_fds.load(Ordering::Acquire) < budget {
@@ -300,10 +304,10 @@ impl MountWb {
             .files
             .lock()
             .values()
-            .filter(|d| d.writers.load(Ordering::Acquire) == 0 && d.handle.is_some())
+            .filter(|d| d.handle.is_some() && d.fd.lock().is_some())
             .cloned()
             .collect();
-        idle.sort_by_key(|d| d.since);
+        idle.sort_by_key(|d| (d.writers.load(Ordering::Acquire) != 0, d.since));
         let mut n = budget / 8 + 1;
         for df in idle {
             if n == 0 {
