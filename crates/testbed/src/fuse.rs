@@ -135,7 +135,7 @@ impl FuseMount {
 
     /// The mount's mountinfo line, if it is still mounted.
     pub fn entry(&self) -> Option<MountEntry> {
-        sys::mount_by_id(self.id?)
+        sys::mount_by_id(self.id?, &self.mountpoint)
     }
 
     /// Whether the mount is still there (also true for a dead mount whose

@@ -124,8 +124,14 @@ pub fn mounts_under(dir: &Path) -> io::Result<Vec<MountEntry>> {
         .collect())
 }
 
-pub(crate) fn mount_by_id(id: u32) -> Option<MountEntry> {
-    mounts().ok()?.into_iter().find(|m| m.id == id)
+/// Our mount: the one with ID `id` at `path`. The kernel reuses the IDs
+/// of unmounted mounts (other tests mount all the time), so an ID alone
+/// may name someone else's mount.
+pub(crate) fn mount_by_id(id: u32, path: &Path) -> Option<MountEntry> {
+    mounts()
+        .ok()?
+        .into_iter()
+        .find(|m| m.id == id && m.mount_point == path)
 }
 
 /// The topmost mount exactly at `path`.
@@ -235,7 +241,7 @@ pub(crate) fn detach(path: &Path) -> io::Result<()> {
 pub(crate) fn unmount_id(path: &Path, id: u32, patience: Duration) -> io::Result<bool> {
     let deadline = std::time::Instant::now() + patience;
     for _ in 0..1000 {
-        if mount_by_id(id).is_none() {
+        if mount_by_id(id, path).is_none() {
             return Ok(false);
         }
         match umount2(path, 0) {
@@ -251,13 +257,13 @@ pub(crate) fn unmount_id(path: &Path, id: u32, patience: Duration) -> io::Result
         }
     }
     for _ in 0..16 {
-        if mount_by_id(id).is_none() {
+        if mount_by_id(id, path).is_none() {
             return Ok(true);
         }
         log_warn!("{} is busy, detaching it lazily", path.display());
         detach(path)?;
     }
-    if mount_by_id(id).is_none() {
+    if mount_by_id(id, path).is_none() {
         Ok(true)
     } else {
         Err(io::Error::other(format!(
@@ -298,7 +304,7 @@ impl MountGuard {
     }
 
     pub fn entry(&self) -> Option<MountEntry> {
-        mount_by_id(self.id?)
+        mount_by_id(self.id?, &self.path)
     }
 
     /// Unmounts now (idempotent); returns whether it had to be lazy.
@@ -337,7 +343,7 @@ pub(crate) fn unmount_all_under(dir: &Path) -> Vec<io::Error> {
 pub(crate) fn unmount_list(list: &[MountEntry]) -> Vec<io::Error> {
     let mut errs = Vec::new();
     for m in list.iter().rev() {
-        if mount_by_id(m.id).is_none() {
+        if mount_by_id(m.id, &m.mount_point).is_none() {
             continue; // went away with a lazily detached parent
         }
         let res = if m.is_fuse() {
