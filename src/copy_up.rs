@@ -136,6 +136,10 @@ fn copy_up_one(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) -> Sy
     let ust = sys::stat_fd(copy.as_fd())?;
     let copy_fd = sys::dup(copy.as_fd())?;
     let obj = ov.stack.objs.adopt(0, copy);
+    if node.kind == FileType::Directory {
+        // Made empty by rovl: no `.wh.` names in it, now or later.
+        obj.set_wh_names(false);
+    }
     {
         let mut s = node.state.write();
         match &mut s.layers {

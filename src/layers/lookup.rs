@@ -117,7 +117,12 @@ fn is_whiteout(
     Ok(false)
 }
 
-fn has_wh_file(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<bool> {
+/// True when `dir` holds `.wh.NAME`. `known` is the directory's object,
+/// when at hand: a directory known to hold no `.wh.` name is not asked.
+fn has_wh_file(dir: BorrowedFd<'_>, known: Option<&Obj>, name: &OsStr) -> SysResult<bool> {
+    if known.and_then(Obj::has_wh_names) == Some(false) {
+        return Ok(false);
+    }
     let wh = markers::whiteout_name(name);
     if wh.len() > 255 {
         // A name too long for its `.wh.` form cannot have one.
@@ -144,8 +149,8 @@ pub fn lookup(stack: &Stack, parent: &DirLayers, name: &OsStr) -> SysResult<Opti
         lower_path: None,
     };
     let mut next = Next::Name(name.to_owned());
-    if let Some(up) = &parent.upper {
-        let upfd = up.fd()?;
+    if let Some(upobj) = &parent.upper {
+        let upfd = upobj.fd()?;
         let up = upfd.as_fd();
         match Real::open(up, name)? {
             Some(real) => {
@@ -155,15 +160,16 @@ pub fn lookup(stack: &Stack, parent: &DirLayers, name: &OsStr) -> SysResult<Opti
                 let kind = FileType::from_raw_mode(real.stat.st_mode);
                 found.kind = kind;
                 if kind == FileType::Directory {
-                    found.upper_marks = markers::dir_marks(real.fd.as_fd())?;
-                    if let Some(r) = markers::read_redirect(real.fd.as_fd())? {
+                    let (marks, redirect) = markers::dir_marks_and_redirect(real.fd.as_fd())?;
+                    found.upper_marks = marks;
+                    if let Some(r) = redirect {
                         found.redirected = true;
                         next = match r {
                             Redirect::Absolute(p) => Next::Abs(p),
                             Redirect::Relative(n) => Next::Name(n),
                         };
                     }
-                    let stop = found.upper_marks.opaque || has_wh_file(up, name)?;
+                    let stop = found.upper_marks.opaque || has_wh_file(up, Some(upobj), name)?;
                     found.upper = Some(real);
                     if stop {
                         return Ok(Some(found));
@@ -174,7 +180,7 @@ pub fn lookup(stack: &Stack, parent: &DirLayers, name: &OsStr) -> SysResult<Opti
                 }
             }
             None => {
-                if has_wh_file(up, name)? {
+                if has_wh_file(up, Some(upobj), name)? {
                     return Ok(None);
                 }
             }
@@ -255,11 +261,11 @@ fn search_lowers(
 ) -> SysResult<()> {
     for layer in stack.lower_ids() {
         let holder: Arc<OwnedFd>;
-        let (base, name, xwh): (BorrowedFd<'_>, OsString, bool) = match &next {
+        let (base, known, name, xwh): (BorrowedFd<'_>, Option<&Obj>, OsString, bool) = match &next {
             Next::Name(n) => match parent.lowers.iter().find(|d| d.layer == layer) {
                 Some(d) => {
                     holder = d.obj.fd()?;
-                    (holder.as_fd(), n.clone(), d.xwhiteouts)
+                    (holder.as_fd(), Some(&d.obj), n.clone(), d.xwhiteouts)
                 }
                 None => continue,
             },
@@ -270,15 +276,18 @@ fn search_lowers(
                 match resolve_abs_parent(stack, layer, dirs)? {
                     AbsBase::Dir(fd, x) => {
                         holder = Arc::new(fd);
-                        (holder.as_fd(), last.clone(), x)
+                        (holder.as_fd(), None, last.clone(), x)
                     }
                     AbsBase::Missing => continue,
                     AbsBase::Stop => return Ok(()),
                 }
             }
         };
+        // Opened even when only its stat is used now: the node keeps
+        // showing this very object should the layer change behind rovl's
+        // back (a held descriptor, then its handle).
         let Some(real) = Real::open(base, &name)? else {
-            if has_wh_file(base, &name)? {
+            if has_wh_file(base, known, &name)? {
                 return Ok(());
             }
             continue;
@@ -301,9 +310,8 @@ fn search_lowers(
             return Ok(());
         }
         found.kind = FileType::Directory;
-        let marks = markers::dir_marks(real.fd.as_fd())?;
-        let redirect = markers::read_redirect(real.fd.as_fd())?;
-        let stop = marks.opaque || has_wh_file(base, &name)?;
+        let (marks, redirect) = markers::dir_marks_and_redirect(real.fd.as_fd())?;
+        let stop = marks.opaque || has_wh_file(base, known, &name)?;
         found.lowers.push((layer, real, marks));
         if stop {
             return Ok(());

@@ -136,8 +136,20 @@ pub struct DirMarks {
 
 /// Reads the opaque markers of directory `dir` (an fd of the directory).
 pub fn dir_marks(dir: BorrowedFd<'_>) -> SysResult<DirMarks> {
+    Ok(dir_marks_and_redirect(dir)?.0)
+}
+
+/// The opaque markers and the redirect of directory `dir`, asking only for
+/// the marker xattrs it has: one `listxattr` instead of a `getxattr` per
+/// marker name (most layer directories have none).
+pub fn dir_marks_and_redirect(dir: BorrowedFd<'_>) -> SysResult<(DirMarks, Option<Redirect>)> {
+    let names = xattr::list(dir)?;
+    let has = |n: &str| names.iter().any(|x| x.as_bytes() == n.as_bytes());
     let mut marks = DirMarks::default();
     for name in OPAQUE_XATTRS {
+        if !has(name) {
+            continue;
+        }
         match xattr::get(dir, OsStr::new(name))? {
             Some(v) if v == b"y" => marks.opaque = true,
             Some(v) if v == b"x" => marks.xwhiteouts = true,
@@ -147,7 +159,17 @@ pub fn dir_marks(dir: BorrowedFd<'_>) -> SysResult<DirMarks> {
     if !marks.opaque && sys::stat_at(dir, OsStr::from_bytes(WH_OPAQUE))?.is_some() {
         marks.opaque = true;
     }
-    Ok(marks)
+    let mut redirect = None;
+    for name in REDIRECT_XATTRS {
+        if !has(name) {
+            continue;
+        }
+        if let Some(v) = xattr::get(dir, OsStr::new(name))? {
+            redirect = parse_redirect(&v);
+            break;
+        }
+    }
+    Ok((marks, redirect))
 }
 
 /// True when entry `name` of `dir` (already stat'ed as `st`) is an xattr

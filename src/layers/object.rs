@@ -11,10 +11,12 @@
 //! object, wherever it was renamed to. An object on a filesystem that cannot
 //! produce handles keeps its descriptor (pinned).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -36,7 +38,17 @@ struct Inner {
     layer: LayerId,
     locate: Locate,
     pool: Arc<Objects>,
+    /// For a directory: whether it holds `.wh.` names ([`WH_UNKNOWN`],
+    /// [`WH_NONE`], [`WH_SOME`]).
+    wh: AtomicU8,
 }
+
+/// Not known whether the directory holds `.wh.` names.
+const WH_UNKNOWN: u8 = 0;
+/// The directory holds no `.wh.` name.
+const WH_NONE: u8 = 1;
+/// The directory holds `.wh.` names.
+const WH_SOME: u8 = 2;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -62,6 +74,25 @@ impl Obj {
             Locate::Pinned(fd) => Ok(fd.clone()),
             Locate::Handle(h) => self.0.pool.open(self.0.key, self.0.layer, h),
         }
+    }
+
+    /// For a directory: `Some(false)` when it is known to hold no `.wh.`
+    /// name (so no `.wh.NAME` whiteout need be looked for in it), `Some(true)`
+    /// when it holds some, `None` when not known.
+    pub fn has_wh_names(&self) -> Option<bool> {
+        match self.0.wh.load(Ordering::Relaxed) {
+            WH_NONE => Some(false),
+            WH_SOME => Some(true),
+            _ => None,
+        }
+    }
+
+    /// Records whether the directory holds `.wh.` names (from a full
+    /// listing of it, or because rovl made it empty; rovl never makes a
+    /// `.wh.` name itself).
+    pub fn set_wh_names(&self, some: bool) {
+        let v = if some { WH_SOME } else { WH_NONE };
+        self.0.wh.store(v, Ordering::Relaxed);
     }
 
     /// True when both refer to the same object reference (not merely the
@@ -131,6 +162,7 @@ impl Objects {
             layer,
             locate,
             pool: self.clone(),
+            wh: AtomicU8::new(WH_UNKNOWN),
         }))
     }
 
@@ -143,6 +175,7 @@ impl Objects {
             layer,
             locate: Locate::Pinned(fd),
             pool: self.clone(),
+            wh: AtomicU8::new(WH_UNKNOWN),
         }))
     }
 

@@ -33,17 +33,23 @@ pub fn merge(stack: &Stack, dir: &DirLayers) -> SysResult<Vec<MergedEntry>> {
     let mut decided: HashSet<OsString> = HashSet::new();
     let mut dirs = Vec::with_capacity(dir.lowers.len() + 1);
     if let Some(u) = &dir.upper {
-        dirs.push((0usize, u.fd()?, dir.upper_xwhiteouts));
+        dirs.push((0usize, u, u.fd()?, dir.upper_xwhiteouts));
     }
     for d in &dir.lowers {
-        dirs.push((d.layer, d.obj.fd()?, d.xwhiteouts));
+        dirs.push((d.layer, &d.obj, d.obj.fd()?, d.xwhiteouts));
     }
-    for (layer, fd, xwh) in &dirs {
-        merge_layer(stack, *layer, fd.as_fd(), *xwh, &mut decided, &mut out)?;
+    for (layer, obj, fd, xwh) in &dirs {
+        if let Some(wh) = merge_layer(stack, *layer, fd.as_fd(), *xwh, &mut decided, &mut out)? {
+            // Lookups in this directory need not look for `.wh.NAME`
+            // whiteouts when it has no `.wh.` name at all.
+            obj.set_wh_names(wh);
+        }
     }
     Ok(out)
 }
 
+/// Adds the entries of one layer's directory; returns whether it holds
+/// `.wh.` names (`None` when it could not be read).
 fn merge_layer(
     stack: &Stack,
     layer: LayerId,
@@ -51,16 +57,18 @@ fn merge_layer(
     xwhiteouts: bool,
     decided: &mut HashSet<OsString>,
     out: &mut Vec<MergedEntry>,
-) -> SysResult<()> {
+) -> SysResult<Option<bool>> {
     let entries = match sys::read_dir(&stack.proc, fd) {
         Ok(e) => e,
         // A layer directory that vanished underneath us contributes nothing.
-        Err(sys::Errno::NOENT) => return Ok(()),
+        Err(sys::Errno::NOENT) => return Ok(None),
         Err(e) => return Err(e),
     };
     let mut hidden_below: Vec<OsString> = Vec::new();
+    let mut wh_names = false;
     for e in entries {
         if markers::is_marker_name(&e.name) {
+            wh_names = true;
             if let Some(target) = markers::whiteout_target(&e.name) {
                 hidden_below.push(target.to_owned());
             }
@@ -93,7 +101,7 @@ fn merge_layer(
         });
     }
     decided.extend(hidden_below);
-    Ok(())
+    Ok(Some(wh_names))
 }
 
 /// True when directory `dir` of the merged view has no entries.

@@ -209,7 +209,7 @@ impl Overlay {
         name: &OsStr,
         split: bool,
     ) -> SysResult<Option<(Arc<Node>, Attr)>> {
-        let Some(mut node) = self.resolve_id(parent, name)? else {
+        let Some((mut node, mut fresh)) = self.resolve_fresh(parent, name)? else {
             return Ok(None);
         };
         if split {
@@ -217,12 +217,18 @@ impl Overlay {
             if let Some(since) = pending {
                 if since.elapsed() < SPLIT_WINDOW {
                     node = self.split(parent, name, &node)?;
+                    fresh = None;
                 } else {
                     node.state.write().split_pending = None;
                 }
             }
         }
-        Ok(Some(self.reference(&node, parent, name)?))
+        Ok(Some(self.reference_with(
+            &node,
+            parent,
+            name,
+            fresh.as_ref(),
+        )?))
     }
 
     /// Counts the kernel reference a reply is about to give for `node`
@@ -233,12 +239,29 @@ impl Overlay {
         parent: NodeId,
         name: &OsStr,
     ) -> SysResult<(Arc<Node>, Attr)> {
-        let node = self.table.lock().take_ref(node, parent, name);
-        match self.getattr(&node) {
-            Ok(attr) => Ok((node, attr)),
+        self.reference_with(node, parent, name, None)
+    }
+
+    /// [`Overlay::reference`], with the stat of `node`'s object when the
+    /// caller has just taken one (a lookup), which then gives the
+    /// attributes without asking the layer again.
+    fn reference_with(
+        &self,
+        node: &Arc<Node>,
+        parent: NodeId,
+        name: &OsStr,
+        fresh: Option<&sys::Stat>,
+    ) -> SysResult<(Arc<Node>, Attr)> {
+        let counted = self.table.lock().take_ref(node, parent, name);
+        let attr = match fresh {
+            Some(st) if Arc::ptr_eq(&counted, node) => Ok(self.attr_from_stat(&counted, st)),
+            _ => self.getattr(&counted),
+        };
+        match attr {
+            Ok(attr) => Ok((counted, attr)),
             Err(e) => {
                 // No reply will carry the reference: give it back.
-                self.forget(node.id, 1);
+                self.forget(counted.id, 1);
                 Err(e)
             }
         }
@@ -248,9 +271,19 @@ impl Overlay {
     /// found fresh are entered in the table with no reference, so the next
     /// `lookup` of the same name finds the same node.
     pub(crate) fn resolve_id(&self, parent: NodeId, name: &OsStr) -> SysResult<Option<Arc<Node>>> {
+        Ok(self.resolve_fresh(parent, name)?.map(|(n, _)| n))
+    }
+
+    /// [`Overlay::resolve_id`], with the stat of the node's object when the
+    /// layers were just asked (the node was not in the table yet).
+    fn resolve_fresh(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+    ) -> SysResult<Option<(Arc<Node>, Option<sys::Stat>)>> {
         sys::check_name(name)?;
         if let Some(n) = self.table.lock().child(parent, name) {
-            return Ok(Some(n));
+            return Ok(Some((n, None)));
         }
         let pnode = self.node(parent)?;
         let Some(dl) = pnode.dir_layers() else {
@@ -259,7 +292,12 @@ impl Overlay {
         let Some(found) = lookup::lookup(&self.stack, &dl, name)? else {
             return Ok(None);
         };
-        Ok(Some(self.install(parent, name, found)?))
+        let st = found.top().stat;
+        let node = self.install(parent, name, found)?;
+        // Another link of the same object, or a racing lookup's node: the
+        // stat is still this node's only if it is the same object.
+        let same = node.state.read().ident == (st.st_dev, st.st_ino);
+        Ok(Some((node, same.then_some(st))))
     }
 
     /// Like [`Overlay::resolve_id`] with the parent node at hand.
@@ -307,14 +345,13 @@ impl Overlay {
         let layers = if kind == FileType::Directory {
             Layers::Dir(found.into_dir_layers(&self.stack))
         } else {
-            let objs = &self.stack.objs;
             Layers::NonDir {
-                upper: found.upper.map(|u| objs.adopt(0, u.fd)),
+                upper: found.upper.map(|u| self.stack.objs.adopt(0, u.fd)),
                 lower: found
                     .lowers
                     .into_iter()
                     .next()
-                    .map(|(l, r, _)| objs.adopt(l, r.fd)),
+                    .map(|(l, r, _)| self.stack.objs.adopt(l, r.fd)),
             }
         };
         let mut table = self.table.lock();
@@ -371,6 +408,13 @@ impl Overlay {
             }
             Err(id) => id,
         };
+        if let Layers::Dir(d) = &layers {
+            // A directory rovl just made is empty: it has no `.wh.` names,
+            // and rovl never makes one in it.
+            if let Some(u) = &d.upper {
+                u.set_wh_names(false);
+            }
+        }
         let generation = table.next_generation();
         let node = Arc::new(Node::new(
             id,
@@ -519,26 +563,28 @@ impl Overlay {
 
     /// Attributes of `node` as the merged view shows them.
     pub fn getattr(&self, node: &Node) -> SysResult<Attr> {
-        let (fd, merged) = {
-            let st = node.state.read();
-            let merged = match &st.layers {
-                Layers::Dir(d) => {
-                    (d.upper.is_some() && !d.lowers.is_empty())
-                        || (d.upper.is_none() && d.lowers.len() > 1)
-                }
-                Layers::NonDir { .. } => false,
-            };
-            (st.layers.top().cloned(), merged)
-        };
-        let fd = fd.ok_or(Errno::STALE)?.fd()?;
+        let top = node.state.read().layers.top().cloned();
+        let fd = top.ok_or(Errno::STALE)?.fd()?;
         let st = sys::stat_fd(fd.as_fd())?;
-        let mut attr = Attr::from_stat(&st, node.id);
+        Ok(self.attr_from_stat(node, &st))
+    }
+
+    /// Attributes of `node` given the stat of the object it shows.
+    fn attr_from_stat(&self, node: &Node, st: &sys::Stat) -> Attr {
+        let merged = match &node.state.read().layers {
+            Layers::Dir(d) => {
+                (d.upper.is_some() && !d.lowers.is_empty())
+                    || (d.upper.is_none() && d.lowers.len() > 1)
+            }
+            Layers::NonDir { .. } => false,
+        };
+        let mut attr = Attr::from_stat(st, node.id);
         if merged {
             // Like kernel overlayfs: counting a merged directory's links
             // would mean reading every layer.
             attr.nlink = 1;
         }
-        Ok(attr)
+        attr
     }
 
     /// The path of `node` relative to the mount root (best effort: an

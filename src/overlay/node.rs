@@ -7,7 +7,7 @@
 //! object whose id is already taken by a different object (only hostile
 //! layers produce that) gets one from a reserved range instead.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -205,9 +205,9 @@ impl NodeTable {
     /// An empty table.
     pub fn new() -> Self {
         NodeTable {
-            nodes: HashMap::new(),
-            names: HashMap::new(),
-            aliases: HashMap::new(),
+            nodes: HashMap::default(),
+            names: HashMap::default(),
+            aliases: HashMap::default(),
             next_fallback: FALLBACK_BASE,
             next_generation: 1,
         }

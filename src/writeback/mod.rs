@@ -25,7 +25,7 @@ pub mod journal;
 pub mod session;
 pub mod status;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -256,8 +256,8 @@ impl MountWb {
             mode,
             errs,
             baseline,
-            files: Mutex::new(HashMap::new()),
-            dirs: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::default()),
+            dirs: Mutex::new(HashMap::default()),
             sticky: Mutex::new(None),
             journal,
             errors: Mutex::new(Vec::new()),
