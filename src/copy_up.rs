@@ -143,7 +143,7 @@ fn copy_up_one(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) -> Sy
     {
         let mut s = node.state.write();
         match &mut s.layers {
-            Layers::Dir(d) => d.upper = Some(obj),
+            Layers::Dir(d) => Arc::make_mut(d).upper = Some(obj),
             Layers::NonDir { upper, .. } => *upper = Some(obj),
         }
         s.ident = (ust.st_dev, ust.st_ino);

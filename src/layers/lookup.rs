@@ -68,18 +68,22 @@ pub struct Found {
 impl Found {
     /// The layers of a found directory, as a parent for further lookups.
     pub fn into_dir_layers(self, stack: &Stack) -> DirLayers {
+        let mut lowers: Vec<LayerDir> = self
+            .lowers
+            .into_iter()
+            .map(|(layer, real, marks)| LayerDir {
+                layer,
+                obj: stack.objs.adopt(layer, real.fd),
+                xwhiteouts: marks.xwhiteouts,
+            })
+            .collect();
+        // The collect reuses the (much larger) buffer of `self.lowers`;
+        // the directory keeps this for as long as the kernel holds it.
+        lowers.shrink_to_fit();
         DirLayers {
             upper: self.upper.map(|u| stack.objs.adopt(0, u.fd)),
             upper_xwhiteouts: self.upper_marks.xwhiteouts,
-            lowers: self
-                .lowers
-                .into_iter()
-                .map(|(layer, real, marks)| LayerDir {
-                    layer,
-                    obj: stack.objs.adopt(layer, real.fd),
-                    xwhiteouts: marks.xwhiteouts,
-                })
-                .collect(),
+            lowers,
             lower_path: self.lower_path,
         }
     }

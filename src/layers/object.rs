@@ -23,21 +23,74 @@ use parking_lot::Mutex;
 use super::LayerId;
 use crate::sys::{self, Errno, FileHandle, SysResult};
 
+/// Longest file handle kept inline (ext4 and xfs make 8 to 16 bytes).
+const SMALL_HANDLE: usize = 20;
+
+/// A short file handle, kept inline (a node per object the kernel holds:
+/// no allocation of its own).
+#[derive(Debug, Clone, Copy)]
+struct SmallHandle {
+    kind: i32,
+    len: u8,
+    bytes: [u8; SMALL_HANDLE],
+}
+
+impl SmallHandle {
+    fn new(h: &FileHandle) -> Option<SmallHandle> {
+        if h.bytes.len() > SMALL_HANDLE {
+            return None;
+        }
+        let mut bytes = [0u8; SMALL_HANDLE];
+        bytes[..h.bytes.len()].copy_from_slice(&h.bytes);
+        Some(SmallHandle {
+            kind: h.kind,
+            len: h.bytes.len() as u8,
+            bytes,
+        })
+    }
+
+    fn handle(&self) -> FileHandle {
+        FileHandle {
+            kind: self.kind,
+            bytes: self.bytes[..usize::from(self.len)].to_vec(),
+        }
+    }
+}
+
 /// How an object is found again.
 #[derive(Debug)]
 enum Locate {
     /// By file handle on its layer's filesystem.
-    Handle(FileHandle),
+    Handle(SmallHandle),
+    /// By a file handle too long to keep inline.
+    LongHandle(Box<FileHandle>),
     /// Its filesystem cannot make handles: the descriptor is kept.
     Pinned(Arc<OwnedFd>),
+}
+
+impl Locate {
+    fn by_handle(h: FileHandle) -> Locate {
+        match SmallHandle::new(&h) {
+            Some(s) => Locate::Handle(s),
+            None => Locate::LongHandle(Box::new(h)),
+        }
+    }
+
+    fn handle(&self) -> Option<FileHandle> {
+        match self {
+            Locate::Handle(s) => Some(s.handle()),
+            Locate::LongHandle(h) => Some((**h).clone()),
+            Locate::Pinned(_) => None,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Inner {
     key: u64,
-    layer: LayerId,
     locate: Locate,
     pool: Arc<Objects>,
+    layer: u32,
     /// For a directory: whether it holds `.wh.` names ([`WH_UNKNOWN`],
     /// [`WH_NONE`], [`WH_SOME`]).
     wh: AtomicU8,
@@ -52,7 +105,7 @@ const WH_SOME: u8 = 2;
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if matches!(self.locate, Locate::Handle(_)) {
+        if !matches!(self.locate, Locate::Pinned(_)) {
             self.pool.forget(self.key);
         }
     }
@@ -65,14 +118,14 @@ pub struct Obj(Arc<Inner>);
 impl Obj {
     /// The layer the object is in.
     pub fn layer(&self) -> LayerId {
-        self.0.layer
+        self.0.layer as LayerId
     }
 
     /// An `O_PATH` descriptor of the object.
     pub fn fd(&self) -> SysResult<Arc<OwnedFd>> {
         match &self.0.locate {
             Locate::Pinned(fd) => Ok(fd.clone()),
-            Locate::Handle(h) => self.0.pool.open(self.0.key, self.0.layer, h),
+            _ => self.0.pool.open(self.0.key, self.layer(), &self.0.locate),
         }
     }
 
@@ -153,13 +206,13 @@ impl Objects {
         let locate = match sys::name_to_handle(fd.as_fd()) {
             Ok(h) => {
                 self.insert(key, Arc::new(fd));
-                Locate::Handle(h)
+                Locate::by_handle(h)
             }
             Err(_) => Locate::Pinned(Arc::new(fd)),
         };
         Obj(Arc::new(Inner {
             key,
-            layer,
+            layer: layer as u32,
             locate,
             pool: self.clone(),
             wh: AtomicU8::new(WH_UNKNOWN),
@@ -172,18 +225,19 @@ impl Objects {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         Obj(Arc::new(Inner {
             key,
-            layer,
+            layer: layer as u32,
             locate: Locate::Pinned(fd),
             pool: self.clone(),
             wh: AtomicU8::new(WH_UNKNOWN),
         }))
     }
 
-    fn open(&self, key: u64, layer: LayerId, h: &FileHandle) -> SysResult<Arc<OwnedFd>> {
+    fn open(&self, key: u64, layer: LayerId, locate: &Locate) -> SysResult<Arc<OwnedFd>> {
         if let Some(s) = self.cache.lock().slots.get(&key) {
             s.used.store(true, Ordering::Relaxed);
             return Ok(s.fd.clone());
         }
+        let h = &locate.handle().ok_or(Errno::STALE)?;
         let root = self.roots.get(layer).ok_or(Errno::STALE)?;
         let fd = match sys::open_by_handle(root.as_fd(), h) {
             Err(Errno::MFILE | Errno::NFILE) => {

@@ -19,9 +19,9 @@ use parking_lot::{Mutex, RwLock};
 
 pub use self::attr::{Attr, Caller, SetAttr, SetTime};
 pub use self::files::OpenFlags;
-pub use self::open_file::OpenFile;
 pub use self::namespace::NewKind;
 use self::node::{Layers, Node, NodeId, NodeState, NodeTable, ROOT_ID};
+pub use self::open_file::OpenFile;
 
 /// How long a hard-linked lower file waits for the kernel's retry that
 /// picks the name to copy up.
@@ -107,16 +107,13 @@ impl Overlay {
             ROOT_ID,
             0,
             FileType::Directory,
-            NodeState {
-                parent: ROOT_ID,
-                name: OsString::new(),
-                layers: Layers::Dir(dl),
-                opaque: false,
-                unlinked: false,
-                impure: false,
+            NodeState::new(
+                ROOT_ID,
+                OsStr::new(""),
+                Layers::Dir(Arc::new(dl)),
                 ident,
-                split_pending: None,
-            },
+                false,
+            ),
             Default::default(),
         );
         root.lookups.store(1, Ordering::Release);
@@ -213,13 +210,13 @@ impl Overlay {
             return Ok(None);
         };
         if split {
-            let pending = node.state.read().split_pending;
-            if let Some(since) = pending {
-                if since.elapsed() < SPLIT_WINDOW {
+            let pending = node.state.read().split_age();
+            if let Some(age) = pending {
+                if age < SPLIT_WINDOW {
                     node = self.split(parent, name, &node)?;
                     fresh = None;
                 } else {
-                    node.state.write().split_pending = None;
+                    node.state.write().clear_split();
                 }
             }
         }
@@ -343,7 +340,7 @@ impl Overlay {
         let opaque = found.upper_marks.opaque;
         let kind = found.kind;
         let layers = if kind == FileType::Directory {
-            Layers::Dir(found.into_dir_layers(&self.stack))
+            Layers::Dir(Arc::new(found.into_dir_layers(&self.stack)))
         } else {
             Layers::NonDir {
                 upper: found.upper.map(|u| self.stack.objs.adopt(0, u.fd)),
@@ -370,16 +367,7 @@ impl Overlay {
             id,
             generation,
             kind,
-            NodeState {
-                parent,
-                name: name.to_owned(),
-                layers,
-                opaque,
-                unlinked: false,
-                impure: false,
-                ident,
-                split_pending: None,
-            },
+            NodeState::new(parent, name, layers, ident, opaque),
             self.wb.inode_wb(ident),
         ));
         self.wb.link(&node);
@@ -420,16 +408,7 @@ impl Overlay {
             id,
             generation,
             kind,
-            NodeState {
-                parent,
-                name: name.to_owned(),
-                layers,
-                opaque,
-                unlinked: false,
-                impure: false,
-                ident,
-                split_pending: None,
-            },
+            NodeState::new(parent, name, layers, ident, opaque),
             self.wb.inode_wb(ident),
         ));
         self.wb.link(&node);
@@ -448,7 +427,7 @@ impl Overlay {
         }
         let fd = node.top_fd()?;
         if sys::stat_fd(fd.as_fd())?.st_nlink > 1 {
-            node.state.write().split_pending = Some(std::time::Instant::now());
+            node.state.write().mark_split();
             return Err(Errno::STALE);
         }
         Ok(())
@@ -490,7 +469,7 @@ impl Overlay {
     /// `index=off`), and returns its new node.
     fn split(&self, parent: NodeId, name: &OsStr, node: &Arc<Node>) -> SysResult<Arc<Node>> {
         let _r = self.rename_lock.read();
-        node.state.write().split_pending = None;
+        node.state.write().clear_split();
         self.copy_up_name(
             parent,
             name,
@@ -526,19 +505,16 @@ impl Overlay {
             0,
             0,
             node.kind,
-            NodeState {
+            NodeState::new(
                 parent,
-                name: name.to_owned(),
-                layers: Layers::NonDir {
+                name,
+                Layers::NonDir {
                     upper: None,
                     lower: Some(lower.clone()),
                 },
-                opaque: false,
-                unlinked: false,
-                impure: false,
                 ident,
-                split_pending: None,
-            },
+                false,
+            ),
             Default::default(),
         ));
         crate::copy_up::copy_up_with(self, &part, data, origin)?;
@@ -593,7 +569,7 @@ impl Overlay {
         let mut parts: Vec<OsString> = Vec::new();
         let (mut parent, name) = {
             let st = node.state.read();
-            (st.parent, st.name.clone())
+            (st.parent, st.name.to_os_string())
         };
         if node.id == ROOT_ID {
             return PathBuf::from("/");
@@ -604,7 +580,7 @@ impl Overlay {
         while parent != ROOT_ID && guard < 4096 {
             let Some(p) = table.get(parent) else { break };
             let st = p.state.read();
-            parts.push(st.name.clone());
+            parts.push(st.name.to_os_string());
             parent = st.parent;
             guard += 1;
         }

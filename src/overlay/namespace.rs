@@ -92,7 +92,7 @@ impl Overlay {
         parent.upper_fd()?.ok_or(Errno::IO)
     }
 
-    fn parent_layers(parent: &Node) -> SysResult<DirLayers> {
+    fn parent_layers(parent: &Node) -> SysResult<Arc<DirLayers>> {
         parent.dir_layers().ok_or(Errno::NOTDIR)
     }
 
@@ -209,10 +209,10 @@ impl Overlay {
         let st = sys::stat_fd(obj.as_fd())?;
         let obj = self.stack.objs.adopt(0, obj);
         let layers = if ftype == FileType::Directory {
-            Layers::Dir(DirLayers {
+            Layers::Dir(Arc::new(DirLayers {
                 upper: Some(obj),
                 ..Default::default()
-            })
+            }))
         } else {
             Layers::NonDir {
                 upper: Some(obj),

@@ -6,15 +6,24 @@
 //! layers (see `Overlay::ino_of`) and stable across remounts; the rare
 //! object whose id is already taken by a different object (only hostile
 //! layers produce that) gets one from a reserved range instead.
+//!
+//! Memory: the kernel holds a node for every entry it has seen (a walk of
+//! an image, tens of thousands), so a node is kept small: one allocation
+//! with its name inline (short names), directory layers behind a shared
+//! pointer, writeback state only once needed, and the name index stores
+//! no copy of the name.
 
-use rustc_hash::FxHashMap as HashMap;
 use std::ffi::{OsStr, OsString};
+use std::hash::{BuildHasher, Hasher};
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::layers::lookup::DirLayers;
 use crate::layers::object::Obj;
@@ -32,8 +41,9 @@ const FALLBACK_BASE: NodeId = 1 << 63;
 /// Where a node's object lives in the layers.
 #[derive(Debug, Clone)]
 pub enum Layers {
-    /// A directory: its upper directory and merged lower directories.
-    Dir(DirLayers),
+    /// A directory: its upper directory and merged lower directories
+    /// (shared: lookups in the directory take a reference, not a copy).
+    Dir(Arc<DirLayers>),
     /// Anything else: the upper object, or else the one lower object.
     NonDir {
         /// The upper object.
@@ -73,15 +83,112 @@ impl Layers {
     }
 }
 
+/// Longest name kept inside the node itself.
+const INLINE_NAME: usize = 22;
+
+/// A node's name: short names (nearly all) inline, longer ones on the
+/// heap. Dereferences to `OsStr`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum NodeName {
+    /// Up to [`INLINE_NAME`] bytes.
+    Inline {
+        /// Length.
+        len: u8,
+        /// Bytes (the first `len`).
+        bytes: [u8; INLINE_NAME],
+    },
+    /// Anything longer.
+    Heap(Box<[u8]>),
+}
+
+impl NodeName {
+    /// The name as an `OsStr`.
+    pub fn as_os_str(&self) -> &OsStr {
+        match self {
+            NodeName::Inline { len, bytes } => OsStr::from_bytes(&bytes[..usize::from(*len)]),
+            NodeName::Heap(b) => OsStr::from_bytes(b),
+        }
+    }
+
+    /// An owned copy.
+    pub fn to_os_string(&self) -> OsString {
+        self.as_os_str().to_owned()
+    }
+}
+
+impl From<&OsStr> for NodeName {
+    fn from(s: &OsStr) -> NodeName {
+        let b = s.as_bytes();
+        if b.len() <= INLINE_NAME {
+            let mut bytes = [0u8; INLINE_NAME];
+            bytes[..b.len()].copy_from_slice(b);
+            NodeName::Inline {
+                len: b.len() as u8,
+                bytes,
+            }
+        } else {
+            NodeName::Heap(b.into())
+        }
+    }
+}
+
+impl From<OsString> for NodeName {
+    fn from(s: OsString) -> NodeName {
+        NodeName::from(s.as_os_str())
+    }
+}
+
+impl std::ops::Deref for NodeName {
+    type Target = OsStr;
+    fn deref(&self) -> &OsStr {
+        self.as_os_str()
+    }
+}
+
+impl AsRef<OsStr> for NodeName {
+    fn as_ref(&self) -> &OsStr {
+        self.as_os_str()
+    }
+}
+
+impl PartialEq<OsStr> for NodeName {
+    fn eq(&self, other: &OsStr) -> bool {
+        self.as_os_str() == other
+    }
+}
+
+impl PartialEq<&OsStr> for NodeName {
+    fn eq(&self, other: &&OsStr) -> bool {
+        self.as_os_str() == *other
+    }
+}
+
+impl std::fmt::Debug for NodeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_os_str().fmt(f)
+    }
+}
+
+/// Milliseconds since the first call (a compact monotonic time for rare
+/// per-node marks; never 0).
+fn now_ms() -> u32 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    (start.elapsed().as_millis() as u32).max(1)
+}
+
 /// Mutable state of a node.
 #[derive(Debug)]
 pub struct NodeState {
     /// Parent of the name this node was last known by.
     pub parent: NodeId,
     /// That name. Empty for the root.
-    pub name: OsString,
+    pub name: NodeName,
     /// Where the object lives.
     pub layers: Layers,
+    /// (st_dev, st_ino) of the object that defines this node's identity:
+    /// the upper object, or else the top lower one.
+    pub ident: (u64, u64),
     /// The upper directory carries an opaque marker.
     pub opaque: bool,
     /// No name leads to this node any more (unlinked or replaced); it lives
@@ -89,13 +196,52 @@ pub struct NodeState {
     pub unlinked: bool,
     /// The upper directory is marked impure (holds copied-up entries).
     pub impure: bool,
-    /// (st_dev, st_ino) of the object that defines this node's identity:
-    /// the upper object, or else the top lower one.
-    pub ident: (u64, u64),
-    /// A hard-linked lower file asked to be copied up through one of its
-    /// names; the kernel is retrying with a fresh lookup, and the name it
-    /// looks up gets its own copy (see `Overlay::lookup`).
-    pub split_pending: Option<Instant>,
+    /// When (see `now_ms`; 0: never) a hard-linked lower file asked to be
+    /// copied up through one of its names; the kernel is retrying with a
+    /// fresh lookup, and the name it looks up gets its own copy (see
+    /// `Overlay::lookup`).
+    split_mark: u32,
+}
+
+impl NodeState {
+    /// A state with no split pending.
+    pub fn new(
+        parent: NodeId,
+        name: &OsStr,
+        layers: Layers,
+        ident: (u64, u64),
+        opaque: bool,
+    ) -> NodeState {
+        NodeState {
+            parent,
+            name: NodeName::from(name),
+            layers,
+            ident,
+            opaque,
+            unlinked: false,
+            impure: false,
+            split_mark: 0,
+        }
+    }
+
+    /// Marks a split pending from now on.
+    pub fn mark_split(&mut self) {
+        self.split_mark = now_ms();
+    }
+
+    /// Clears a pending split.
+    pub fn clear_split(&mut self) {
+        self.split_mark = 0;
+    }
+
+    /// How long ago a split was marked, if one is pending.
+    pub fn split_age(&self) -> Option<std::time::Duration> {
+        if self.split_mark == 0 {
+            return None;
+        }
+        let ms = now_ms().wrapping_sub(self.split_mark);
+        Some(std::time::Duration::from_millis(u64::from(ms)))
+    }
 }
 
 /// One object of the merged view the kernel holds a reference to.
@@ -105,12 +251,14 @@ pub struct Node {
     pub id: NodeId,
     /// FUSE generation: distinguishes objects that reuse an id over time.
     pub generation: u64,
-    /// File type (never changes for a node).
-    pub kind: FileType,
     /// Everything that changes.
     pub state: RwLock<NodeState>,
     /// Kernel lookup count.
     pub lookups: AtomicU64,
+    /// Per-inode writeback state (errors, dirty tracking).
+    pub wb: crate::writeback::InodeWb,
+    /// File type (never changes for a node).
+    pub kind: FileType,
     /// Serializes copy-up of this node.
     pub copy_up_lock: Mutex<()>,
     /// The kernel reads this node's lower file directly (FUSE passthrough)
@@ -119,8 +267,6 @@ pub struct Node {
     /// inode would reach the lower file through mmap. Set and cleared under
     /// `copy_up_lock`.
     pub lower_pinned: AtomicBool,
-    /// Per-inode writeback state (errors, dirty tracking).
-    pub wb: crate::writeback::InodeWb,
 }
 
 impl Node {
@@ -175,8 +321,8 @@ impl Node {
         top.ok_or(crate::sys::Errno::STALE)?.fd()
     }
 
-    /// The directory layers (for directories).
-    pub fn dir_layers(&self) -> Option<DirLayers> {
+    /// The directory layers (for directories): a shared reference.
+    pub fn dir_layers(&self) -> Option<Arc<DirLayers>> {
         match &self.state.read().layers {
             Layers::Dir(d) => Some(d.clone()),
             Layers::NonDir { .. } => None,
@@ -184,11 +330,45 @@ impl Node {
     }
 }
 
+/// One name of the index: the node it leads to, and the hash of
+/// `(parent, name)` (the name itself is the node's, or one of its aliases).
+#[derive(Debug, Clone, Copy)]
+struct NameRef {
+    hash: u64,
+    id: NodeId,
+}
+
+fn name_hash(parent: NodeId, name: &OsStr) -> u64 {
+    let mut h = rustc_hash::FxBuildHasher.build_hasher();
+    h.write_u64(parent);
+    h.write(name.as_bytes());
+    h.finish()
+}
+
+/// True when node `id` is reachable as `parent/name`.
+fn has_name(
+    nodes: &HashMap<NodeId, Arc<Node>>,
+    aliases: &HashMap<NodeId, Vec<(NodeId, OsString)>>,
+    id: NodeId,
+    parent: NodeId,
+    name: &OsStr,
+) -> bool {
+    if let Some(n) = nodes.get(&id) {
+        let st = n.state.read();
+        if st.parent == parent && st.name == name {
+            return true;
+        }
+    }
+    aliases
+        .get(&id)
+        .is_some_and(|v| v.iter().any(|(p, n)| *p == parent && n == name))
+}
+
 /// The table of nodes and the names that lead to them.
 #[derive(Debug)]
 pub struct NodeTable {
     nodes: HashMap<NodeId, Arc<Node>>,
-    names: HashMap<(NodeId, OsString), NodeId>,
+    names: HashTable<NameRef>,
     /// Further names of nodes with several links.
     aliases: HashMap<NodeId, Vec<(NodeId, OsString)>>,
     next_fallback: NodeId,
@@ -206,7 +386,7 @@ impl NodeTable {
     pub fn new() -> Self {
         NodeTable {
             nodes: HashMap::default(),
-            names: HashMap::default(),
+            names: HashTable::new(),
             aliases: HashMap::default(),
             next_fallback: FALLBACK_BASE,
             next_generation: 1,
@@ -218,6 +398,53 @@ impl NodeTable {
         let g = self.next_generation;
         self.next_generation += 1;
         g
+    }
+
+    /// The node id the name `parent/name` leads to in the index.
+    fn name_get(&self, parent: NodeId, name: &OsStr) -> Option<NodeId> {
+        let hash = name_hash(parent, name);
+        let (nodes, aliases) = (&self.nodes, &self.aliases);
+        self.names
+            .find(hash, |r| {
+                r.hash == hash && has_name(nodes, aliases, r.id, parent, name)
+            })
+            .map(|r| r.id)
+    }
+
+    /// Removes `parent/name` from the index (it must still be one of the
+    /// node's names, as the node's state or aliases say); returns its node.
+    fn name_remove(&mut self, parent: NodeId, name: &OsStr) -> Option<NodeId> {
+        let hash = name_hash(parent, name);
+        let (nodes, aliases) = (&self.nodes, &self.aliases);
+        let e = self
+            .names
+            .find_entry(hash, |r| {
+                r.hash == hash && has_name(nodes, aliases, r.id, parent, name)
+            })
+            .ok()?;
+        Some(e.remove().0.id)
+    }
+
+    /// Removes `parent/name` from the index if it leads to `id`.
+    fn name_remove_if(&mut self, parent: NodeId, name: &OsStr, id: NodeId) {
+        if self.name_get(parent, name) == Some(id) {
+            self.name_remove(parent, name);
+        }
+    }
+
+    /// Makes `parent/name` lead to `id` (which must have that name by the
+    /// time the index is next asked), replacing what it led to.
+    fn name_set(&mut self, parent: NodeId, name: &OsStr, id: NodeId) {
+        let hash = name_hash(parent, name);
+        let (nodes, aliases) = (&self.nodes, &self.aliases);
+        if let Some(r) = self.names.find_mut(hash, |r| {
+            r.hash == hash && has_name(nodes, aliases, r.id, parent, name)
+        }) {
+            r.id = id;
+            return;
+        }
+        self.names
+            .insert_unique(hash, NameRef { hash, id }, |r| r.hash);
     }
 
     /// The id for an object whose natural id is `want` and whose identity
@@ -245,33 +472,41 @@ impl NodeTable {
 
     /// The node the name `parent/name` leads to, when known.
     pub fn child(&self, parent: NodeId, name: &OsStr) -> Option<Arc<Node>> {
-        let id = self.names.get(&(parent, name.to_owned()))?;
-        self.nodes.get(id).cloned()
+        let id = self.name_get(parent, name)?;
+        self.nodes.get(&id).cloned()
     }
 
-    /// Inserts a new node reachable as `parent/name`.
+    /// Inserts a new node reachable as `parent/name` (its state's name).
     pub fn insert(&mut self, node: Arc<Node>, parent: NodeId, name: &OsStr) {
+        let id = node.id;
+        self.nodes.insert(id, node);
         if !name.is_empty() {
-            self.names.insert((parent, name.to_owned()), node.id);
+            self.name_set(parent, name, id);
         }
-        self.nodes.insert(node.id, node);
     }
 
     /// Adds `parent/name` as another name of `node`.
     pub fn add_alias(&mut self, node: &Node, parent: NodeId, name: &OsStr) {
-        self.names.insert((parent, name.to_owned()), node.id);
-        let mut st = node.state.write();
-        if st.unlinked {
-            st.parent = parent;
-            st.name = name.to_owned();
-            st.unlinked = false;
-            return;
+        // Whatever the name led to before, it leads to `node` now; first
+        // make it one of `node`'s names so that the index can find it.
+        if self.name_get(parent, name).is_some_and(|o| o != node.id) {
+            self.name_remove(parent, name);
         }
-        if !(st.parent == parent && st.name == name) {
-            let v = self.aliases.entry(node.id).or_default();
-            if !v.iter().any(|(p, n)| *p == parent && n == name) {
-                v.push((parent, name.to_owned()));
+        {
+            let mut st = node.state.write();
+            if st.unlinked {
+                st.parent = parent;
+                st.name = NodeName::from(name);
+                st.unlinked = false;
+            } else if !(st.parent == parent && st.name == name) {
+                let v = self.aliases.entry(node.id).or_default();
+                if !v.iter().any(|(p, n)| *p == parent && n == name) {
+                    v.push((parent, name.to_owned()));
+                }
             }
+        }
+        if self.name_get(parent, name) != Some(node.id) {
+            self.name_set(parent, name, node.id);
         }
     }
 
@@ -280,7 +515,7 @@ impl NodeTable {
         let st = node.state.read();
         let mut v = Vec::new();
         if !st.unlinked {
-            v.push((st.parent, st.name.clone()));
+            v.push((st.parent, st.name.to_os_string()));
         }
         if let Some(a) = self.aliases.get(&node.id) {
             v.extend(a.iter().cloned());
@@ -291,7 +526,7 @@ impl NodeTable {
     /// Forgets the name `parent/name`; the node it led to moves to another
     /// of its names, or is marked unlinked when it has none left.
     pub fn remove_name(&mut self, parent: NodeId, name: &OsStr) {
-        let Some(id) = self.names.remove(&(parent, name.to_owned())) else {
+        let Some(id) = self.name_remove(parent, name) else {
             return;
         };
         let Some(node) = self.nodes.get(&id).cloned() else {
@@ -302,7 +537,7 @@ impl NodeTable {
             match self.aliases.get_mut(&id).and_then(|v| v.pop()) {
                 Some((p, n)) => {
                     st.parent = p;
-                    st.name = n;
+                    st.name = NodeName::from(n);
                 }
                 None => st.unlinked = true,
             }
@@ -320,15 +555,14 @@ impl NodeTable {
         new_parent: NodeId,
         new_name: &OsStr,
     ) {
-        let Some(id) = self.names.remove(&(old_parent, old_name.to_owned())) else {
+        let Some(id) = self.name_remove(old_parent, old_name) else {
             return;
         };
-        self.names.insert((new_parent, new_name.to_owned()), id);
-        if let Some(node) = self.nodes.get(&id) {
+        if let Some(node) = self.nodes.get(&id).cloned() {
             let mut st = node.state.write();
             if st.parent == old_parent && st.name == old_name {
                 st.parent = new_parent;
-                st.name = new_name.to_owned();
+                st.name = NodeName::from(new_name);
                 st.unlinked = false;
             } else if let Some(v) = self.aliases.get_mut(&id) {
                 for a in v.iter_mut() {
@@ -338,6 +572,7 @@ impl NodeTable {
                 }
             }
         }
+        self.name_set(new_parent, new_name, id);
     }
 
     /// Counts one kernel reference to `node`, reached as `parent/name`,
@@ -350,10 +585,17 @@ impl NodeTable {
             Some(n) => n.clone(),
             None => {
                 self.nodes.insert(node.id, node.clone());
-                if !name.is_empty() {
-                    self.names
-                        .entry((parent, name.to_owned()))
-                        .or_insert(node.id);
+                if !name.is_empty() && self.name_get(parent, name).is_none() {
+                    let has = {
+                        let st = node.state.read();
+                        st.parent == parent && st.name == name
+                    } || self
+                        .aliases
+                        .get(&node.id)
+                        .is_some_and(|v| v.iter().any(|(p, n)| *p == parent && n == name));
+                    if has {
+                        self.name_set(parent, name, node.id);
+                    }
                 }
                 node.clone()
             }
@@ -378,22 +620,20 @@ impl NodeTable {
         if prev > n {
             return None;
         }
-        let node = self.nodes.remove(&id)?;
-        {
+        let (parent, name) = {
             let st = node.state.read();
-            let key = (st.parent, st.name.clone());
-            if self.names.get(&key) == Some(&id) {
-                self.names.remove(&key);
+            (st.parent, st.name.clone())
+        };
+        // The index finds names through the node: drop them while it is
+        // still in the table.
+        self.name_remove_if(parent, &name, id);
+        if let Some(v) = self.aliases.get(&id).cloned() {
+            for (p, nm) in v {
+                self.name_remove_if(p, &nm, id);
             }
         }
-        if let Some(v) = self.aliases.remove(&id) {
-            for key in v {
-                if self.names.get(&key) == Some(&id) {
-                    self.names.remove(&key);
-                }
-            }
-        }
-        Some(node)
+        self.aliases.remove(&id);
+        self.nodes.remove(&id)
     }
 
     /// Number of live nodes.

@@ -43,13 +43,44 @@ use crate::sys::{self, OFlags};
 
 pub use self::journal::Journal;
 
-/// Per-inode writeback state.
+/// Per-inode writeback state, made on first use: the kernel holds tens of
+/// thousands of nodes after a walk, and only those opened or changed need
+/// any.
 #[derive(Debug, Default)]
 pub struct InodeWb {
+    slots: Mutex<WbSlots>,
+}
+
+#[derive(Debug, Default)]
+struct WbSlots {
     /// Writeback errors of this file (E1).
-    pub errs: Arc<ErrSeq>,
+    errs: Option<Arc<ErrSeq>>,
     /// Its entry in the mount's dirty set, while it has one.
-    dirty: Mutex<Option<Arc<DirtyFile>>>,
+    dirty: Option<Arc<DirtyFile>>,
+}
+
+impl InodeWb {
+    fn with(errs: Arc<ErrSeq>, dirty: Option<Arc<DirtyFile>>) -> InodeWb {
+        InodeWb {
+            slots: Mutex::new(WbSlots {
+                errs: Some(errs),
+                dirty,
+            }),
+        }
+    }
+
+    /// Writeback errors of this file (E1).
+    pub fn errs(&self) -> Arc<ErrSeq> {
+        self.slots
+            .lock()
+            .errs
+            .get_or_insert_with(Default::default)
+            .clone()
+    }
+
+    fn dirty(&self) -> Option<Arc<DirtyFile>> {
+        self.slots.lock().dirty.clone()
+    }
 }
 
 /// One observer's cursors: an open file description of the mount.
@@ -330,23 +361,17 @@ impl MountWb {
     /// recorded meanwhile is lost to the new node's observers.
     pub fn inode_wb(&self, ident: (u64, u64)) -> InodeWb {
         if let Some(df) = self.files.lock().get(&ident) {
-            return InodeWb {
-                errs: df.errs.clone(),
-                dirty: Mutex::new(Some(df.clone())),
-            };
+            return InodeWb::with(df.errs.clone(), Some(df.clone()));
         }
         if let Some(d) = self.dirs.lock().get(&ident) {
-            return InodeWb {
-                errs: d.errs.clone(),
-                dirty: Mutex::new(None),
-            };
+            return InodeWb::with(d.errs.clone(), None);
         }
         InodeWb::default()
     }
 
     /// Points the dirty entry of `node`'s object (if any) at `node`.
     pub fn link(&self, node: &Arc<Node>) {
-        if let Some(df) = &*node.wb.dirty.lock() {
+        if let Some(df) = node.wb.dirty() {
             *df.node.lock() = Arc::downgrade(node);
         }
     }
@@ -354,7 +379,7 @@ impl MountWb {
     /// A new observer opens `node`.
     pub fn observe(&self, node: &Node) -> Observer {
         Observer {
-            file: Mutex::new(node.wb.errs.sample()),
+            file: Mutex::new(node.wb.errs().sample()),
             mount: Mutex::new(self.errs.sample()),
         }
     }
@@ -411,8 +436,8 @@ impl MountWb {
         node: &Arc<Node>,
         upper: BorrowedFd<'_>,
     ) -> Option<Arc<DirtyFile>> {
-        let mut slot = node.wb.dirty.lock();
-        if let Some(df) = &*slot {
+        let mut slot = node.wb.slots.lock();
+        if let Some(df) = &slot.dirty {
             return Some(df.clone());
         }
         let st = sys::stat_fd(upper).ok()?;
@@ -430,7 +455,7 @@ impl MountWb {
                 };
                 let df = Arc::new(DirtyFile {
                     key,
-                    errs: node.wb.errs.clone(),
+                    errs: slot.errs.get_or_insert_with(Default::default).clone(),
                     fd: Mutex::new(Some(Arc::new(fd))),
                     handle: sys::name_to_handle(upper).ok(),
                     node: Mutex::new(Arc::downgrade(node)),
@@ -446,7 +471,7 @@ impl MountWb {
                 df
             }
         };
-        *slot = Some(df.clone());
+        slot.dirty = Some(df.clone());
         Some(df)
     }
 
@@ -465,14 +490,14 @@ impl MountWb {
         if !writable {
             return;
         }
-        if let Some(df) = &*node.wb.dirty.lock() {
+        if let Some(df) = node.wb.dirty() {
             df.writers.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     /// rovl wrote to `node` through an open file.
     pub fn wrote(&self, node: &Node, _n: u64) {
-        if let Some(df) = &*node.wb.dirty.lock() {
+        if let Some(df) = node.wb.dirty() {
             df.touch();
         }
     }
@@ -506,7 +531,7 @@ impl MountWb {
             Arc::new(DirtyDir {
                 key,
                 obj,
-                errs: dir.wb.errs.clone(),
+                errs: dir.wb.errs(),
                 node: Arc::downgrade(dir),
                 path: ov.path_of(dir),
                 epoch: AtomicU64::new(1),
@@ -560,7 +585,7 @@ impl MountWb {
             return Ok(());
         }
         if let Some(up) = node.upper_fd().ok().flatten() {
-            let df = node.wb.dirty.lock().clone();
+            let df = node.wb.dirty();
             match df {
                 Some(df) => {
                     if self.sync_file(ov, &df, datasync)? {
@@ -576,13 +601,13 @@ impl MountWb {
                     };
                     if let Ok(fd) = ov.stack.proc.reopen(up.as_fd(), flags) {
                         if let Err(e) = rustix::fs::fsync(&fd) {
-                            self.record(Some(&node.wb.errs), &ov.path_of(node), wb_errno(e));
+                            self.record(Some(&node.wb.errs()), &ov.path_of(node), wb_errno(e));
                         }
                     }
                 }
             }
         }
-        node.wb.errs.check_and_advance(&mut obs.file.lock())
+        node.wb.errs().check_and_advance(&mut obs.file.lock())
     }
 
     /// fsync of a directory through observer `obs`: its entries, and the
@@ -606,12 +631,12 @@ impl MountWb {
                     .reopen(up.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
                 {
                     if let Err(e) = rustix::fs::fsync(&fd) {
-                        self.record(Some(&node.wb.errs), &ov.path_of(node), wb_errno(e));
+                        self.record(Some(&node.wb.errs()), &ov.path_of(node), wb_errno(e));
                     }
                 }
             }
         }
-        node.wb.errs.check_and_advance(&mut obs.file.lock())
+        node.wb.errs().check_and_advance(&mut obs.file.lock())
     }
 
     /// fsync of one dirty file; records an error it meets.
@@ -700,9 +725,9 @@ impl MountWb {
         drop(files);
         let node = df.node.lock().upgrade();
         if let Some(n) = node {
-            let mut slot = n.wb.dirty.lock();
-            if slot.as_ref().is_some_and(|x| Arc::ptr_eq(x, df)) {
-                *slot = None;
+            let mut slot = n.wb.slots.lock();
+            if slot.dirty.as_ref().is_some_and(|x| Arc::ptr_eq(x, df)) {
+                slot.dirty = None;
             }
         }
     }
