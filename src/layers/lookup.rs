@@ -164,7 +164,9 @@ pub fn lookup(stack: &Stack, parent: &DirLayers, name: &OsStr) -> SysResult<Opti
                 let kind = FileType::from_raw_mode(real.stat.st_mode);
                 found.kind = kind;
                 if kind == FileType::Directory {
-                    let (marks, redirect) = markers::dir_marks_and_redirect(real.fd.as_fd())?;
+                    // The `.wh..wh..opq` form is looked for only if a lower
+                    // directory turns up below (see `opaque_file_above`).
+                    let (marks, redirect) = markers::dir_xattr_marks(real.fd.as_fd())?;
                     found.upper_marks = marks;
                     if let Some(r) = redirect {
                         found.redirected = true;
@@ -206,6 +208,28 @@ pub fn lookup(stack: &Stack, parent: &DirLayers, name: &OsStr) -> SysResult<Opti
         found.lower_path = None;
     }
     Ok(Some(found))
+}
+
+/// True when the directory found last (above the one about to be merged
+/// below it) is opaque by a `.wh..wh..opq` file, which is then recorded in
+/// its marks. Asked only here, when there is something to hide: most
+/// directories exist in one layer only, and looking for an absent name
+/// searches the whole directory.
+fn opaque_file_above(found: &mut Found) -> SysResult<bool> {
+    if let Some((_, real, marks)) = found.lowers.last_mut() {
+        if markers::has_opaque_file(real.fd.as_fd())? {
+            marks.opaque = true;
+            return Ok(true);
+        }
+        return Ok(false);
+    }
+    if let Some(up) = &found.upper {
+        if markers::has_opaque_file(up.fd.as_fd())? {
+            found.upper_marks.opaque = true;
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// True when `name` is visible in the lower layers of `parent` (so that
@@ -313,8 +337,11 @@ fn search_lowers(
         if found.kind != FileType::Unknown && !have_dir_above {
             return Ok(());
         }
+        if have_dir_above && opaque_file_above(found)? {
+            return Ok(());
+        }
         found.kind = FileType::Directory;
-        let (marks, redirect) = markers::dir_marks_and_redirect(real.fd.as_fd())?;
+        let (marks, redirect) = markers::dir_xattr_marks(real.fd.as_fd())?;
         let stop = marks.opaque || has_wh_file(base, known, &name)?;
         found.lowers.push((layer, real, marks));
         if stop {

@@ -136,13 +136,21 @@ pub struct DirMarks {
 
 /// Reads the opaque markers of directory `dir` (an fd of the directory).
 pub fn dir_marks(dir: BorrowedFd<'_>) -> SysResult<DirMarks> {
-    Ok(dir_marks_and_redirect(dir)?.0)
+    let (mut marks, _) = dir_xattr_marks(dir)?;
+    if !marks.opaque && has_opaque_file(dir)? {
+        marks.opaque = true;
+    }
+    Ok(marks)
 }
 
-/// The opaque markers and the redirect of directory `dir`, asking only for
-/// the marker xattrs it has: one `listxattr` instead of a `getxattr` per
-/// marker name (most layer directories have none).
-pub fn dir_marks_and_redirect(dir: BorrowedFd<'_>) -> SysResult<(DirMarks, Option<Redirect>)> {
+/// The markers directory `dir` carries as xattrs (opaque, xattr
+/// whiteouts) and its redirect, asking only for the marker xattrs it has:
+/// one `listxattr` instead of a `getxattr` per marker name (most layer
+/// directories have none). The `.wh..wh..opq` file form is separate
+/// ([`has_opaque_file`]): looking for an absent name means searching the
+/// whole directory, which a lookup does only when there is a directory
+/// below to hide.
+pub fn dir_xattr_marks(dir: BorrowedFd<'_>) -> SysResult<(DirMarks, Option<Redirect>)> {
     let names = xattr::list(dir)?;
     let has = |n: &str| names.iter().any(|x| x.as_bytes() == n.as_bytes());
     let mut marks = DirMarks::default();
@@ -156,9 +164,6 @@ pub fn dir_marks_and_redirect(dir: BorrowedFd<'_>) -> SysResult<(DirMarks, Optio
             _ => {}
         }
     }
-    if !marks.opaque && sys::stat_at(dir, OsStr::from_bytes(WH_OPAQUE))?.is_some() {
-        marks.opaque = true;
-    }
     let mut redirect = None;
     for name in REDIRECT_XATTRS {
         if !has(name) {
@@ -170,6 +175,11 @@ pub fn dir_marks_and_redirect(dir: BorrowedFd<'_>) -> SysResult<(DirMarks, Optio
         }
     }
     Ok((marks, redirect))
+}
+
+/// True when directory `dir` holds the `.wh..wh..opq` opaque marker file.
+pub fn has_opaque_file(dir: BorrowedFd<'_>) -> SysResult<bool> {
+    Ok(sys::stat_at(dir, OsStr::from_bytes(WH_OPAQUE))?.is_some())
 }
 
 /// True when entry `name` of `dir` (already stat'ed as `st`) is an xattr
