@@ -192,6 +192,25 @@ pub fn lookup(stack: &Stack, parent: &DirLayers, name: &OsStr) -> SysResult<Opti
             }
         }
     }
+    // A recent listing of the directory tells which lower layer holds the
+    // name, if any (the upper layer was asked above).
+    let mut start = None;
+    // Only for the name itself: an upper directory's redirect sends the
+    // search elsewhere.
+    if matches!(&next, Next::Name(n) if n == name) {
+        let first = parent
+            .upper
+            .as_ref()
+            .or(parent.lowers.first().map(|l| &l.obj));
+        if let Some(h) = first.and_then(|f| stack.objs.hints(f)) {
+            match h.layer_of(name) {
+                Some(l) if !stack.is_upper(l) => start = Some(l),
+                Some(_) => {}
+                None if found.upper.is_none() => return Ok(None),
+                None => {}
+            }
+        }
+    }
     found.lower_path = match &next {
         Next::Name(n) => parent.lower_path.as_ref().map(|p| {
             let mut v = p.to_vec();
@@ -200,7 +219,7 @@ pub fn lookup(stack: &Stack, parent: &DirLayers, name: &OsStr) -> SysResult<Opti
         }),
         Next::Abs(p) => Some(Arc::from(p.clone())),
     };
-    search_lowers(stack, parent, next, &mut found)?;
+    search_lowers(stack, parent, next, start, &mut found)?;
     if found.upper.is_none() && found.lowers.is_empty() {
         return Ok(None);
     }
@@ -243,7 +262,7 @@ pub fn lower_positive(stack: &Stack, parent: &DirLayers, name: &OsStr) -> SysRes
         redirected: false,
         lower_path: None,
     };
-    search_lowers(stack, parent, Next::Name(name.to_owned()), &mut found)?;
+    search_lowers(stack, parent, Next::Name(name.to_owned()), None, &mut found)?;
     Ok(!found.lowers.is_empty())
 }
 
@@ -281,13 +300,19 @@ fn resolve_abs_parent(stack: &Stack, layer: LayerId, comps: &[OsString]) -> SysR
     Ok(AbsBase::Dir(cur, xwh))
 }
 
+/// Searches the lower layers, from `start` down when given (a listing
+/// showed that the layers above it do not have the name).
 fn search_lowers(
     stack: &Stack,
     parent: &DirLayers,
     mut next: Next,
+    start: Option<LayerId>,
     found: &mut Found,
 ) -> SysResult<()> {
     for layer in stack.lower_ids() {
+        if start.is_some_and(|s| layer < s) {
+            continue;
+        }
         let holder: Arc<OwnedFd>;
         let (base, known, name, xwh): (BorrowedFd<'_>, Option<&Obj>, OsString, bool) = match &next {
             Next::Name(n) => match parent.lowers.iter().find(|d| d.layer == layer) {

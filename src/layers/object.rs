@@ -176,6 +176,39 @@ pub struct Objects {
     cache: Mutex<Cache>,
     capacity: AtomicUsize,
     next: AtomicU64,
+    /// Which layer the lookups in recently listed directories find each
+    /// name in (see [`ListingHints`]).
+    hints: Mutex<VecDeque<(u64, Arc<ListingHints>)>>,
+}
+
+/// How many recently listed directories keep their [`ListingHints`].
+const HINTED_DIRS: usize = 8;
+
+/// What the merged listing of a directory (with lower layers) said about
+/// each name: the layer its visible object was in. Lower layers never
+/// change under a mount, and rovl never makes a hidden lower name visible
+/// again, so a lookup in that directory can go straight to that layer, and
+/// a name the listing did not show exists in no lower layer (the upper
+/// layer is always asked first). Kept for the last few directories listed
+/// only: a walk lists a directory, then looks its entries up.
+#[derive(Debug, Default)]
+pub struct ListingHints {
+    names: HashMap<Box<[u8]>, LayerId>,
+}
+
+impl ListingHints {
+    /// Records that the listing showed `name` from layer `layer`.
+    pub fn add(&mut self, name: &std::ffi::OsStr, layer: LayerId) {
+        use std::os::unix::ffi::OsStrExt;
+        self.names.insert(name.as_bytes().into(), layer);
+    }
+
+    /// The layer the listing showed `name` from, `None` when it did not
+    /// show it.
+    pub fn layer_of(&self, name: &std::ffi::OsStr) -> Option<LayerId> {
+        use std::os::unix::ffi::OsStrExt;
+        self.names.get(name.as_bytes()).copied()
+    }
 }
 
 impl Objects {
@@ -186,7 +219,29 @@ impl Objects {
             cache: Mutex::new(Cache::default()),
             capacity: AtomicUsize::new(4096),
             next: AtomicU64::new(1),
+            hints: Mutex::new(VecDeque::new()),
         })
+    }
+
+    /// Keeps the listing hints of the directory whose first layer object
+    /// is `dir`.
+    pub fn set_hints(&self, dir: &Obj, hints: ListingHints) {
+        let mut h = self.hints.lock();
+        h.retain(|(k, _)| *k != dir.0.key);
+        if h.len() >= HINTED_DIRS {
+            h.pop_front();
+        }
+        h.push_back((dir.0.key, Arc::new(hints)));
+    }
+
+    /// The listing hints of the directory whose first layer object is
+    /// `dir`, when it was listed recently.
+    pub fn hints(&self, dir: &Obj) -> Option<Arc<ListingHints>> {
+        let h = self.hints.lock();
+        h.iter()
+            .rev()
+            .find(|(k, _)| *k == dir.0.key)
+            .map(|(_, v)| v.clone())
     }
 
     /// Sets how many descriptors the cache may hold.

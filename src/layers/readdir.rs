@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use super::lookup::DirLayers;
 use super::markers;
+use super::object::ListingHints;
 use super::{LayerId, Stack};
 use crate::sys::{self, FileType, SysResult};
 
@@ -38,11 +39,22 @@ pub fn merge(stack: &Stack, dir: &DirLayers) -> SysResult<Vec<MergedEntry>> {
     for d in &dir.lowers {
         dirs.push((d.layer, &d.obj, d.obj.fd()?, d.xwhiteouts));
     }
+    let mut complete = true;
     for (layer, obj, fd, xwh) in &dirs {
-        if let Some(wh) = merge_layer(stack, *layer, fd.as_fd(), *xwh, &mut decided, &mut out)? {
+        match merge_layer(stack, *layer, fd.as_fd(), *xwh, &mut decided, &mut out)? {
             // Lookups in this directory need not look for `.wh.NAME`
             // whiteouts when it has no `.wh.` name at all.
-            obj.set_wh_names(wh);
+            Some(wh) => obj.set_wh_names(wh),
+            None => complete = false,
+        }
+    }
+    if complete && !dir.lowers.is_empty() {
+        if let Some((_, first, _, _)) = dirs.first() {
+            let mut hints = ListingHints::default();
+            for e in &out {
+                hints.add(&e.name, e.layer);
+            }
+            stack.objs.set_hints(first, hints);
         }
     }
     Ok(out)
