@@ -765,6 +765,22 @@ impl ProcSelfFd {
     }
 }
 
+/// `truncate(2)` of the object `fd` holds (`O_PATH` included): unlike
+/// `ftruncate(2)` it asks the filesystem for the new size only, not for a
+/// time update, so each filesystem applies its own rule (ext4 moves mtime
+/// even when the size stays, tmpfs only when it changes), as under kernel
+/// overlayfs.
+pub fn truncate_obj(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
+    let path = proc_path(fd);
+    let size = i64::try_from(size).map_err(|_| Errno::FBIG)?;
+    // SAFETY: a valid NUL-terminated path; no pointers kept.
+    let r = unsafe { libc::truncate(path.as_ptr(), size) };
+    if r != 0 {
+        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+    }
+    Ok(())
+}
+
 /// `fchownat(fd, "", AT_EMPTY_PATH)`: works on `O_PATH` handles and symlinks.
 pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> SysResult<()> {
     rustix::fs::chownat(

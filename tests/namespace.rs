@@ -1116,6 +1116,107 @@ fn chown_clears_setuid_and_setgid_like_the_kernel() {
     });
 }
 
+/// Setuid/setgid bits go when another user writes (not when it opens for
+/// writing), also through passthrough, where writes never reach the
+/// daemon; chown(-1, -1) by root clears them, by a user who does not own
+/// the file leaves them; a group member's write to a group-writable setgid
+/// file works and clears the bit; truncate(2) moves mtime by the upper
+/// filesystem's rule. The kernel hands all of this to rovl
+/// (FUSE_HANDLE_KILLPRIV_V2).
+#[test]
+fn setuid_bits_follow_writes_chown_and_truncate_like_the_kernel() {
+    use difftest::sys::as_cred;
+    use std::os::unix::fs::FileExt;
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let user = Some((1000, 1000));
+    for (n, mode, size) in [
+        ("opened", 0o4755, 10),
+        ("written", 0o6755, 10),
+        ("big", 0o4755, 2 << 20),
+        ("root-chown", 0o4755, 10),
+        ("user-chown", 0o4755, 10),
+        ("user-chown-plain", 0o755, 10),
+        ("same-size", 0o644, 10),
+        ("group-sgid", 0o2775, 10),
+    ] {
+        let p = st.lower(1, n);
+        put(&p, &"a".repeat(size));
+        if n == "group-sgid" {
+            lchown(&p, 0, 1000).unwrap();
+        } else if !n.starts_with("root-") && !n.starts_with("user-chown") {
+            lchown(&p, 1000, 1000).unwrap();
+        }
+        chmod(&p, mode).unwrap();
+        utimes(&p, (978307200, 0), (978307200, 0)).unwrap();
+    }
+    let log = oracle(&s, &st, |r| {
+        let mut l = Log::default();
+        let mode = |n: &str| lstat(&r.join(n)).unwrap().mode() & 0o7777;
+        let f = as_cred(user, || open(&r.join("opened"), libc::O_RDWR));
+        l.v("opened for writing, nothing written", mode("opened"));
+        let f = f.unwrap();
+        as_cred(user, || l.r("write", f.write_all_at(b"x", 0)));
+        l.v("after a write", mode("opened"));
+        as_cred(user, || {
+            l.r("write small", write(&r.join("written"), b"x"));
+            let reader = open(&r.join("big"), libc::O_RDONLY).unwrap();
+            let w = open(&r.join("big"), libc::O_RDWR).unwrap();
+            l.r("write big", w.write_all_at(b"x", 1 << 20));
+            drop(reader);
+        });
+        l.v("written", mode("written"));
+        l.v("big", mode("big"));
+        l.r(
+            "root chown -1 -1",
+            lchown(&r.join("root-chown"), u32::MAX, u32::MAX),
+        );
+        l.v("root-chown", mode("root-chown"));
+        as_cred(user, || {
+            // The kernel says EPERM, rovl succeeds without a change: FUSE
+            // delivers it like the privilege removal of a write (README).
+            let _ = lchown(&r.join("user-chown"), u32::MAX, u32::MAX);
+            l.r(
+                "user chown -1 -1 of root's plain file",
+                lchown(&r.join("user-chown-plain"), u32::MAX, u32::MAX),
+            );
+        });
+        l.v("user-chown", mode("user-chown"));
+        as_cred(user, || {
+            l.r("group member writes", write(&r.join("group-sgid"), b"g"));
+        });
+        l.v("group-sgid", mode("group-sgid"));
+        l.r(
+            "truncate to the same size",
+            truncate(&r.join("same-size"), 10),
+        );
+        // Whether it moves is the upper filesystem's rule (ext4: always;
+        // tmpfs: only when the size changes).
+        l.v(
+            "mtime moved by truncate to the same size",
+            lstat(&r.join("same-size")).unwrap().mtime() != 978307200,
+        );
+        l.r("truncate shorter", truncate(&r.join("same-size"), 5));
+        l.v(
+            "mtime moved",
+            lstat(&r.join("same-size")).unwrap().mtime() != 978307200,
+        );
+        l
+    });
+    let shown = format!("{log:?}");
+    for want in [
+        "opened for writing, nothing written = 2541",
+        "after a write = 493",
+        "written = 493",
+        "big = 493",
+        "root-chown = 493",
+        "user-chown = 2541",
+        "group-sgid = 509",
+    ] {
+        assert!(shown.contains(want), "{want}: {shown}");
+    }
+}
+
 /// O_TMPFILE: kernel overlayfs (6.6+) makes an unnamed file in the upper
 /// directory; rovl answers EOPNOTSUPP (fuser 0.18 has no FUSE_TMPFILE), the
 /// documented divergence (README; FINDINGS Q2) programs fall back from.

@@ -106,8 +106,10 @@ pub(super) struct IoModes {
 }
 
 impl IoModes {
-    /// Replies to an open of `of` (handle `fh`).
-    pub fn open(&self, ov: &Overlay, fh: u64, of: &Arc<OpenFile>, reply: Reply) {
+    /// Replies to an open of `of` (handle `fh`). `via_daemon`: its writes
+    /// must reach the daemon (they clear setuid/setgid bits, which only
+    /// the daemon can do for them).
+    pub fn open(&self, ov: &Overlay, fh: u64, of: &Arc<OpenFile>, via_daemon: bool, reply: Reply) {
         if !self.passthrough {
             reply.cached(fh);
             return;
@@ -129,7 +131,9 @@ impl IoModes {
                         reply.error(fuser::Errno::ESTALE);
                         return;
                     }
-                    let flags = if of.writable && !*writable {
+                    // FOPEN_DIRECT_IO wins over passthrough: reads and
+                    // writes of this open come to the daemon.
+                    let flags = if of.writable && (!*writable || via_daemon) {
                         FopenFlags::FOPEN_DIRECT_IO
                     } else {
                         FopenFlags::empty()
@@ -142,7 +146,11 @@ impl IoModes {
             }
             return;
         }
-        let mode = self.first_mode(ov, of, &reply);
+        let mode = if via_daemon {
+            Mode::Cached
+        } else {
+            self.first_mode(ov, of, &reply)
+        };
         let nio = NodeIo { opens: 1, mode };
         match &nio.mode {
             Mode::Cached => reply.cached(fh),

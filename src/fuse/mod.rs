@@ -284,6 +284,23 @@ impl Filesystem for RovlFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // Nothing but (with the writeback cache) ctime: what the kernel
+        // leaves of a chown(-1, -1) once it hands the clearing of setuid
+        // bits to rovl.
+        let only_ctime = mode.is_none()
+            && uid.is_none()
+            && gid.is_none()
+            && size.is_none()
+            && atime.is_none()
+            && mtime.is_none();
+        if only_ctime {
+            // chown(-1, -1): see `Overlay::chown_unchanged`.
+            match self.ov.chown_unchanged(ino.0, caller(req)) {
+                Ok(a) => reply.attr(&self.cfg.ttl, &fattr(&a)),
+                Err(e) => reply.error(err(e)),
+            }
+            return;
+        }
         let of = fh.and_then(|fh| self.handles.file(fh).ok());
         let set = SetAttr {
             mode,
@@ -434,8 +451,10 @@ impl Filesystem for RovlFs {
                 return;
             }
         };
+        let via_daemon = self.ov.writes_kill_privs(&of, caller(req));
         let (fh, of) = self.handles.add_file(of);
-        self.io.open(&self.ov, fh, &of, io::Reply::Open(reply));
+        self.io
+            .open(&self.ov, fh, &of, via_daemon, io::Reply::Open(reply));
         self.handles.trim();
     }
 
@@ -782,11 +801,13 @@ impl Filesystem for RovlFs {
         ) {
             Ok((node, attr, Some(file))) => {
                 let of = self.ov.adopt_created(node.clone(), file);
+                let via_daemon = self.ov.writes_kill_privs(&of, caller(req));
                 let (fh, of) = self.handles.add_file(of);
                 self.io.open(
                     &self.ov,
                     fh,
                     &of,
+                    via_daemon,
                     io::Reply::Create(
                         reply,
                         self.cfg.ttl,

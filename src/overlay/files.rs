@@ -74,7 +74,11 @@ impl Overlay {
             let up = node.upper_fd()?.ok_or(Errno::IO)?;
             let f = super::namespace::adapt_access(self, acc | keep | (flags & OFlags::TRUNC));
             let fd = self.stack.proc.reopen(up.as_fd(), f)?;
-            self.kill_privs_for(&node, &fd, caller)?;
+            if flags.contains(OFlags::TRUNC) {
+                // The kernel leaves this to rovl (FUSE_OPEN_KILL_SUIDGID);
+                // a plain open for writing kills nothing until a write.
+                self.kill_privs_for(&node, &fd, caller)?;
+            }
             let fd = Arc::new(fd);
             self.wb.opened_for_write(self, &node, &fd);
             Ok(OpenFile::new(
@@ -105,9 +109,9 @@ impl Overlay {
         }
     }
 
-    /// A write by someone other than root removes setuid/setgid bits and
-    /// file capabilities, as the kernel does on write. rovl writes as root,
-    /// so it clears them itself when such a writer opens the file.
+    /// Truncation by someone other than root removes setuid/setgid bits
+    /// and file capabilities, as the kernel does. rovl works as root, so it
+    /// clears them itself.
     fn kill_privs_for(&self, node: &Node, fd: &OwnedFd, caller: Caller) -> SysResult<()> {
         if caller.uid == 0 || node.kind != FileType::RegularFile {
             return Ok(());
@@ -122,6 +126,30 @@ impl Overlay {
             rustix::fs::fchmod(fd, sys::Mode::from_raw_mode(mode & !kill))?;
         }
         xattr::remove(fd.as_fd(), OsStr::new("security.capability"))
+    }
+
+    /// Whether writes through `of` by `caller` must clear setuid/setgid
+    /// bits or file capabilities (a writer without CAP_FSETID, which rovl
+    /// takes to be anyone but root, writing a file that has them). The
+    /// kernel leaves that to rovl, and it only can when the writes reach
+    /// it (FUSE_WRITE_KILL_SUIDGID), not through passthrough.
+    pub fn writes_kill_privs(&self, of: &OpenFile, caller: Caller) -> bool {
+        if !of.writable || caller.uid == 0 {
+            return false;
+        }
+        let Ok(fd) = self.file_fd(of) else {
+            return true;
+        };
+        let Ok(st) = sys::stat_fd(fd.as_fd()) else {
+            return true;
+        };
+        let mode = st.st_mode & 0o7777;
+        mode & libc::S_ISUID != 0
+            || mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP
+            || !matches!(
+                xattr::get(fd.as_fd(), OsStr::new("security.capability")),
+                Ok(None)
+            )
     }
 
     /// Reads up to `size` bytes at `offset`. A read-only open made before
@@ -171,6 +199,7 @@ impl Overlay {
             if mode & kill != 0 {
                 rustix::fs::fchmod(&*fd, sys::Mode::from_raw_mode(mode & !kill))?;
             }
+            xattr::remove(fd.as_fd(), OsStr::new("security.capability"))?;
         }
         let mut done = 0usize;
         while done < data.len() {
@@ -197,6 +226,12 @@ impl Overlay {
             return Err(Errno::ROFS);
         }
         let node = self.node(node_id)?;
+        // A truncation to 0 copies no data up, so the upper copy starts
+        // empty: whether the size changes is decided by the size before.
+        let size_before = match set.size {
+            Some(_) if !node.is_dir() => Some(sys::stat_fd(node.top_fd()?.as_fd())?.st_size as u64),
+            _ => None,
+        };
         {
             let _r = self.rename_lock.read();
             let data = if set.size == Some(0) {
@@ -217,13 +252,17 @@ impl Overlay {
             if node.is_dir() {
                 return Err(Errno::ISDIR);
             }
-            match of.filter(|f| f.writable && f.on_upper()) {
-                Some(f) => rustix::fs::ftruncate(&*self.file_fd(f)?, size)?,
-                None => {
-                    let fd = self.stack.proc.reopen(up.as_fd(), OFlags::WRONLY)?;
-                    rustix::fs::ftruncate(&fd, size)?;
-                    self.wb.truncated(self, &node, &fd);
-                }
+            // The size alone, as kernel overlayfs passes it on: ftruncate
+            // would also set the times, which ftruncate(2) through the
+            // mount sends explicitly and truncate(2) does not.
+            sys::truncate_obj(up.as_fd(), size)?;
+            if size_before != Some(size) && set.mtime.is_none() {
+                // POSIX: a size change marks mtime and ctime for update.
+                sys::set_times(up.as_fd(), Time::Omit, Time::Now)?;
+            }
+            if !of.is_some_and(|f| f.writable && f.on_upper()) {
+                let fd = self.stack.proc.reopen(up.as_fd(), OFlags::RDONLY)?;
+                self.wb.truncated(self, &node, &fd);
             }
             if caller.uid != 0 {
                 let st = sys::stat_fd(up.as_fd())?;
@@ -244,6 +283,41 @@ impl Overlay {
                 set.mtime.map(to_time).unwrap_or(Time::Omit),
             )?;
         }
+        self.getattr(&node)
+    }
+
+    /// A setattr that changes nothing (at most ctime): what the kernel
+    /// leaves of `chown(path, -1, -1)` once it hands rovl the clearing of
+    /// setuid bits on chown (FUSE_HANDLE_KILLPRIV_V2), and also of the
+    /// privilege removal before a write by another user. For the owner or
+    /// root it clears setuid, group-executable setgid and file capabilities
+    /// as every chown of a non-directory does. For anyone else it changes
+    /// nothing and succeeds: a write must not fail here (its own
+    /// FUSE_WRITE_KILL_SUIDGID clears the bits), so a chown(-1, -1) by a
+    /// non-owner succeeds where the kernel says EPERM (README).
+    pub fn chown_unchanged(&self, node_id: NodeId, caller: Caller) -> SysResult<Attr> {
+        if self.opts.readonly {
+            return Err(Errno::ROFS);
+        }
+        let node = self.node(node_id)?;
+        if node.is_dir() {
+            return self.getattr(&node);
+        }
+        let st = sys::stat_fd(node.top_fd()?.as_fd())?;
+        let mode = st.st_mode & 0o7777;
+        let kills_bits = mode & libc::S_ISUID != 0
+            || mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP;
+        if kills_bits && caller.uid != 0 && caller.uid != st.st_uid {
+            return self.getattr(&node);
+        }
+        {
+            let _r = self.rename_lock.read();
+            self.copy_up_node(&node, Data::Full)?;
+        }
+        let up = node.upper_fd()?.ok_or(Errno::IO)?;
+        // fchown(-1, -1) as root: the upper filesystem clears exactly what
+        // the kernel clears for a chown.
+        sys::chown_fd(up.as_fd(), None, None)?;
         self.getattr(&node)
     }
 
