@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap as HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -24,76 +24,81 @@ use super::LayerId;
 use crate::sys::{self, Errno, FileHandle, SysResult};
 
 /// Longest file handle kept inline (ext4 and xfs make 8 to 16 bytes).
-const SMALL_HANDLE: usize = 20;
+const SMALL_HANDLE: usize = 16;
 
-/// A short file handle, kept inline (a node per object the kernel holds:
-/// no allocation of its own).
-#[derive(Debug, Clone, Copy)]
-struct SmallHandle {
+/// What an object needs beyond an inline handle (rare).
+#[derive(Debug)]
+enum Extra {
+    /// Its filesystem cannot make handles: the descriptor is kept.
+    Pinned(Arc<OwnedFd>),
+    /// A file handle too long to keep inline.
+    LongHandle(FileHandle),
+}
+
+/// An object: 40 bytes, as the kernel may hold a node (and so an object)
+/// for every entry it has seen. Its key in the descriptor cache is its
+/// address (unique while it lives; it forgets its slot when dropped).
+#[derive(Debug)]
+struct Inner {
+    pool: Arc<Objects>,
+    extra: Option<Box<Extra>>,
+    /// File handle type, and `len` bytes of it in `bytes` (when `extra` has
+    /// no long handle).
     kind: i32,
+    layer: u16,
     len: u8,
+    /// For a directory: whether it holds `.wh.` names ([`WH_UNKNOWN`],
+    /// [`WH_NONE`], [`WH_SOME`]).
+    wh: AtomicU8,
     bytes: [u8; SMALL_HANDLE],
 }
 
-impl SmallHandle {
-    fn new(h: &FileHandle) -> Option<SmallHandle> {
+impl Inner {
+    fn new(pool: &Arc<Objects>, layer: LayerId, extra: Option<Extra>) -> Inner {
+        Inner {
+            pool: pool.clone(),
+            extra: extra.map(Box::new),
+            kind: 0,
+            layer: u16::try_from(layer).unwrap_or(u16::MAX),
+            len: 0,
+            wh: AtomicU8::new(WH_UNKNOWN),
+            bytes: [0; SMALL_HANDLE],
+        }
+    }
+
+    /// An object found again by handle `h`.
+    fn with_handle(pool: &Arc<Objects>, layer: LayerId, h: FileHandle) -> Inner {
         if h.bytes.len() > SMALL_HANDLE {
-            return None;
+            return Inner::new(pool, layer, Some(Extra::LongHandle(h)));
         }
-        let mut bytes = [0u8; SMALL_HANDLE];
-        bytes[..h.bytes.len()].copy_from_slice(&h.bytes);
-        Some(SmallHandle {
-            kind: h.kind,
-            len: h.bytes.len() as u8,
-            bytes,
-        })
+        let mut inner = Inner::new(pool, layer, None);
+        inner.kind = h.kind;
+        inner.len = h.bytes.len() as u8;
+        inner.bytes[..h.bytes.len()].copy_from_slice(&h.bytes);
+        inner
     }
 
-    fn handle(&self) -> FileHandle {
-        FileHandle {
-            kind: self.kind,
-            bytes: self.bytes[..usize::from(self.len)].to_vec(),
-        }
+    fn key(&self) -> u64 {
+        self as *const Inner as u64
     }
-}
 
-/// How an object is found again.
-#[derive(Debug)]
-enum Locate {
-    /// By file handle on its layer's filesystem.
-    Handle(SmallHandle),
-    /// By a file handle too long to keep inline.
-    LongHandle(Box<FileHandle>),
-    /// Its filesystem cannot make handles: the descriptor is kept.
-    Pinned(Arc<OwnedFd>),
-}
-
-impl Locate {
-    fn by_handle(h: FileHandle) -> Locate {
-        match SmallHandle::new(&h) {
-            Some(s) => Locate::Handle(s),
-            None => Locate::LongHandle(Box::new(h)),
+    fn pinned(&self) -> Option<&Arc<OwnedFd>> {
+        match self.extra.as_deref() {
+            Some(Extra::Pinned(fd)) => Some(fd),
+            _ => None,
         }
     }
 
     fn handle(&self) -> Option<FileHandle> {
-        match self {
-            Locate::Handle(s) => Some(s.handle()),
-            Locate::LongHandle(h) => Some((**h).clone()),
-            Locate::Pinned(_) => None,
+        match self.extra.as_deref() {
+            Some(Extra::Pinned(_)) => None,
+            Some(Extra::LongHandle(h)) => Some(h.clone()),
+            None => Some(FileHandle {
+                kind: self.kind,
+                bytes: self.bytes[..usize::from(self.len)].to_vec(),
+            }),
         }
     }
-}
-
-#[derive(Debug)]
-struct Inner {
-    key: u64,
-    locate: Locate,
-    pool: Arc<Objects>,
-    layer: u32,
-    /// For a directory: whether it holds `.wh.` names ([`WH_UNKNOWN`],
-    /// [`WH_NONE`], [`WH_SOME`]).
-    wh: AtomicU8,
 }
 
 /// Not known whether the directory holds `.wh.` names.
@@ -105,9 +110,8 @@ const WH_SOME: u8 = 2;
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if !matches!(self.locate, Locate::Pinned(_)) {
-            self.pool.forget(self.key);
-        }
+        // Before the address can be reused by another object.
+        self.pool.forget(self.key());
     }
 }
 
@@ -118,14 +122,14 @@ pub struct Obj(Arc<Inner>);
 impl Obj {
     /// The layer the object is in.
     pub fn layer(&self) -> LayerId {
-        self.0.layer as LayerId
+        LayerId::from(self.0.layer)
     }
 
     /// An `O_PATH` descriptor of the object.
     pub fn fd(&self) -> SysResult<Arc<OwnedFd>> {
-        match &self.0.locate {
-            Locate::Pinned(fd) => Ok(fd.clone()),
-            _ => self.0.pool.open(self.0.key, self.layer(), &self.0.locate),
+        match self.0.pinned() {
+            Some(fd) => Ok(fd.clone()),
+            None => self.0.pool.open(&self.0),
         }
     }
 
@@ -175,7 +179,6 @@ pub struct Objects {
     roots: Vec<Arc<OwnedFd>>,
     cache: Mutex<Cache>,
     capacity: AtomicUsize,
-    next: AtomicU64,
     /// Which layer the lookups in recently listed directories find each
     /// name in (see [`ListingHints`]).
     hints: Mutex<VecDeque<(u64, Arc<ListingHints>)>>,
@@ -191,23 +194,36 @@ const HINTED_DIRS: usize = 8;
 /// a name the listing did not show exists in no lower layer (the upper
 /// layer is always asked first). Kept for the last few directories listed
 /// only: a walk lists a directory, then looks its entries up.
+///
+/// Names are kept as 64-bit keyed hashes (SipHash with a random key), not
+/// copies: a directory of 20,000 entries costs 320 KB, not 1 MB. Two names
+/// of one directory would have to collide (odds about n²/2⁶⁵, and layer
+/// content cannot aim at an unknown key) for a lookup to search from the
+/// wrong layer.
 #[derive(Debug, Default)]
 pub struct ListingHints {
-    names: HashMap<Box<[u8]>, LayerId>,
+    keys: std::hash::RandomState,
+    names: HashMap<u64, u16>,
 }
 
 impl ListingHints {
+    fn key(&self, name: &std::ffi::OsStr) -> u64 {
+        use std::hash::BuildHasher;
+        use std::os::unix::ffi::OsStrExt;
+        self.keys.hash_one(name.as_bytes())
+    }
+
     /// Records that the listing showed `name` from layer `layer`.
     pub fn add(&mut self, name: &std::ffi::OsStr, layer: LayerId) {
-        use std::os::unix::ffi::OsStrExt;
-        self.names.insert(name.as_bytes().into(), layer);
+        let k = self.key(name);
+        let l = u16::try_from(layer).unwrap_or(u16::MAX);
+        self.names.insert(k, l);
     }
 
     /// The layer the listing showed `name` from, `None` when it did not
     /// show it.
     pub fn layer_of(&self, name: &std::ffi::OsStr) -> Option<LayerId> {
-        use std::os::unix::ffi::OsStrExt;
-        self.names.get(name.as_bytes()).copied()
+        self.names.get(&self.key(name)).map(|l| LayerId::from(*l))
     }
 }
 
@@ -218,7 +234,6 @@ impl Objects {
             roots,
             cache: Mutex::new(Cache::default()),
             capacity: AtomicUsize::new(4096),
-            next: AtomicU64::new(1),
             hints: Mutex::new(VecDeque::new()),
         })
     }
@@ -227,11 +242,11 @@ impl Objects {
     /// is `dir`.
     pub fn set_hints(&self, dir: &Obj, hints: ListingHints) {
         let mut h = self.hints.lock();
-        h.retain(|(k, _)| *k != dir.0.key);
+        h.retain(|(k, _)| *k != dir.0.key());
         if h.len() >= HINTED_DIRS {
             h.pop_front();
         }
-        h.push_back((dir.0.key, Arc::new(hints)));
+        h.push_back((dir.0.key(), Arc::new(hints)));
     }
 
     /// The listing hints of the directory whose first layer object is
@@ -240,7 +255,7 @@ impl Objects {
         let h = self.hints.lock();
         h.iter()
             .rev()
-            .find(|(k, _)| *k == dir.0.key)
+            .find(|(k, _)| *k == dir.0.key())
             .map(|(_, v)| v.clone())
     }
 
@@ -257,43 +272,34 @@ impl Objects {
     /// Makes an [`Obj`] of the object `fd` (an `O_PATH` descriptor, which
     /// the cache keeps while it has room) in layer `layer`.
     pub fn adopt(self: &Arc<Self>, layer: LayerId, fd: OwnedFd) -> Obj {
-        let key = self.next.fetch_add(1, Ordering::Relaxed);
-        let locate = match sys::name_to_handle(fd.as_fd()) {
+        match sys::name_to_handle(fd.as_fd()) {
             Ok(h) => {
-                self.insert(key, Arc::new(fd));
-                Locate::by_handle(h)
+                let inner = Arc::new(Inner::with_handle(self, layer, h));
+                self.insert(inner.key(), Arc::new(fd));
+                Obj(inner)
             }
-            Err(_) => Locate::Pinned(Arc::new(fd)),
-        };
-        Obj(Arc::new(Inner {
-            key,
-            layer: layer as u32,
-            locate,
-            pool: self.clone(),
-            wh: AtomicU8::new(WH_UNKNOWN),
-        }))
+            Err(_) => Obj(Arc::new(Inner::new(
+                self,
+                layer,
+                Some(Extra::Pinned(Arc::new(fd))),
+            ))),
+        }
     }
 
     /// Makes an [`Obj`] that keeps `fd` (for layer roots and objects that
     /// must not be reopened).
     pub fn pin(self: &Arc<Self>, layer: LayerId, fd: Arc<OwnedFd>) -> Obj {
-        let key = self.next.fetch_add(1, Ordering::Relaxed);
-        Obj(Arc::new(Inner {
-            key,
-            layer: layer as u32,
-            locate: Locate::Pinned(fd),
-            pool: self.clone(),
-            wh: AtomicU8::new(WH_UNKNOWN),
-        }))
+        Obj(Arc::new(Inner::new(self, layer, Some(Extra::Pinned(fd)))))
     }
 
-    fn open(&self, key: u64, layer: LayerId, locate: &Locate) -> SysResult<Arc<OwnedFd>> {
+    fn open(&self, obj: &Inner) -> SysResult<Arc<OwnedFd>> {
+        let key = obj.key();
         if let Some(s) = self.cache.lock().slots.get(&key) {
             s.used.store(true, Ordering::Relaxed);
             return Ok(s.fd.clone());
         }
-        let h = &locate.handle().ok_or(Errno::STALE)?;
-        let root = self.roots.get(layer).ok_or(Errno::STALE)?;
+        let h = &obj.handle().ok_or(Errno::STALE)?;
+        let root = self.roots.get(usize::from(obj.layer)).ok_or(Errno::STALE)?;
         let fd = match sys::open_by_handle(root.as_fd(), h) {
             Err(Errno::MFILE | Errno::NFILE) => {
                 self.shrink();
@@ -346,6 +352,12 @@ impl Objects {
     }
 
     fn forget(&self, key: u64) {
+        {
+            let mut h = self.hints.lock();
+            if h.iter().any(|(k, _)| *k == key) {
+                h.retain(|(k, _)| *k != key);
+            }
+        }
         let mut c = self.cache.lock();
         if c.slots.remove(&key).is_some() {
             // `order` keeps the stale key; it is skipped when it comes up.
@@ -411,6 +423,13 @@ mod tests {
                 let _ = std::fs::remove_dir_all(&self.0);
             }
         }
+    }
+
+    #[test]
+    fn objects_stay_small() {
+        // One per node the kernel holds: with the Arc's counts, 56 bytes
+        // (a 64-byte malloc chunk).
+        assert!(std::mem::size_of::<Inner>() <= 40);
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub use self::journal::Journal;
 /// any.
 #[derive(Debug, Default)]
 pub struct InodeWb {
-    slots: Mutex<WbSlots>,
+    slots: Mutex<Option<Box<WbSlots>>>,
 }
 
 #[derive(Debug, Default)]
@@ -62,10 +62,10 @@ struct WbSlots {
 impl InodeWb {
     fn with(errs: Arc<ErrSeq>, dirty: Option<Arc<DirtyFile>>) -> InodeWb {
         InodeWb {
-            slots: Mutex::new(WbSlots {
+            slots: Mutex::new(Some(Box::new(WbSlots {
                 errs: Some(errs),
                 dirty,
-            }),
+            }))),
         }
     }
 
@@ -73,13 +73,14 @@ impl InodeWb {
     pub fn errs(&self) -> Arc<ErrSeq> {
         self.slots
             .lock()
+            .get_or_insert_with(Default::default)
             .errs
             .get_or_insert_with(Default::default)
             .clone()
     }
 
     fn dirty(&self) -> Option<Arc<DirtyFile>> {
-        self.slots.lock().dirty.clone()
+        self.slots.lock().as_ref().and_then(|s| s.dirty.clone())
     }
 }
 
@@ -436,7 +437,8 @@ impl MountWb {
         node: &Arc<Node>,
         upper: BorrowedFd<'_>,
     ) -> Option<Arc<DirtyFile>> {
-        let mut slot = node.wb.slots.lock();
+        let mut guard = node.wb.slots.lock();
+        let slot = guard.get_or_insert_with(Default::default);
         if let Some(df) = &slot.dirty {
             return Some(df.clone());
         }
@@ -726,8 +728,10 @@ impl MountWb {
         let node = df.node.lock().upgrade();
         if let Some(n) = node {
             let mut slot = n.wb.slots.lock();
-            if slot.dirty.as_ref().is_some_and(|x| Arc::ptr_eq(x, df)) {
-                slot.dirty = None;
+            if let Some(s) = slot.as_mut() {
+                if s.dirty.as_ref().is_some_and(|x| Arc::ptr_eq(x, df)) {
+                    s.dirty = None;
+                }
             }
         }
     }
