@@ -402,3 +402,67 @@ fn uppers_reused_as_lower_layers_read_like_under_the_kernel() {
         drop(km);
     }
 }
+
+/// A directory moved out of a directory that is itself redirected in a
+/// lower layer: the redirect written for it names the path through that
+/// directory (`/e/c`, as the kernel writes it), and reading it back must
+/// follow the lower redirect on the way (`/e` leads to `/b`), as the kernel
+/// does, so that the moved directory keeps its lower content after a
+/// remount, under rovl and under the kernel.
+#[test]
+fn redirects_through_a_redirected_lower_directory_survive_remounts() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 2);
+    put(&st.lower(1, "b/c/e"), "deep");
+    mkdirs(&st.lower(0, "e"));
+    setxattr(&st.lower(0, "e"), "trusted.overlay.redirect", b"/b");
+    whiteout(&st.lower(0, "b"));
+    put(&st.lower(0, "f/f"), "f");
+    {
+        let _m = mount_rovl(&st, "");
+        assert_eq!(get(&st.m("e/c/e")), "deep");
+        std::fs::create_dir(st.m("f/b")).unwrap();
+        std::fs::rename(st.m("e/c"), st.m("f/b/e")).unwrap();
+        assert_eq!(get(&st.m("f/b/e/e")), "deep");
+    }
+    assert_eq!(
+        getxattr(&st.upper.join("f/b/e"), "trusted.overlay.redirect").as_deref(),
+        Some(&b"/e/c"[..])
+    );
+    {
+        let _m = mount_rovl(&st, "");
+        assert_eq!(get(&st.m("f/b/e/e")), "deep", "rovl after a remount");
+        assert!(!st.m("e/c").exists());
+    }
+    let (_k, kmnt) = kernel_on(s.path(), "k", &st.lowers, &st.upper);
+    assert_eq!(get(&kmnt.join("f/b/e/e")), "deep", "kernel over rovl's upper");
+    assert!(!kmnt.join("e/c").exists());
+}
+
+/// An absolute redirect whose path crosses an opaque lower directory: the
+/// kernel still finds the target in that layer (the opaque directory only
+/// ends the search below it), so must rovl, after a remount too.
+#[test]
+fn redirects_through_an_opaque_lower_directory_survive_remounts() {
+    for form in [Form::Kernel, Form::WhFiles, Form::FuseOverlayfs] {
+        let s = Scratch::new().unwrap();
+        let st = Stack::under(s.path(), 2);
+        put(&st.lower(0, "d/c/x"), "x");
+        opaque(&st.lower(0, "d"), form);
+        put(&st.lower(1, "f/f"), "f");
+        {
+            let _m = mount_rovl(&st, "");
+            std::fs::rename(st.m("d/c"), st.m("f/h1")).unwrap();
+            assert_eq!(get(&st.m("f/h1/x")), "x");
+        }
+        {
+            let _m = mount_rovl(&st, "");
+            assert_eq!(get(&st.m("f/h1/x")), "x", "{form:?}: rovl after a remount");
+            assert!(!st.m("d/c").exists());
+        }
+        if form == Form::Kernel {
+            let (_k, kmnt) = kernel_on(s.path(), "k", &st.lowers, &st.upper);
+            assert_eq!(get(&kmnt.join("f/h1/x")), "x", "kernel over rovl's upper");
+        }
+    }
+}

@@ -276,28 +276,72 @@ enum AbsBase {
     Stop,
 }
 
-fn resolve_abs_parent(stack: &Stack, layer: LayerId, comps: &[OsString]) -> SysResult<AbsBase> {
+/// How an absolute redirect path went in one layer.
+struct AbsWalk {
+    base: AbsBase,
+    /// A redirect on a directory on the way rewrote the path for the
+    /// layers below.
+    rewritten: Option<Vec<OsString>>,
+    /// An opaque directory on the way: the layers below are not searched
+    /// (unless an absolute redirect further down started over).
+    last_layer: bool,
+}
+
+/// Resolves the directories of absolute redirect `path` (all but its last
+/// component) in `layer`, as the kernel does: the walk in this layer goes
+/// on through redirected and opaque directories, while a redirect on the
+/// way rewrites the path for the layers below and an opaque directory
+/// makes this layer the last one searched.
+fn resolve_abs_parent(stack: &Stack, layer: LayerId, path: &[OsString]) -> SysResult<AbsWalk> {
+    let walk = |base, rewritten, last_layer| AbsWalk {
+        base,
+        rewritten,
+        last_layer,
+    };
+    let Some((_, comps)) = path.split_last() else {
+        return Ok(walk(AbsBase::Missing, None, false));
+    };
+    let mut rewritten: Option<Vec<OsString>> = None;
+    let mut last_layer = false;
     let mut cur = sys::dup(stack.layers[layer].root.as_fd())?;
     let mut xwh = markers::dir_marks(cur.as_fd())?.xwhiteouts;
-    for c in comps {
+    for (i, c) in comps.iter().enumerate() {
         let Some(real) = Real::open(cur.as_fd(), c)? else {
-            return Ok(AbsBase::Missing);
+            return Ok(walk(AbsBase::Missing, rewritten, last_layer));
         };
         if is_whiteout(cur.as_fd(), c, &real.stat, xwh)? {
-            return Ok(AbsBase::Stop);
+            return Ok(walk(AbsBase::Stop, None, true));
         }
         if FileType::from_raw_mode(real.stat.st_mode) != FileType::Directory {
-            return Ok(AbsBase::Stop);
+            return Ok(walk(AbsBase::Stop, None, true));
         }
         let marks = markers::dir_marks(real.fd.as_fd())?;
         if marks.opaque {
-            // The kernel stops at an opaque directory on the way, too.
-            return Ok(AbsBase::Stop);
+            last_layer = true;
+        }
+        if let (_, Some(r)) = markers::dir_xattr_marks(real.fd.as_fd())? {
+            if matches!(r, Redirect::Absolute(_)) {
+                last_layer = false;
+            }
+            // The components after this one stay; what leads to it changes.
+            let base = rewritten.as_deref().unwrap_or(path);
+            let keep = path.len() - 1 - i;
+            let head = &base[..base.len() - keep];
+            let mut new: Vec<OsString> = match r {
+                Redirect::Absolute(q) => q,
+                Redirect::Relative(n) => {
+                    let mut v = head[..head.len().saturating_sub(1)].to_vec();
+                    v.push(n);
+                    v
+                }
+            };
+            new.extend_from_slice(&base[base.len() - keep..]);
+            rewritten = Some(new);
         }
         xwh = marks.xwhiteouts;
         cur = real.fd;
     }
-    Ok(AbsBase::Dir(cur, xwh))
+    Ok(walk(AbsBase::Dir(cur, xwh), rewritten, last_layer))
 }
 
 /// Searches the lower layers, from `start` down when given (a listing
@@ -314,6 +358,9 @@ fn search_lowers(
             continue;
         }
         let holder: Arc<OwnedFd>;
+        // An opaque directory on an absolute redirect's way: this layer is
+        // the last one searched.
+        let mut last_layer = false;
         let (base, known, name, xwh): (BorrowedFd<'_>, Option<&Obj>, OsString, bool) = match &next {
             Next::Name(n) => match parent.lowers.iter().find(|d| d.layer == layer) {
                 Some(d) => {
@@ -323,24 +370,36 @@ fn search_lowers(
                 None => continue,
             },
             Next::Abs(p) => {
-                let Some((last, dirs)) = p.split_last() else {
+                let Some(last) = p.last().cloned() else {
                     return Ok(());
                 };
-                match resolve_abs_parent(stack, layer, dirs)? {
+                let w = resolve_abs_parent(stack, layer, p)?;
+                last_layer = w.last_layer;
+                let base = match w.base {
                     AbsBase::Dir(fd, x) => {
                         holder = Arc::new(fd);
-                        (holder.as_fd(), None, last.clone(), x)
+                        (holder.as_fd(), None, last, x)
                     }
-                    AbsBase::Missing => continue,
+                    AbsBase::Missing if last_layer => return Ok(()),
+                    AbsBase::Missing => {
+                        if let Some(r) = w.rewritten {
+                            next = Next::Abs(r);
+                        }
+                        continue;
+                    }
                     AbsBase::Stop => return Ok(()),
+                };
+                if let Some(r) = w.rewritten {
+                    next = Next::Abs(r);
                 }
+                base
             }
         };
         // Opened even when only its stat is used now: the node keeps
         // showing this very object should the layer change behind rovl's
         // back (a held descriptor, then its handle).
         let Some(real) = Real::open(base, &name)? else {
-            if has_wh_file(base, known, &name)? {
+            if last_layer || has_wh_file(base, known, &name)? {
                 return Ok(());
             }
             continue;
@@ -384,6 +443,9 @@ fn search_lowers(
                     }
                 },
             };
+        }
+        if last_layer {
+            return Ok(());
         }
     }
     Ok(())
