@@ -46,3 +46,112 @@ fn rovl_matches_kernel_overlayfs() {
         "rovl diverges from kernel overlayfs; reproducers above"
     );
 }
+
+// Regression tests: reproducers difftest shrank, kept once fixed.
+
+/// Mounts rovl and kernel overlayfs over twins of `layers` on one tmpfs and
+/// applies `steps` to both, comparing after every step.
+fn same_on_both(layers: difftest::spec::Layers, steps: &[difftest::ops::Step]) {
+    use difftest::spec::Forms;
+    let s = Scratch::new().unwrap();
+    let t = difftest::Tmpfs::new(&s.path().join("t")).unwrap();
+    let r = Stack::under(&t.path().join("rovl"), 3);
+    let k = Stack::under(&t.path().join("kernel"), 3);
+    layers.materialize(&r.lowers, Forms::Native).unwrap();
+    layers.materialize(&k.lowers, Forms::Kernel).unwrap();
+    let rm = mount_rovl(&r, "");
+    let km = mount_kernel(&k, "");
+    // atime: README, "Access times".
+    difftest::check::same_steps_but(km.path(), rm.path(), steps, &["atime"]);
+}
+
+/// RENAME_EXCHANGE of two names that are each one name of a hard-linked
+/// lower file: both must be split off within the kernel's single retry
+/// (rovl answered ESTALE).
+#[test]
+fn difftest_seed_419_exchange_of_two_hard_linked_lower_names() {
+    use difftest::ops::*;
+    use difftest::spec::{Entry as E, Layers};
+    let layers = Layers::from_entries(vec![
+        E::file(1, "d/f", 0, &[])
+            .mode(0o4755)
+            .owner(1000, 0)
+            .times(1019322772, 1038217032),
+        E::hardlink(1, "d/h2", "d/f"),
+        E::file(0, "f", 0, &[])
+            .mode(0o444)
+            .times(1001770993, 1064178844)
+            .xattr("user.b", b"v5"),
+        E::hardlink(0, "h0", "f"),
+    ]);
+    same_on_both(
+        layers,
+        &[Step::root(Op::Rename {
+            from: "h0".into(),
+            to: "d/f".into(),
+            mode: RenameMode::Exchange,
+        })],
+    );
+}
+
+/// chown(path, -1, -1) of a lower directory copies it up, as any setattr
+/// (rovl did nothing: the parents' link counts stayed those of lower-only
+/// directories).
+#[test]
+fn difftest_seed_615_chown_unchanged_copies_a_directory_up() {
+    use difftest::ops::*;
+    use difftest::spec::{Entry as E, Layers};
+    let layers = Layers::from_entries(vec![
+        E::dir(0, "e/e")
+            .owner(1000, 0)
+            .times(1011683822, 995960175)
+            .xattr("user.c", b"v37")
+            .xattr("user.b", b"v91"),
+    ]);
+    same_on_both(
+        layers,
+        &[Step::root(Op::Chown {
+            path: "e/e".into(),
+            uid: u32::MAX,
+            gid: u32::MAX,
+            follow: false,
+        })],
+    );
+}
+
+/// A group member writing a group-writable setgid file: the write works
+/// and the bit goes (rovl answered EPERM to the kernel's privilege removal).
+#[test]
+fn difftest_seed_98_group_member_writes_a_setgid_file() {
+    use difftest::ops::*;
+    use difftest::spec::{Entry as E, Layers};
+    let layers = Layers::from_entries(vec![
+        E::file(1, "c/a/b", 0, &[])
+            .mode(0o4755)
+            .owner(0, 1000)
+            .times(1064532461, 980187989),
+        E::dir(1, "c/e")
+            .owner(1001, 1001)
+            .times(1020418151, 1069480517),
+    ]);
+    same_on_both(
+        layers,
+        &[
+            Step::root(Op::Rename {
+                from: "c/a/b".into(),
+                to: "c/e/e".into(),
+                mode: RenameMode::Plain,
+            }),
+            Step::root(Op::Chmod {
+                path: "c/e/e".into(),
+                mode: 0o2775,
+            }),
+            Step::user(Op::Write {
+                path: "c/e/e".into(),
+                off: 16067,
+                len: 1,
+                seed: 136940,
+            }),
+        ],
+    );
+}

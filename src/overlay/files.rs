@@ -301,6 +301,10 @@ impl Overlay {
         }
         let node = self.node(node_id)?;
         if node.is_dir() {
+            // No bits to clear, but a setattr copies up as always.
+            let _r = self.rename_lock.read();
+            self.copy_up_node(&node, Data::Full)?;
+            drop(_r);
             return self.getattr(&node);
         }
         let st = sys::stat_fd(node.top_fd()?.as_fd())?;

@@ -404,6 +404,13 @@ impl Overlay {
             && lookup::lower_positive(&self.stack, &opl, old_name)?;
         let opup = self.upper_dir(&op)?;
         let npup = self.upper_dir(&np)?;
+        if exchange {
+            // Both may be names of hard-linked lower files: mark both before
+            // the kernel's single retry, which must split them together.
+            let src_split = self.needs_split(&src);
+            let dst_split = dst.as_ref().map_or(Ok(()), |d| self.needs_split(d));
+            src_split.and(dst_split)?;
+        }
         self.copy_up_node(&src, Data::Full)?;
         if exchange {
             if let Some(d) = &dst {
