@@ -458,7 +458,9 @@ impl Applier {
                 off,
                 len,
                 seed,
-            } => match sys::open(&self.p(path), libc::O_WRONLY, 0) {
+            } => match sys::open(&self.p(path), libc::O_WRONLY | libc::O_NONBLOCK, 0) {
+                // O_NONBLOCK: a fifo at that name (renames move them around)
+                // must not wait for a reader; ENXIO on both sides.
                 Ok(fd) => {
                     let r = sys::pwrite(fd, &rng::data(*seed, *len as usize), *off);
                     let c = sys::close(fd);

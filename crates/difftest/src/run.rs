@@ -703,9 +703,17 @@ pub fn run_many(
     use std::sync::atomic::{AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
     let out: Mutex<Vec<SeedResult>> = Mutex::new(Vec::new());
+    let jobs = jobs.max(1);
+    // What each worker runs since when, for the watchdog.
+    let running: Mutex<Vec<Option<(u64, std::time::Instant)>>> = Mutex::new(vec![None; jobs]);
+    let finished = AtomicUsize::new(0);
     std::thread::scope(|s| {
-        for _ in 0..jobs.max(1) {
-            s.spawn(|| {
+        s.spawn(|| watchdog(&running, &finished, jobs));
+        for j in 0..jobs {
+            let (running, finished) = (&running, &finished);
+            let (next, out) = (&next, &out);
+            s.spawn(move || {
+                let _done = Finished(finished);
                 let mut ws = match Workspace::new() {
                     Ok(ws) => ws,
                     Err(e) => {
@@ -723,7 +731,9 @@ pub fn run_many(
                     c.interchange =
                         cfg.interchange && interchange_every > 0 && seed % interchange_every == 0;
                     let t = std::time::Instant::now();
+                    set_running(running, j, Some((seed, t)));
                     let result = run_seed(&mut ws, &c, seed);
+                    set_running(running, j, None);
                     let r = SeedResult {
                         seed,
                         result,
@@ -738,4 +748,65 @@ pub fn run_many(
     let mut v = out.into_inner().unwrap_or_else(|e| e.into_inner());
     v.sort_by_key(|r| r.seed);
     v
+}
+
+/// Longest a seed may run before the harness gives up on the whole run.
+const HANG_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Counts a worker as finished when it ends, however it ends.
+struct Finished<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+fn set_running(
+    running: &std::sync::Mutex<Vec<Option<(u64, std::time::Instant)>>>,
+    j: usize,
+    v: Option<(u64, std::time::Instant)>,
+) {
+    if let Some(slot) = running.lock().unwrap_or_else(|e| e.into_inner()).get_mut(j) {
+        *slot = v;
+    }
+}
+
+/// A seed that hangs (a blocked system call on either mount) would hang
+/// the run, and CI with it: past [`HANG_LIMIT`] this says which seed hung,
+/// detaches this process's mounts and exits; `testbed::sweep_stale` of the
+/// next run removes what is left.
+fn watchdog(
+    running: &std::sync::Mutex<Vec<Option<(u64, std::time::Instant)>>>,
+    finished: &std::sync::atomic::AtomicUsize,
+    jobs: usize,
+) {
+    while finished.load(std::sync::atomic::Ordering::Acquire) < jobs {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let hung = running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flatten()
+            .find(|(_, t)| t.elapsed() > HANG_LIMIT)
+            .map(|(seed, _)| *seed);
+        if let Some(seed) = hung {
+            eprintln!(
+                "difftest: seed {seed} hung for {} s; giving up (replay it with --seed {seed})",
+                HANG_LIMIT.as_secs()
+            );
+            let mine = testbed::root().join(format!("{}-", std::process::id()));
+            if let Ok(list) = testbed::mounts() {
+                for m in list.iter().rev() {
+                    if m.mount_point
+                        .to_string_lossy()
+                        .starts_with(&*mine.to_string_lossy())
+                    {
+                        let _ = sys::umount(&m.mount_point, true);
+                    }
+                }
+            }
+            std::process::exit(3);
+        }
+    }
 }
