@@ -435,7 +435,11 @@ fn redirects_through_a_redirected_lower_directory_survive_remounts() {
         assert!(!st.m("e/c").exists());
     }
     let (_k, kmnt) = kernel_on(s.path(), "k", &st.lowers, &st.upper);
-    assert_eq!(get(&kmnt.join("f/b/e/e")), "deep", "kernel over rovl's upper");
+    assert_eq!(
+        get(&kmnt.join("f/b/e/e")),
+        "deep",
+        "kernel over rovl's upper"
+    );
     assert!(!kmnt.join("e/c").exists());
 }
 
