@@ -944,15 +944,3 @@ mod tests {
         assert_eq!(w.entries[0].layer, 0);
     }
 }
-
-#[cfg(test)]
-mod dump {
-    #[test]
-    #[ignore]
-    fn dump_seed() {
-        let seed: u64 = std::env::var("SEED").unwrap().parse().unwrap();
-        for e in super::generate(seed).entries {
-            println!("{}", e.to_rust());
-        }
-    }
-}
