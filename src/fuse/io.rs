@@ -38,6 +38,12 @@ use crate::sys::OFlags;
 /// the new data). Larger ones are where passthrough pays.
 const LOWER_PASSTHROUGH_MIN: u64 = 1 << 20;
 
+/// close(2) needs nothing from rovl (it reports no writeback errors, and
+/// the kernel keeps POSIX locks itself), so it should not cost a FLUSH
+/// round trip. With the writeback cache the kernel still writes dirty pages
+/// back on close.
+const NO_FLUSH: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+
 /// The reply an open is waiting for.
 pub(super) enum Reply {
     /// FUSE_OPEN.
@@ -62,7 +68,7 @@ impl Reply {
     }
 
     fn cached(self, fh: u64) {
-        let flags = FopenFlags::FOPEN_KEEP_CACHE;
+        let flags = FopenFlags::FOPEN_KEEP_CACHE | NO_FLUSH;
         match self {
             Reply::Open(r) => r.opened(FileHandle(fh), flags),
             Reply::Create(r, ttl, attr, g) => r.created(&ttl, &attr, g, FileHandle(fh), flags),
@@ -70,6 +76,7 @@ impl Reply {
     }
 
     fn passthrough(self, fh: u64, flags: FopenFlags, b: &BackingId) {
+        let flags = flags | NO_FLUSH;
         match self {
             Reply::Open(r) => r.opened_passthrough(FileHandle(fh), flags, b),
             Reply::Create(r, ttl, attr, g) => {
