@@ -26,6 +26,7 @@ pub mod session;
 pub mod status;
 
 use rustc_hash::FxHashMap as HashMap;
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -122,8 +123,6 @@ pub struct DirtyFile {
     /// Bumped by every change; a sync that saw the same value before and
     /// after made everything durable.
     epoch: AtomicU64,
-    /// When it was dirtied (oldest first under fd pressure).
-    since: Instant,
     /// The mount's count of dirty files holding a descriptor.
     open_fds: Arc<AtomicUsize>,
 }
@@ -204,6 +203,9 @@ pub struct MountWb {
     /// Dirty files holding a descriptor, and how many may.
     open_fds: Arc<AtomicUsize>,
     fd_budget: AtomicUsize,
+    /// Dirty files in the order they took their descriptor (oldest first;
+    /// entries of files parked or gone since are dropped when met).
+    held: Mutex<VecDeque<Weak<DirtyFile>>>,
     /// The unmount's result, once known.
     exit: Mutex<Option<Result<(), String>>>,
     /// Serializes syncs of the whole mount.
@@ -223,15 +225,18 @@ impl DirtyFile {
     /// the background checks see it. An error of writeback since it was
     /// parked still reaches the new descriptor: nobody else checks this
     /// mount's upper files, so it is untold.
-    fn unpark(&self, ov: &Overlay) {
+    /// Returns true when it took a descriptor.
+    fn unpark(&self, ov: &Overlay) -> bool {
         let mut g = self.fd.lock();
         if g.is_some() {
-            return;
+            return false;
         }
         if let Ok(fd) = self.reopen(ov) {
             *g = Some(Arc::new(fd));
             self.open_fds.fetch_add(1, Ordering::AcqRel);
+            return true;
         }
+        false
     }
 
     /// A new descriptor of a parked file (not kept).
@@ -300,6 +305,7 @@ impl MountWb {
             mount_dev: AtomicU64::new(0),
             open_fds: Arc::new(AtomicUsize::new(0)),
             fd_budget: AtomicUsize::new(4096),
+            held: Mutex::new(VecDeque::new()),
             exit: Mutex::new(None),
             sync_lock: Mutex::new(()),
         }
@@ -327,27 +333,61 @@ impl MountWb {
     /// limit allows), open ones too. A parked file is still synced and
     /// checked by every fsync and sync (reopened for it); only the
     /// periodic background check skips it.
+    ///
+    /// It walks the files holding a descriptor (about the budget), oldest
+    /// first, not every dirty file: past the budget it runs once per
+    /// eighth of it, so its cost per new dirty file stays constant however
+    /// many files are dirty (it used to collect and sort them all).
     fn make_room(&self) {
         let budget = self.fd_budget.load(Ordering::Acquire);
         if self.open_fds.load(Ordering::Acquire) < budget {
             return;
         }
-        let mut idle: Vec<Arc<DirtyFile>> = self
-            .files
-            .lock()
-            .values()
-            .filter(|d| d.handle.is_some() && d.fd.lock().is_some())
-            .cloned()
-            .collect();
-        idle.sort_by_key(|d| (d.writers.load(Ordering::Acquire) != 0, d.since));
         let mut n = budget / 8 + 1;
-        for df in idle {
+        let mut held = self.held.lock();
+        let mut kept: VecDeque<Weak<DirtyFile>> = VecDeque::with_capacity(held.len());
+        let mut open: Vec<Arc<DirtyFile>> = Vec::new();
+        for w in held.drain(..) {
+            let Some(df) = w.upgrade() else { continue };
+            if df.fd.lock().is_none() {
+                continue;
+            }
+            if n > 0 && df.handle.is_some() {
+                if df.writers.load(Ordering::Acquire) == 0 {
+                    if df.park() {
+                        n -= 1;
+                        continue;
+                    }
+                } else {
+                    open.push(df);
+                }
+            }
+            kept.push_back(w);
+        }
+        *held = kept;
+        drop(held);
+        // Not enough idle ones: files open for writing too, oldest first
+        // (their queue entries go when next met).
+        for df in open {
             if n == 0 {
                 break;
             }
             if df.park() {
                 n -= 1;
             }
+        }
+    }
+
+    /// `df` took a descriptor: it joins the end of the parking order.
+    fn now_held(&self, df: &Arc<DirtyFile>) {
+        let mut held = self.held.lock();
+        held.push_back(Arc::downgrade(df));
+        // Files parked or settled since leave entries behind (and a weak
+        // reference keeps a dropped file's memory): drop them once they
+        // outnumber the files holding a descriptor.
+        let live = self.open_fds.load(Ordering::Acquire);
+        if held.len() > 2 * live + 64 {
+            held.retain(|w| w.upgrade().is_some_and(|d| d.fd.lock().is_some()));
         }
     }
 
@@ -464,11 +504,11 @@ impl MountWb {
                     path: Mutex::new(ov.path_of(node)),
                     writers: AtomicUsize::new(0),
                     epoch: AtomicU64::new(0),
-                    since: Instant::now(),
                     open_fds: self.open_fds.clone(),
                 });
                 self.open_fds.fetch_add(1, Ordering::AcqRel);
                 self.files.lock().insert(key, df.clone());
+                self.now_held(&df);
                 self.make_room();
                 df
             }
@@ -482,7 +522,9 @@ impl MountWb {
         if let Some(df) = self.dirty_file(ov, node, fd.as_fd()) {
             df.writers.fetch_add(1, Ordering::AcqRel);
             df.touch();
-            df.unpark(ov);
+            if df.unpark(ov) {
+                self.now_held(&df);
+            }
             self.make_room();
         }
     }
@@ -947,11 +989,11 @@ impl MountWb {
                 path: Mutex::new(PathBuf::from(&f.path)),
                 writers: AtomicUsize::new(0),
                 epoch: AtomicU64::new(1),
-                since: Instant::now(),
                 open_fds: self.open_fds.clone(),
             });
             self.open_fds.fetch_add(1, Ordering::AcqRel);
-            self.files.lock().insert(key, df);
+            self.files.lock().insert(key, df.clone());
+            self.now_held(&df);
             self.make_room();
         }
         info!(
