@@ -226,6 +226,7 @@ pub fn init_logging(debug: bool, to: Option<&Path>) {
 
 /// Runs the daemon for a checked request. Returns the exit status.
 pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
+    sys::limit_malloc_arenas(1);
     // Descriptors: a quarter of the limit each for cached layer objects,
     // dirty files' tracking and open files; the rest for everything else.
     let nofile = sys::raise_nofile_limit() as usize;

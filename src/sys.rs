@@ -996,3 +996,15 @@ pub fn private_clone(path: &std::path::Path, readonly: bool) -> SysResult<OwnedF
     // ioctls refuse; a regular one keeps the detached mount alive as well.
     open_dir_at(fd.as_fd(), std::ffi::OsStr::new("."))
 }
+
+/// Limits glibc's malloc to `n` arenas. The daemon's threads allocate small,
+/// short-lived objects; one arena per thread mostly holds freed memory
+/// (1.5-6 MiB more resident after a walk of 50,000 entries, bench F4).
+/// Call before any thread starts.
+pub fn limit_malloc_arenas(n: i32) {
+    // SAFETY: mallopt only tunes the allocator; it touches no memory of
+    // ours and is called while the process has one thread.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, n);
+    }
+}
