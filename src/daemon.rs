@@ -424,6 +424,7 @@ fn spawn_background(ov: Arc<Overlay>, done: Arc<AtomicBool>) {
                     ov.wb.check_background(&ov);
                 }
                 ov.wb.background_pass(&ov);
+                crate::heap::settle();
             }
         });
     if let Err(e) = r {

@@ -14,6 +14,7 @@ pub mod commands;
 pub mod copy_up;
 pub mod daemon;
 pub mod fuse;
+pub mod heap;
 pub mod layers;
 pub mod mount;
 pub mod overlay;

@@ -115,7 +115,10 @@ impl Handles {
     }
 
     pub fn remove_dir(&self, fh: FileHandle) {
-        self.dirs.lock().remove(&fh.0);
+        let d = self.dirs.lock().remove(&fh.0);
+        if let Some(bytes) = d.and_then(|d| d.listing_bytes()) {
+            crate::heap::freed(bytes);
+        }
     }
 
     /// Closes the descriptors of the least recently used open files while

@@ -77,6 +77,20 @@ struct DirHandle {
     observer: crate::writeback::Observer,
 }
 
+impl DirHandle {
+    /// About how much heap the listing this handle alone holds takes
+    /// (`None` when it holds none, or shares it).
+    fn listing_bytes(&self) -> Option<usize> {
+        let e = self.entries.lock();
+        let list = e.as_ref()?;
+        if Arc::strong_count(list) > 1 {
+            return None;
+        }
+        let names: usize = list.iter().map(|e| e.name.len()).sum();
+        Some(list.capacity() * std::mem::size_of::<ListEntry>() + names)
+    }
+}
+
 /// The FUSE filesystem: the overlay engine plus handle and io-mode tables.
 #[derive(Debug)]
 pub struct RovlFs {

@@ -220,6 +220,12 @@ impl ListingHints {
         self.names.insert(k, l);
     }
 
+    /// About how much heap the hints take.
+    fn heap_bytes(&self) -> usize {
+        // A hashbrown table: key, value and one control byte per bucket.
+        self.names.capacity() * (std::mem::size_of::<(u64, u16)>() + 1)
+    }
+
     /// The layer the listing showed `name` from, `None` when it did not
     /// show it.
     pub fn layer_of(&self, name: &std::ffi::OsStr) -> Option<LayerId> {
@@ -241,12 +247,23 @@ impl Objects {
     /// Keeps the listing hints of the directory whose first layer object
     /// is `dir`.
     pub fn set_hints(&self, dir: &Obj, hints: ListingHints) {
-        let mut h = self.hints.lock();
-        h.retain(|(k, _)| *k != dir.0.key());
-        if h.len() >= HINTED_DIRS {
-            h.pop_front();
+        let old = {
+            let mut h = self.hints.lock();
+            h.retain(|(k, _)| *k != dir.0.key());
+            let old = if h.len() >= HINTED_DIRS {
+                h.pop_front()
+            } else {
+                None
+            };
+            h.push_back((dir.0.key(), Arc::new(hints)));
+            old
+        };
+        if let Some(bytes) = old
+            .and_then(|(_, o)| Arc::into_inner(o))
+            .map(|o| o.heap_bytes())
+        {
+            crate::heap::freed(bytes);
         }
-        h.push_back((dir.0.key(), Arc::new(hints)));
     }
 
     /// The listing hints of the directory whose first layer object is
