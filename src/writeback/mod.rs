@@ -31,6 +31,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+
 use std::time::{Duration, Instant, SystemTime};
 
 use errseq::{Cursor, ErrSeq, Errno};
@@ -39,7 +40,7 @@ use tracing::{error, info, warn};
 
 use crate::layers::object::Obj;
 use crate::overlay::Overlay;
-use crate::overlay::node::Node;
+use crate::overlay::node::{Node, NodeRef, WeakNode};
 use crate::sys::{self, OFlags};
 
 pub use self::journal::Journal;
@@ -83,6 +84,18 @@ impl InodeWb {
     fn dirty(&self) -> Option<Arc<DirtyFile>> {
         self.slots.lock().as_ref().and_then(|s| s.dirty.clone())
     }
+
+    /// Takes over `other`'s state (a node slot being filled).
+    pub(crate) fn set(&self, other: InodeWb) {
+        let old = std::mem::replace(&mut *self.slots.lock(), other.slots.into_inner());
+        drop(old);
+    }
+
+    /// Drops the state (a node slot being freed).
+    pub(crate) fn clear(&self) {
+        let old = self.slots.lock().take();
+        drop(old);
+    }
 }
 
 /// One observer's cursors: an open file description of the mount.
@@ -115,7 +128,7 @@ pub struct DirtyFile {
     handle: Option<sys::FileHandle>,
     /// The node, for its current path (the kernel may forget it and get a
     /// new one for the same file).
-    node: Mutex<Weak<Node>>,
+    node: Mutex<WeakNode>,
     /// Last known path (relative to the mount).
     path: Mutex<PathBuf>,
     /// Opens for writing right now.
@@ -141,7 +154,7 @@ struct DirtyDir {
     key: (u64, u64),
     obj: Obj,
     errs: Arc<ErrSeq>,
-    node: Weak<Node>,
+    node: WeakNode,
     path: PathBuf,
     epoch: AtomicU64,
 }
@@ -411,9 +424,9 @@ impl MountWb {
     }
 
     /// Points the dirty entry of `node`'s object (if any) at `node`.
-    pub fn link(&self, node: &Arc<Node>) {
+    pub fn link(&self, node: &NodeRef) {
         if let Some(df) = node.wb.dirty() {
-            *df.node.lock() = Arc::downgrade(node);
+            *df.node.lock() = node.downgrade();
         }
     }
 
@@ -474,7 +487,7 @@ impl MountWb {
     fn dirty_file(
         &self,
         ov: &Overlay,
-        node: &Arc<Node>,
+        node: &NodeRef,
         upper: BorrowedFd<'_>,
     ) -> Option<Arc<DirtyFile>> {
         let mut guard = node.wb.slots.lock();
@@ -500,7 +513,7 @@ impl MountWb {
                     errs: slot.errs.get_or_insert_with(Default::default).clone(),
                     fd: Mutex::new(Some(Arc::new(fd))),
                     handle: sys::name_to_handle(upper).ok(),
-                    node: Mutex::new(Arc::downgrade(node)),
+                    node: Mutex::new(node.downgrade()),
                     path: Mutex::new(ov.path_of(node)),
                     writers: AtomicUsize::new(0),
                     epoch: AtomicU64::new(0),
@@ -518,7 +531,7 @@ impl MountWb {
     }
 
     /// `node` was opened for writing through the upper file `fd`.
-    pub fn opened_for_write(&self, ov: &Overlay, node: &Arc<Node>, fd: &Arc<OwnedFd>) {
+    pub fn opened_for_write(&self, ov: &Overlay, node: &NodeRef, fd: &Arc<OwnedFd>) {
         if let Some(df) = self.dirty_file(ov, node, fd.as_fd()) {
             df.writers.fetch_add(1, Ordering::AcqRel);
             df.touch();
@@ -547,21 +560,21 @@ impl MountWb {
     }
 
     /// `node` changed through `fd` outside an open file (truncate).
-    pub fn truncated(&self, ov: &Overlay, node: &Arc<Node>, fd: &OwnedFd) {
+    pub fn truncated(&self, ov: &Overlay, node: &NodeRef, fd: &OwnedFd) {
         if let Some(df) = self.dirty_file(ov, node, fd.as_fd()) {
             df.touch();
         }
     }
 
     /// A copy-up in volatile mode left `node`'s copy unsynced.
-    pub fn file_copied_up(&self, ov: &Overlay, node: &Arc<Node>, fd: BorrowedFd<'_>) {
+    pub fn file_copied_up(&self, ov: &Overlay, node: &NodeRef, fd: BorrowedFd<'_>) {
         if let Some(df) = self.dirty_file(ov, node, fd) {
             df.touch();
         }
     }
 
     /// The upper directory `fd` of `dir` had its entries changed.
-    pub fn dir_changed(&self, ov: &Overlay, dir: &Arc<Node>, fd: BorrowedFd<'_>) {
+    pub fn dir_changed(&self, ov: &Overlay, dir: &NodeRef, fd: BorrowedFd<'_>) {
         let Ok(st) = sys::stat_fd(fd) else { return };
         let key = (st.st_dev, st.st_ino);
         let mut dirs = self.dirs.lock();
@@ -576,7 +589,7 @@ impl MountWb {
                 key,
                 obj,
                 errs: dir.wb.errs(),
-                node: Arc::downgrade(dir),
+                node: dir.downgrade(),
                 path: ov.path_of(dir),
                 epoch: AtomicU64::new(1),
             }),
@@ -588,7 +601,7 @@ impl MountWb {
     pub fn sync_dir_now(
         &self,
         ov: &Overlay,
-        _dir: &Arc<Node>,
+        _dir: &NodeRef,
         fd: BorrowedFd<'_>,
     ) -> sys::SysResult<()> {
         let d = ov
@@ -617,7 +630,7 @@ impl MountWb {
     pub fn fsync(
         &self,
         ov: &Overlay,
-        node: &Arc<Node>,
+        node: &NodeRef,
         obs: &Observer,
         datasync: bool,
     ) -> Result<(), Errno> {
@@ -656,7 +669,7 @@ impl MountWb {
 
     /// fsync of a directory through observer `obs`: its entries, and the
     /// directory's own errors (E1 for directories).
-    pub fn fsyncdir(&self, ov: &Overlay, node: &Arc<Node>, obs: &Observer) -> Result<(), Errno> {
+    pub fn fsyncdir(&self, ov: &Overlay, node: &NodeRef, obs: &Observer) -> Result<(), Errno> {
         if self.mode == Mode::Volatile {
             self.check_background(ov);
             if let Some(e) = *self.sticky.lock() {
@@ -985,7 +998,7 @@ impl MountWb {
                 errs: Arc::new(ErrSeq::new()),
                 fd: Mutex::new(Some(Arc::new(fd))),
                 handle: Some(h),
-                node: Mutex::new(Weak::new()),
+                node: Mutex::new(WeakNode::new()),
                 path: Mutex::new(PathBuf::from(&f.path)),
                 writers: AtomicUsize::new(0),
                 epoch: AtomicU64::new(1),
