@@ -12,6 +12,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::layers::markers;
+use crate::layers::object::ObjRef;
 use crate::overlay::Overlay;
 use crate::overlay::node::{Layers, Node, NodeRef, ROOT_ID};
 use crate::sys::{self, Errno, FileType, Mode, OFlags, RenameFlags, Stat, SysResult, Time, xattr};
@@ -100,13 +101,13 @@ fn copy_up_one(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysR
     let (parent_id, name, lower) = {
         let st = node.state.read();
         let obj = match &st.layers {
-            Layers::Dir(d) => d.lowers.first().map(|l| l.obj.clone()),
-            Layers::NonDir { lower, .. } => lower.clone(),
+            Layers::Dir(d) => d.lowers.first().map(|l| ObjRef::Shared(l.obj.clone())),
+            Layers::NonDir { lower, .. } => lower.as_ref().map(|l| l.to_ref(node.small_key())),
         };
         (st.parent, st.name.clone(), obj.ok_or(Errno::IO)?)
     };
     let layer = lower.layer();
-    let lower = lower.fd()?;
+    let lower = node.open(&lower)?;
     let parent = ov.node(parent_id)?;
     let pup = parent.upper_fd()?.ok_or(Errno::IO)?;
     let work = ov.work()?;

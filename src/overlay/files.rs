@@ -93,9 +93,9 @@ impl Overlay {
             let (top, on_upper) = {
                 let st = node.state.read();
                 let on_upper = st.layers.upper().is_some();
-                (st.layers.top().cloned(), on_upper)
+                (st.layers.top(node.small_key()), on_upper)
             };
-            let top = top.ok_or(Errno::STALE)?.fd()?;
+            let top = node.open(&top.ok_or(Errno::STALE)?)?;
             let flags = OFlags::RDONLY | (keep & !OFlags::APPEND);
             let fd = self.stack.proc.reopen(top.as_fd(), flags)?;
             Ok(OpenFile::new(

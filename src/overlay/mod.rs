@@ -105,7 +105,7 @@ impl Overlay {
                 xwhiteouts,
             });
         }
-        let slab = Slab::new();
+        let slab = Slab::new(Some(stack.objs.clone()));
         let root = slab.alloc_with(
             ROOT_ID,
             0,
@@ -344,16 +344,22 @@ impl Overlay {
         let ident = (top.stat.st_dev, top.stat.st_ino);
         let opaque = found.upper_marks.opaque;
         let kind = found.kind;
+        // The descriptor of a small lower object, cached once the node (and
+        // so its key) exists.
+        let mut small_fd = None;
         let layers = if kind == FileType::Directory {
             Layers::Dir(Arc::new(found.into_dir_layers(&self.stack)))
         } else {
             Layers::NonDir {
                 upper: found.upper.map(|u| self.stack.objs.adopt(0, u.fd)),
-                lower: found
-                    .lowers
-                    .into_iter()
-                    .next()
-                    .map(|(l, r, _)| self.stack.objs.adopt(l, r.fd)),
+                lower: match found.lowers.into_iter().next() {
+                    Some((l, r, _)) => {
+                        let (obj, fd) = self.stack.objs.adopt_lower(l, r.fd);
+                        small_fd = fd;
+                        Some(obj)
+                    }
+                    None => None,
+                },
             }
         };
         let mut table = self.table.lock();
@@ -375,6 +381,10 @@ impl Overlay {
         );
         self.wb.link(&node);
         table.insert(&node, parent, name);
+        drop(table);
+        if let Some(fd) = small_fd {
+            self.stack.objs.cache_small(node.small_key(), fd);
+        }
         Ok(node)
     }
 
@@ -422,7 +432,7 @@ impl Overlay {
     /// knowing which name is meant. Marks the node and fails with ESTALE; the
     /// kernel then retries the operation after looking the name up again,
     /// and that lookup copies up exactly that name (`Overlay::split`).
-    pub(crate) fn needs_split(&self, node: &Node) -> SysResult<()> {
+    pub(crate) fn needs_split(&self, node: &NodeRef) -> SysResult<()> {
         if node.is_dir() || node.has_upper() {
             return Ok(());
         }
@@ -534,9 +544,8 @@ impl Overlay {
     }
 
     /// Attributes of `node` as the merged view shows them.
-    pub fn getattr(&self, node: &Node) -> SysResult<Attr> {
-        let top = node.state.read().layers.top().cloned();
-        let fd = top.ok_or(Errno::STALE)?.fd()?;
+    pub fn getattr(&self, node: &NodeRef) -> SysResult<Attr> {
+        let fd = node.top_fd()?;
         let st = sys::stat_fd(fd.as_fd())?;
         Ok(self.attr_from_stat(node, &st))
     }

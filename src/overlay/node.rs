@@ -27,7 +27,7 @@ use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::layers::lookup::DirLayers;
-use crate::layers::object::Obj;
+use crate::layers::object::{LowerObj, Obj, ObjRef, Objects, small_key};
 use crate::sys::FileType;
 
 /// A FUSE node id, which is also the inode number users see. 1 is the root.
@@ -50,7 +50,7 @@ pub enum Layers {
         /// The upper object.
         upper: Option<Obj>,
         /// The lower object the node shows (or was copied up from).
-        lower: Option<Obj>,
+        lower: Option<LowerObj>,
     },
 }
 
@@ -63,15 +63,33 @@ impl Layers {
         }
     }
 
-    /// The object whose data and attributes the merged view shows.
-    pub fn top(&self) -> Option<&Obj> {
+    /// The object whose data and attributes the merged view shows (`key`:
+    /// the holding node's [`Node::small_key`]).
+    pub fn top(&self, key: u64) -> Option<ObjRef> {
         match self {
             Layers::Dir(d) => d
                 .upper
                 .as_ref()
-                .or_else(|| d.lowers.first().map(|l| &l.obj)),
-            Layers::NonDir { upper, lower } => upper.as_ref().or(lower.as_ref()),
+                .or_else(|| d.lowers.first().map(|l| &l.obj))
+                .cloned()
+                .map(ObjRef::Shared),
+            Layers::NonDir { upper, lower } => match upper {
+                Some(u) => Some(ObjRef::Shared(u.clone())),
+                None => lower.as_ref().map(|l| l.to_ref(key)),
+            },
         }
+    }
+
+    /// True when a small lower object is kept by value (its descriptor is
+    /// cached under the node's key).
+    fn has_small(&self) -> bool {
+        matches!(
+            self,
+            Layers::NonDir {
+                lower: Some(LowerObj::Small(_)),
+                ..
+            }
+        )
     }
 
     /// True when the object has a lower-layer part (a merged or lower
@@ -349,10 +367,9 @@ impl Node {
         self.upper().map(|o| o.fd()).transpose()
     }
 
-    /// An `O_PATH` descriptor of the object the merged view shows.
-    pub fn top_fd(&self) -> crate::sys::SysResult<Arc<OwnedFd>> {
-        let top = self.state.read().layers.top().cloned();
-        top.ok_or(crate::sys::Errno::STALE)?.fd()
+    /// The descriptor-cache key of this node's small lower object.
+    pub fn small_key(&self) -> u64 {
+        small_key(self.generation())
     }
 
     /// The directory layers (for directories): a shared reference.
@@ -375,6 +392,8 @@ const CHUNK_MASK: u32 = (1 << CHUNK_BITS) - 1;
 pub struct Chunk {
     slots: Box<[Node]>,
     slab: Weak<SlabShared>,
+    /// The objects of the stack (descriptors of small lower objects).
+    pool: Option<Arc<Objects>>,
 }
 
 impl Chunk {
@@ -387,6 +406,11 @@ impl Chunk {
     fn release(&self, idx: u32) {
         let n = self.slot(idx);
         let old = std::mem::replace(&mut *n.state.write(), NodeState::vacant());
+        if old.layers.has_small() {
+            if let Some(p) = &self.pool {
+                p.forget_small(n.small_key());
+            }
+        }
         n.wb.clear();
         n.lookups.store(0, Ordering::Relaxed);
         n.lower_pinned.store(false, Ordering::Relaxed);
@@ -410,6 +434,7 @@ struct SlabInner {
 struct SlabShared {
     inner: Mutex<SlabInner>,
     next_generation: AtomicU64,
+    pool: Option<Arc<Objects>>,
 }
 
 /// Where nodes live: slots in fixed chunks, each node one slot of the
@@ -418,18 +443,13 @@ struct SlabShared {
 #[derive(Debug, Clone)]
 pub struct Slab(Arc<SlabShared>);
 
-impl Default for Slab {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Slab {
-    /// An empty slab.
-    pub fn new() -> Slab {
+    /// An empty slab for nodes of objects of `pool`.
+    pub fn new(pool: Option<Arc<Objects>>) -> Slab {
         Slab(Arc::new(SlabShared {
             inner: Mutex::new(SlabInner::default()),
             next_generation: AtomicU64::new(1),
+            pool,
         }))
     }
 
@@ -471,6 +491,7 @@ impl Slab {
                         inner.chunks.push(Arc::new(Chunk {
                             slots,
                             slab: Arc::downgrade(&self.0),
+                            pool: self.0.pool.clone(),
                         }));
                     }
                     // Indices are u32: 4 billion live nodes is beyond any
@@ -515,6 +536,26 @@ impl NodeRef {
     /// True when both refer to the same node.
     pub fn ptr_eq(a: &NodeRef, b: &NodeRef) -> bool {
         a.idx == b.idx && Arc::ptr_eq(&a.chunk, &b.chunk)
+    }
+
+    /// The object the merged view shows, to be opened outside the lock.
+    pub fn top(&self) -> Option<ObjRef> {
+        self.state.read().layers.top(self.small_key())
+    }
+
+    /// An `O_PATH` descriptor of `obj`, an object of this node.
+    pub fn open(&self, obj: &ObjRef) -> crate::sys::SysResult<Arc<OwnedFd>> {
+        match (obj, &self.chunk.pool) {
+            (ObjRef::Shared(o), _) => o.fd(),
+            (ObjRef::Small { .. }, Some(p)) => obj.fd(p),
+            (ObjRef::Small { .. }, None) => Err(crate::sys::Errno::STALE),
+        }
+    }
+
+    /// An `O_PATH` descriptor of the object the merged view shows.
+    pub fn top_fd(&self) -> crate::sys::SysResult<Arc<OwnedFd>> {
+        let top = self.top().ok_or(crate::sys::Errno::STALE)?;
+        self.open(&top)
     }
 
     /// A reference that does not keep the node alive.
@@ -708,12 +749,6 @@ pub struct NodeTable {
     /// Further names of nodes with several links.
     aliases: HashMap<NodeId, Vec<(NodeId, OsString)>>,
     next_fallback: NodeId,
-}
-
-impl Default for NodeTable {
-    fn default() -> Self {
-        Self::new(Slab::new())
-    }
 }
 
 impl NodeTable {
@@ -1094,7 +1129,7 @@ mod tests {
 
     #[test]
     fn names_index_follows_renames_and_aliases() {
-        let slab = Slab::new();
+        let slab = Slab::new(None);
         let mut t = NodeTable::new(slab.clone());
         let a = mk(&slab, 10, ROOT_ID, "a");
         t.insert(&a, ROOT_ID, OsStr::new("a"));
@@ -1129,7 +1164,7 @@ mod tests {
 
     #[test]
     fn slots_are_reused_only_once_unreferenced() {
-        let slab = Slab::new();
+        let slab = Slab::new(None);
         let mut t = NodeTable::new(slab.clone());
         let a = mk(&slab, 10, ROOT_ID, "a");
         let weak = a.downgrade();
