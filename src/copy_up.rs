@@ -62,7 +62,7 @@ pub fn copy_up_with(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) ->
         }
         let (parent, unlinked) = {
             let st = last.state.read();
-            (st.parent, st.unlinked)
+            (st.parent, st.unlinked())
         };
         if unlinked {
             // Nothing to publish the copy under.
@@ -147,7 +147,7 @@ fn copy_up_one(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysR
             Layers::Dir(d) => Arc::make_mut(d).upper = Some(obj),
             Layers::NonDir { upper, .. } => *upper = Some(obj),
         }
-        s.ident = (ust.st_dev, ust.st_ino);
+        s.set_ident((ust.st_dev, ust.st_ino));
     }
     let copy = copy_fd;
     // Best effort, like the kernel: the parent keeps its times.
@@ -175,11 +175,11 @@ fn copy_up_one(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysR
 /// Marks an upper directory impure (it holds entries whose inode number is
 /// their origin's), once.
 pub(crate) fn mark_impure(dir: &Node, fd: BorrowedFd<'_>) {
-    if dir.state.read().impure {
+    if dir.state.read().impure() {
         return;
     }
     if xattr::set(fd, OsStr::new(markers::IMPURE), b"y", 0).is_ok() {
-        dir.state.write().impure = true;
+        dir.state.write().set_impure(true);
     }
 }
 

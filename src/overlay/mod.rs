@@ -117,7 +117,6 @@ impl Overlay {
                 ident,
                 false,
             ),
-            Default::default(),
         );
         root.lookups.store(1, Ordering::Release);
         let mut table = NodeTable::new(slab.clone());
@@ -298,7 +297,7 @@ impl Overlay {
         let node = self.install(parent, name, found)?;
         // Another link of the same object, or a racing lookup's node: the
         // stat is still this node's only if it is the same object.
-        let same = node.state.read().ident == (st.st_dev, st.st_ino);
+        let same = node.state.read().same_ident((st.st_dev, st.st_ino));
         Ok(Some((node, same.then_some(st))))
     }
 
@@ -376,8 +375,7 @@ impl Overlay {
         let node = self.slab.alloc(
             id,
             kind,
-            NodeState::new(parent, name, layers, ident, opaque),
-            self.wb.inode_wb(ident),
+            NodeState::new(parent, name, layers, ident, opaque).with_wb(self.wb.inode_wb(ident)),
         );
         self.wb.link(&node);
         table.insert(&node, parent, name);
@@ -419,8 +417,7 @@ impl Overlay {
         let node = self.slab.alloc(
             id,
             kind,
-            NodeState::new(parent, name, layers, ident, opaque),
-            self.wb.inode_wb(ident),
+            NodeState::new(parent, name, layers, ident, opaque).with_wb(self.wb.inode_wb(ident)),
         );
         self.wb.link(&node);
         table.insert(&node, parent, name);
@@ -459,7 +456,7 @@ impl Overlay {
                 // after looking the name up again.
                 let (parent, name) = {
                     let st = node.state.read();
-                    if st.unlinked {
+                    if st.unlinked() {
                         return Err(Errno::STALE);
                     }
                     (st.parent, st.name.clone())
@@ -504,7 +501,7 @@ impl Overlay {
                 Layers::NonDir {
                     upper: None,
                     lower: Some(l),
-                } => (l.clone(), st.ident),
+                } => (l.clone(), st.ident()),
                 _ => return Ok(node.clone()),
             }
         };
@@ -521,7 +518,6 @@ impl Overlay {
                 ident,
                 false,
             ),
-            Default::default(),
         );
         crate::copy_up::copy_up_with(self, &part, data, origin)?;
         let up = part.upper().ok_or(Errno::IO)?;

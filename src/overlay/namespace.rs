@@ -503,7 +503,7 @@ impl Overlay {
                 Layers::Dir(d) => (
                     !d.lowers.is_empty(),
                     d.lower_path.clone(),
-                    st.opaque,
+                    st.opaque(),
                     d.upper.clone(),
                 ),
                 Layers::NonDir { .. } => return Ok(()),
@@ -516,7 +516,7 @@ impl Overlay {
             xattr::set(up.as_fd(), OsStr::new(markers::REDIRECT), &value, 0)?;
         } else if !opaque && !to.lowers.is_empty() {
             xattr::set(up.as_fd(), OsStr::new(markers::OPAQUE), b"y", 0)?;
-            dir.state.write().opaque = true;
+            dir.state.write().set_opaque(true);
         }
         Ok(())
     }

@@ -188,38 +188,55 @@ impl std::fmt::Debug for NodeName {
     }
 }
 
-/// Milliseconds since the first call (a compact monotonic time for rare
-/// per-node marks; never 0).
-fn now_ms() -> u32 {
+/// Bits of [`NodeState`]'s `bits` below the split mark.
+const OPAQUE: u32 = 1;
+const UNLINKED: u32 = 2;
+const IMPURE: u32 = 4;
+const FLAG_BITS: u32 = 3;
+/// The split mark: ticks of 8 ms, 29 bits (wraps after 49.7 days, as a
+/// 32-bit count of milliseconds would).
+const TICK_MS: u64 = 8;
+const TICKS: u32 = u32::MAX >> FLAG_BITS;
+
+/// Ticks since the first call (a compact monotonic time for rare per-node
+/// marks; never 0).
+fn now_ticks() -> u32 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
-    (start.elapsed().as_millis() as u32).max(1)
+    let t = (start.elapsed().as_millis() as u64 / TICK_MS) as u32 & TICKS;
+    t.max(1)
 }
 
-/// Mutable state of a node.
+/// A device number in 32 bits: the kernel's dev_t is 32 bits (12 major,
+/// 20 minor), whatever the width of st_dev, so this loses nothing.
+fn dev32(dev: u64) -> u32 {
+    u32::try_from(dev).unwrap_or(u32::MAX)
+}
+
+/// Mutable state of a node (80 bytes: every node the kernel holds has
+/// one).
 #[derive(Debug)]
 pub struct NodeState {
     /// Parent of the name this node was last known by.
     pub parent: NodeId,
+    /// st_ino of the object that defines this node's identity (see
+    /// [`NodeState::ident`]).
+    ident_ino: u64,
     /// That name. Empty for the root.
     pub name: NodeName,
     /// Where the object lives.
     pub layers: Layers,
-    /// (st_dev, st_ino) of the object that defines this node's identity:
-    /// the upper object, or else the top lower one.
-    pub ident: (u64, u64),
-    /// The upper directory carries an opaque marker.
-    pub opaque: bool,
-    /// No name leads to this node any more (unlinked or replaced); it lives
-    /// on for the files still open on it.
-    pub unlinked: bool,
-    /// The upper directory is marked impure (holds copied-up entries).
-    pub impure: bool,
-    /// When (see `now_ms`; 0: never) a hard-linked lower file asked to be
-    /// copied up through one of its names; the kernel is retrying with a
-    /// fresh lookup, and the name it looks up gets its own copy (see
-    /// `Overlay::lookup`).
-    split_mark: u32,
+    /// Per-inode writeback state (errors, dirty tracking), made on first
+    /// use.
+    wb: Option<Arc<crate::writeback::InodeWb>>,
+    /// st_dev of the identity object (Linux device numbers are 32 bits).
+    ident_dev: u32,
+    /// `OPAQUE`, `UNLINKED`, `IMPURE`, and above them the split mark: when
+    /// (in ticks, see `now_ticks`; 0: never) a hard-linked lower file
+    /// asked to be copied up through one of its names; the kernel is
+    /// retrying with a fresh lookup, and the name it looks up gets its own
+    /// copy (see `Overlay::lookup`).
+    bits: u32,
 }
 
 impl NodeState {
@@ -231,52 +248,129 @@ impl NodeState {
         ident: (u64, u64),
         opaque: bool,
     ) -> NodeState {
-        NodeState {
+        let mut st = NodeState {
             parent,
+            ident_ino: 0,
             name: NodeName::from(name),
             layers,
-            ident,
-            opaque,
-            unlinked: false,
-            impure: false,
-            split_mark: 0,
-        }
+            wb: None,
+            ident_dev: 0,
+            bits: 0,
+        };
+        st.set_ident(ident);
+        st.set_opaque(opaque);
+        st
+    }
+
+    /// With writeback state `wb` (the state the mount keeps for the object
+    /// when an earlier node of it had some).
+    pub fn with_wb(mut self, wb: Option<Arc<crate::writeback::InodeWb>>) -> NodeState {
+        self.wb = wb;
+        self
     }
 
     /// The state of a free slot (holds nothing).
     fn vacant() -> NodeState {
         NodeState {
             parent: 0,
+            ident_ino: 0,
             name: NodeName::from(OsStr::new("")),
             layers: Layers::NonDir {
                 upper: None,
                 lower: None,
             },
-            ident: (0, 0),
-            opaque: false,
-            unlinked: true,
-            impure: false,
-            split_mark: 0,
+            wb: None,
+            ident_dev: 0,
+            bits: UNLINKED,
         }
+    }
+
+    /// (st_dev, st_ino) of the object that defines this node's identity:
+    /// the upper object, or else the top lower one.
+    pub fn ident(&self) -> (u64, u64) {
+        (u64::from(self.ident_dev), self.ident_ino)
+    }
+
+    /// Sets the identity object's (st_dev, st_ino).
+    pub fn set_ident(&mut self, (dev, ino): (u64, u64)) {
+        self.ident_dev = dev32(dev);
+        self.ident_ino = ino;
+    }
+
+    /// True when `ident` is this node's identity object.
+    pub fn same_ident(&self, (dev, ino): (u64, u64)) -> bool {
+        self.ident_dev == dev32(dev) && self.ident_ino == ino
+    }
+
+    fn flag(&self, f: u32) -> bool {
+        self.bits & f != 0
+    }
+
+    fn set_flag(&mut self, f: u32, on: bool) {
+        if on {
+            self.bits |= f;
+        } else {
+            self.bits &= !f;
+        }
+    }
+
+    /// The upper directory carries an opaque marker.
+    pub fn opaque(&self) -> bool {
+        self.flag(OPAQUE)
+    }
+
+    /// Records whether the upper directory carries an opaque marker.
+    pub fn set_opaque(&mut self, on: bool) {
+        self.set_flag(OPAQUE, on);
+    }
+
+    /// No name leads to this node any more (unlinked or replaced); it lives
+    /// on for the files still open on it.
+    pub fn unlinked(&self) -> bool {
+        self.flag(UNLINKED)
+    }
+
+    /// Records whether a name still leads to this node.
+    pub fn set_unlinked(&mut self, on: bool) {
+        self.set_flag(UNLINKED, on);
+    }
+
+    /// The upper directory is marked impure (holds copied-up entries).
+    pub fn impure(&self) -> bool {
+        self.flag(IMPURE)
+    }
+
+    /// Records that the upper directory is marked impure.
+    pub fn set_impure(&mut self, on: bool) {
+        self.set_flag(IMPURE, on);
+    }
+
+    fn split_mark(&self) -> u32 {
+        self.bits >> FLAG_BITS
+    }
+
+    fn set_split_mark(&mut self, t: u32) {
+        self.bits = (self.bits & ((1 << FLAG_BITS) - 1)) | ((t & TICKS) << FLAG_BITS);
     }
 
     /// Marks a split pending from now on.
     pub fn mark_split(&mut self) {
-        self.split_mark = now_ms();
+        self.set_split_mark(now_ticks());
     }
 
     /// Clears a pending split.
     pub fn clear_split(&mut self) {
-        self.split_mark = 0;
+        self.set_split_mark(0);
     }
 
     /// How long ago a split was marked, if one is pending.
     pub fn split_age(&self) -> Option<std::time::Duration> {
-        if self.split_mark == 0 {
+        let mark = self.split_mark();
+        if mark == 0 {
             return None;
         }
-        let ms = now_ms().wrapping_sub(self.split_mark);
-        Some(std::time::Duration::from_millis(u64::from(ms)))
+        let ticks = now_ticks().wrapping_sub(mark) & TICKS;
+        Some(std::time::Duration::from_millis(u64::from(ticks) * TICK_MS))
     }
 }
 
@@ -308,8 +402,6 @@ pub struct Node {
     pub lookups: AtomicU64,
     /// Everything that changes.
     pub state: RwLock<NodeState>,
-    /// Per-inode writeback state (errors, dirty tracking).
-    pub wb: crate::writeback::InodeWb,
 }
 
 impl Node {
@@ -323,7 +415,6 @@ impl Node {
             generation: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
             state: RwLock::new(NodeState::vacant()),
-            wb: Default::default(),
         }
     }
 
@@ -365,6 +456,23 @@ impl Node {
     /// An `O_PATH` descriptor of the upper object, when there is one.
     pub fn upper_fd(&self) -> crate::sys::SysResult<Option<Arc<OwnedFd>>> {
         self.upper().map(|o| o.fd()).transpose()
+    }
+
+    /// The node's writeback state, made now if it has none.
+    pub fn wb(&self) -> Arc<crate::writeback::InodeWb> {
+        if let Some(w) = &self.state.read().wb {
+            return w.clone();
+        }
+        self.state
+            .write()
+            .wb
+            .get_or_insert_with(Default::default)
+            .clone()
+    }
+
+    /// The node's writeback state, if it has any.
+    pub fn wb_if_any(&self) -> Option<Arc<crate::writeback::InodeWb>> {
+        self.state.read().wb.clone()
     }
 
     /// The descriptor-cache key of this node's small lower object.
@@ -411,7 +519,6 @@ impl Chunk {
                 p.forget_small(n.small_key());
             }
         }
-        n.wb.clear();
         n.lookups.store(0, Ordering::Relaxed);
         n.lower_pinned.store(false, Ordering::Relaxed);
         drop(old);
@@ -460,15 +567,9 @@ impl Slab {
 
     /// A new node with a fresh generation, referenced once (by the
     /// returned reference).
-    pub fn alloc(
-        &self,
-        id: NodeId,
-        kind: FileType,
-        state: NodeState,
-        wb: crate::writeback::InodeWb,
-    ) -> NodeRef {
+    pub fn alloc(&self, id: NodeId, kind: FileType, state: NodeState) -> NodeRef {
         let generation = self.next_generation();
-        self.alloc_with(id, generation, kind, state, wb)
+        self.alloc_with(id, generation, kind, state)
     }
 
     /// [`Slab::alloc`] with a given generation (the root's is 0).
@@ -478,7 +579,6 @@ impl Slab {
         generation: u64,
         kind: FileType,
         state: NodeState,
-        wb: crate::writeback::InodeWb,
     ) -> NodeRef {
         let (chunk, idx) = {
             let mut inner = self.0.inner.lock();
@@ -510,7 +610,6 @@ impl Slab {
         n.lookups.store(0, Ordering::Relaxed);
         n.lower_pinned.store(false, Ordering::Relaxed);
         *n.state.write() = state;
-        n.wb.set(wb);
         n.refs.store(1, Ordering::Release);
         NodeRef { chunk, idx }
     }
@@ -873,7 +972,7 @@ impl NodeTable {
     pub fn claim(&mut self, want: NodeId, ident: (u64, u64)) -> Result<NodeRef, NodeId> {
         let same = |n: &NodeRef| {
             let st = n.state.read();
-            st.ident == ident && !st.unlinked
+            st.same_ident(ident) && !st.unlinked()
         };
         match self.get(want) {
             None if want != 0 && want < FALLBACK_BASE => Err(want),
@@ -921,10 +1020,10 @@ impl NodeTable {
         }
         {
             let mut st = node.state.write();
-            if st.unlinked {
+            if st.unlinked() {
                 st.parent = parent;
                 st.name = NodeName::from(name);
-                st.unlinked = false;
+                st.set_unlinked(false);
             } else if !(st.parent == parent && st.name == name) {
                 let v = self.aliases.entry(id).or_default();
                 if !v.iter().any(|(p, n)| *p == parent && n == name) {
@@ -944,7 +1043,7 @@ impl NodeTable {
     pub fn names_of(&self, node: &Node) -> Vec<(NodeId, OsString)> {
         let st = node.state.read();
         let mut v = Vec::new();
-        if !st.unlinked {
+        if !st.unlinked() {
             v.push((st.parent, st.name.to_os_string()));
         }
         if let Some(a) = self.aliases.get(&node.id()) {
@@ -967,7 +1066,7 @@ impl NodeTable {
                     st.parent = p;
                     st.name = NodeName::from(n);
                 }
-                None => st.unlinked = true,
+                None => st.set_unlinked(true),
             }
         } else if let Some(v) = self.aliases.get_mut(&id) {
             v.retain(|(p, n)| !(*p == parent && n == name));
@@ -992,7 +1091,7 @@ impl NodeTable {
             if st.parent == old_parent && st.name == old_name {
                 st.parent = new_parent;
                 st.name = NodeName::from(new_name);
-                st.unlinked = false;
+                st.set_unlinked(false);
             } else if let Some(v) = self.aliases.get_mut(&id) {
                 for a in v.iter_mut() {
                     if a.0 == old_parent && a.1 == old_name {
@@ -1103,7 +1202,7 @@ mod tests {
     fn nodes_stay_small() {
         // The kernel holds one per entry it has seen.
         assert!(
-            std::mem::size_of::<Node>() <= 136,
+            std::mem::size_of::<Node>() <= 120,
             "{}",
             std::mem::size_of::<Node>()
         );
@@ -1123,7 +1222,6 @@ mod tests {
                 (1, id),
                 false,
             ),
-            Default::default(),
         )
     }
 

@@ -45,12 +45,12 @@ use crate::sys::{self, OFlags};
 
 pub use self::journal::Journal;
 
-/// Per-inode writeback state, made on first use: the kernel holds tens of
-/// thousands of nodes after a walk, and only those opened or changed need
-/// any.
+/// Per-inode writeback state, made on first use (a node holds it behind a
+/// pointer, `None` until needed): the kernel holds tens of thousands of
+/// nodes after a walk, and only those opened or changed need any.
 #[derive(Debug, Default)]
 pub struct InodeWb {
-    slots: Mutex<Option<Box<WbSlots>>>,
+    slots: Mutex<WbSlots>,
 }
 
 #[derive(Debug, Default)]
@@ -64,10 +64,10 @@ struct WbSlots {
 impl InodeWb {
     fn with(errs: Arc<ErrSeq>, dirty: Option<Arc<DirtyFile>>) -> InodeWb {
         InodeWb {
-            slots: Mutex::new(Some(Box::new(WbSlots {
+            slots: Mutex::new(WbSlots {
                 errs: Some(errs),
                 dirty,
-            }))),
+            }),
         }
     }
 
@@ -75,27 +75,19 @@ impl InodeWb {
     pub fn errs(&self) -> Arc<ErrSeq> {
         self.slots
             .lock()
-            .get_or_insert_with(Default::default)
             .errs
             .get_or_insert_with(Default::default)
             .clone()
     }
 
     fn dirty(&self) -> Option<Arc<DirtyFile>> {
-        self.slots.lock().as_ref().and_then(|s| s.dirty.clone())
+        self.slots.lock().dirty.clone()
     }
+}
 
-    /// Takes over `other`'s state (a node slot being filled).
-    pub(crate) fn set(&self, other: InodeWb) {
-        let old = std::mem::replace(&mut *self.slots.lock(), other.slots.into_inner());
-        drop(old);
-    }
-
-    /// Drops the state (a node slot being freed).
-    pub(crate) fn clear(&self) {
-        let old = self.slots.lock().take();
-        drop(old);
-    }
+/// The dirty entry of `node`, if it has one.
+fn dirty_of(node: &Node) -> Option<Arc<DirtyFile>> {
+    node.wb_if_any().and_then(|w| w.dirty())
 }
 
 /// One observer's cursors: an open file description of the mount.
@@ -413,19 +405,19 @@ impl MountWb {
     /// st_dev, st_ino): the one the mount already tracks for that object
     /// when the kernel forgot an earlier node of it, so that no error
     /// recorded meanwhile is lost to the new node's observers.
-    pub fn inode_wb(&self, ident: (u64, u64)) -> InodeWb {
+    pub fn inode_wb(&self, ident: (u64, u64)) -> Option<Arc<InodeWb>> {
         if let Some(df) = self.files.lock().get(&ident) {
-            return InodeWb::with(df.errs.clone(), Some(df.clone()));
+            return Some(Arc::new(InodeWb::with(df.errs.clone(), Some(df.clone()))));
         }
         if let Some(d) = self.dirs.lock().get(&ident) {
-            return InodeWb::with(d.errs.clone(), None);
+            return Some(Arc::new(InodeWb::with(d.errs.clone(), None)));
         }
-        InodeWb::default()
+        None
     }
 
     /// Points the dirty entry of `node`'s object (if any) at `node`.
     pub fn link(&self, node: &NodeRef) {
-        if let Some(df) = node.wb.dirty() {
+        if let Some(df) = dirty_of(node) {
             *df.node.lock() = node.downgrade();
         }
     }
@@ -433,7 +425,7 @@ impl MountWb {
     /// A new observer opens `node`.
     pub fn observe(&self, node: &Node) -> Observer {
         Observer {
-            file: Mutex::new(node.wb.errs().sample()),
+            file: Mutex::new(node.wb().errs().sample()),
             mount: Mutex::new(self.errs.sample()),
         }
     }
@@ -490,8 +482,8 @@ impl MountWb {
         node: &NodeRef,
         upper: BorrowedFd<'_>,
     ) -> Option<Arc<DirtyFile>> {
-        let mut guard = node.wb.slots.lock();
-        let slot = guard.get_or_insert_with(Default::default);
+        let wb = node.wb();
+        let mut slot = wb.slots.lock();
         if let Some(df) = &slot.dirty {
             return Some(df.clone());
         }
@@ -547,14 +539,14 @@ impl MountWb {
         if !writable {
             return;
         }
-        if let Some(df) = node.wb.dirty() {
+        if let Some(df) = dirty_of(node) {
             df.writers.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     /// rovl wrote to `node` through an open file.
     pub fn wrote(&self, node: &Node, _n: u64) {
-        if let Some(df) = node.wb.dirty() {
+        if let Some(df) = dirty_of(node) {
             df.touch();
         }
     }
@@ -588,7 +580,7 @@ impl MountWb {
             Arc::new(DirtyDir {
                 key,
                 obj,
-                errs: dir.wb.errs(),
+                errs: dir.wb().errs(),
                 node: dir.downgrade(),
                 path: ov.path_of(dir),
                 epoch: AtomicU64::new(1),
@@ -642,7 +634,7 @@ impl MountWb {
             return Ok(());
         }
         if let Some(up) = node.upper_fd().ok().flatten() {
-            let df = node.wb.dirty();
+            let df = dirty_of(node);
             match df {
                 Some(df) => {
                     if self.sync_file(ov, &df, datasync)? {
@@ -658,13 +650,13 @@ impl MountWb {
                     };
                     if let Ok(fd) = ov.stack.proc.reopen(up.as_fd(), flags) {
                         if let Err(e) = rustix::fs::fsync(&fd) {
-                            self.record(Some(&node.wb.errs()), &ov.path_of(node), wb_errno(e));
+                            self.record(Some(&node.wb().errs()), &ov.path_of(node), wb_errno(e));
                         }
                     }
                 }
             }
         }
-        node.wb.errs().check_and_advance(&mut obs.file.lock())
+        node.wb().errs().check_and_advance(&mut obs.file.lock())
     }
 
     /// fsync of a directory through observer `obs`: its entries, and the
@@ -688,12 +680,12 @@ impl MountWb {
                     .reopen(up.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
                 {
                     if let Err(e) = rustix::fs::fsync(&fd) {
-                        self.record(Some(&node.wb.errs()), &ov.path_of(node), wb_errno(e));
+                        self.record(Some(&node.wb().errs()), &ov.path_of(node), wb_errno(e));
                     }
                 }
             }
         }
-        node.wb.errs().check_and_advance(&mut obs.file.lock())
+        node.wb().errs().check_and_advance(&mut obs.file.lock())
     }
 
     /// fsync of one dirty file; records an error it meets.
@@ -781,12 +773,10 @@ impl MountWb {
         }
         drop(files);
         let node = df.node.lock().upgrade();
-        if let Some(n) = node {
-            let mut slot = n.wb.slots.lock();
-            if let Some(s) = slot.as_mut() {
-                if s.dirty.as_ref().is_some_and(|x| Arc::ptr_eq(x, df)) {
-                    s.dirty = None;
-                }
+        if let Some(wb) = node.and_then(|n| n.wb_if_any()) {
+            let mut s = wb.slots.lock();
+            if s.dirty.as_ref().is_some_and(|x| Arc::ptr_eq(x, df)) {
+                s.dirty = None;
             }
         }
     }
