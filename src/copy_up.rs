@@ -9,7 +9,6 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
 
 use crate::layers::markers;
 use crate::layers::object::ObjRef;
@@ -102,7 +101,7 @@ fn copy_up_one(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysR
         let st = node.state.read();
         let obj = match &st.layers {
             Layers::Dir(d) => d.lowers.first().map(|l| ObjRef::Shared(l.obj.clone())),
-            Layers::NonDir { lower, .. } => lower.as_ref().map(|l| l.to_ref(node.small_key())),
+            l => l.lower().map(|l| l.to_ref(node.small_key())),
         };
         (st.parent, st.name.clone(), obj.ok_or(Errno::IO)?)
     };
@@ -143,10 +142,7 @@ fn copy_up_one(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysR
     }
     {
         let mut s = node.state.write();
-        match &mut s.layers {
-            Layers::Dir(d) => Arc::make_mut(d).upper = Some(obj),
-            Layers::NonDir { upper, .. } => *upper = Some(obj),
-        }
+        s.layers.set_upper(obj);
         s.set_ident((ust.st_dev, ust.st_ino));
     }
     let copy = copy_fd;

@@ -26,7 +26,7 @@ pub use self::open_file::OpenFile;
 /// How long a hard-linked lower file waits for the kernel's retry that
 /// picks the name to copy up.
 const SPLIT_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
-use crate::layers::lookup::{self, DirLayers, Found, LayerDir};
+use crate::layers::lookup::{self, DirLayers, Found, LayerDir, LowerPath};
 use crate::layers::{Stack, markers};
 use crate::sys::{self, Errno, FileType, SysResult};
 use crate::writeback::MountWb;
@@ -81,7 +81,7 @@ impl Overlay {
     /// when the stack has an upper layer).
     pub fn new(stack: Stack, work: Option<OwnedFd>, opts: Options, wb: MountWb) -> SysResult<Self> {
         let mut dl = DirLayers {
-            lower_path: Some(Arc::from(Vec::<OsString>::new())),
+            lower_path: Some(LowerPath::root()),
             ..Default::default()
         };
         let mut ident = (0, 0);
@@ -349,17 +349,16 @@ impl Overlay {
         let layers = if kind == FileType::Directory {
             Layers::Dir(Arc::new(found.into_dir_layers(&self.stack)))
         } else {
-            Layers::NonDir {
-                upper: found.upper.map(|u| self.stack.objs.adopt(0, u.fd)),
-                lower: match found.lowers.into_iter().next() {
-                    Some((l, r, _)) => {
-                        let (obj, fd) = self.stack.objs.adopt_lower(l, r.fd);
-                        small_fd = fd;
-                        Some(obj)
-                    }
-                    None => None,
-                },
-            }
+            let upper = found.upper.map(|u| self.stack.objs.adopt(0, u.fd));
+            let lower = match found.lowers.into_iter().next() {
+                Some((l, r, _)) => {
+                    let (obj, fd) = self.stack.objs.adopt_lower(l, r.fd);
+                    small_fd = fd;
+                    Some(obj)
+                }
+                None => None,
+            };
+            Layers::non_dir(upper, lower)
         };
         let mut table = self.table.lock();
         if let Some(n) = table.child(parent, name) {
@@ -498,34 +497,19 @@ impl Overlay {
         let (lower, ident) = {
             let st = node.state.read();
             match &st.layers {
-                Layers::NonDir {
-                    upper: None,
-                    lower: Some(l),
-                } => (l.clone(), st.ident()),
+                Layers::Lower(l) => (l.clone(), st.ident()),
                 _ => return Ok(node.clone()),
             }
         };
         let part = self.slab.alloc(
             0,
             node.kind(),
-            NodeState::new(
-                parent,
-                name,
-                Layers::NonDir {
-                    upper: None,
-                    lower: Some(lower.clone()),
-                },
-                ident,
-                false,
-            ),
+            NodeState::new(parent, name, Layers::Lower(lower.clone()), ident, false),
         );
         crate::copy_up::copy_up_with(self, &part, data, origin)?;
         let up = part.upper().ok_or(Errno::IO)?;
         let st = sys::stat_fd(up.fd()?.as_fd())?;
-        let layers = Layers::NonDir {
-            upper: Some(up),
-            lower: Some(lower),
-        };
+        let layers = Layers::non_dir(Some(up), Some(lower));
         let node = self.install_upper(parent, name, node.kind(), layers, &st, false);
         // The name's inode number changed: the kernel's cached listing of
         // the parent still has the old one.
@@ -553,7 +537,7 @@ impl Overlay {
                 (d.upper.is_some() && !d.lowers.is_empty())
                     || (d.upper.is_none() && d.lowers.len() > 1)
             }
-            Layers::NonDir { .. } => false,
+            _ => false,
         };
         let mut attr = Attr::from_stat(st, node.id());
         if merged {

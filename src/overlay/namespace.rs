@@ -214,10 +214,7 @@ impl Overlay {
                 ..Default::default()
             }))
         } else {
-            Layers::NonDir {
-                upper: Some(obj),
-                lower: None,
-            }
+            Layers::Upper(obj)
         };
         let node = self.install_upper(parent_id, name, ftype, layers, &st, opaque);
         let (node, attr) = self.reference(&node, parent_id, name)?;
@@ -506,13 +503,13 @@ impl Overlay {
                     st.opaque(),
                     d.upper.clone(),
                 ),
-                Layers::NonDir { .. } => return Ok(()),
+                _ => return Ok(()),
             }
         };
         let up = up.ok_or(Errno::IO)?.fd()?;
         if has_lowers {
             let path = lower_path.ok_or(Errno::IO)?;
-            let value = markers::encode_redirect(&path);
+            let value = markers::encode_redirect(&path.components());
             xattr::set(up.as_fd(), OsStr::new(markers::REDIRECT), &value, 0)?;
         } else if !opaque && !to.lowers.is_empty() {
             xattr::set(up.as_fd(), OsStr::new(markers::OPAQUE), b"y", 0)?;

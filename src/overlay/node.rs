@@ -39,28 +39,67 @@ pub const ROOT_ID: NodeId = 1;
 /// First id of the range handed out when an object's natural id is taken.
 const FALLBACK_BASE: NodeId = 1 << 63;
 
-/// Where a node's object lives in the layers.
+/// Where a node's object lives in the layers (16 bytes: every node the
+/// kernel holds has one).
 #[derive(Debug, Clone)]
 pub enum Layers {
     /// A directory: its upper directory and merged lower directories
     /// (shared: lookups in the directory take a reference, not a copy).
     Dir(Arc<DirLayers>),
-    /// Anything else: the upper object, or else the one lower object.
-    NonDir {
-        /// The upper object.
-        upper: Option<Obj>,
-        /// The lower object the node shows (or was copied up from).
-        lower: Option<LowerObj>,
-    },
+    /// A non-directory only in a lower layer.
+    Lower(LowerObj),
+    /// A non-directory only in the upper layer.
+    Upper(Obj),
+    /// A non-directory with an upper copy and the lower object it shows
+    /// (or was copied up from).
+    Both(Box<(Obj, LowerObj)>),
+    /// A non-directory with no object (a free slot).
+    Nothing,
 }
 
 impl Layers {
+    /// A non-directory's layers.
+    pub fn non_dir(upper: Option<Obj>, lower: Option<LowerObj>) -> Layers {
+        match (upper, lower) {
+            (Some(u), Some(l)) => Layers::Both(Box::new((u, l))),
+            (Some(u), None) => Layers::Upper(u),
+            (None, Some(l)) => Layers::Lower(l),
+            (None, None) => Layers::Nothing,
+        }
+    }
+
     /// The upper object, when there is one.
     pub fn upper(&self) -> Option<&Obj> {
         match self {
             Layers::Dir(d) => d.upper.as_ref(),
-            Layers::NonDir { upper, .. } => upper.as_ref(),
+            Layers::Upper(u) => Some(u),
+            Layers::Both(b) => Some(&b.0),
+            Layers::Lower(_) | Layers::Nothing => None,
         }
+    }
+
+    /// A non-directory's lower object, when it has one.
+    pub fn lower(&self) -> Option<&LowerObj> {
+        match self {
+            Layers::Lower(l) => Some(l),
+            Layers::Both(b) => Some(&b.1),
+            Layers::Dir(_) | Layers::Upper(_) | Layers::Nothing => None,
+        }
+    }
+
+    /// Records the upper copy of the object.
+    pub fn set_upper(&mut self, obj: Obj) {
+        let lower = match std::mem::replace(self, Layers::Nothing) {
+            Layers::Dir(mut d) => {
+                Arc::make_mut(&mut d).upper = Some(obj);
+                *self = Layers::Dir(d);
+                return;
+            }
+            Layers::Lower(l) => Some(l),
+            Layers::Both(b) => Some(b.1),
+            Layers::Upper(_) | Layers::Nothing => None,
+        };
+        *self = Layers::non_dir(Some(obj), lower);
     }
 
     /// The object whose data and attributes the merged view shows (`key`:
@@ -73,23 +112,17 @@ impl Layers {
                 .or_else(|| d.lowers.first().map(|l| &l.obj))
                 .cloned()
                 .map(ObjRef::Shared),
-            Layers::NonDir { upper, lower } => match upper {
-                Some(u) => Some(ObjRef::Shared(u.clone())),
-                None => lower.as_ref().map(|l| l.to_ref(key)),
-            },
+            Layers::Upper(u) => Some(ObjRef::Shared(u.clone())),
+            Layers::Both(b) => Some(ObjRef::Shared(b.0.clone())),
+            Layers::Lower(l) => Some(l.to_ref(key)),
+            Layers::Nothing => None,
         }
     }
 
     /// True when a small lower object is kept by value (its descriptor is
     /// cached under the node's key).
     fn has_small(&self) -> bool {
-        matches!(
-            self,
-            Layers::NonDir {
-                lower: Some(LowerObj::Small(_)),
-                ..
-            }
-        )
+        matches!(self.lower(), Some(LowerObj::Small(_)))
     }
 
     /// True when the object has a lower-layer part (a merged or lower
@@ -97,7 +130,7 @@ impl Layers {
     pub fn has_lowers(&self) -> bool {
         match self {
             Layers::Dir(d) => !d.lowers.is_empty(),
-            Layers::NonDir { lower, .. } => lower.is_some(),
+            _ => self.lower().is_some(),
         }
     }
 }
@@ -275,10 +308,7 @@ impl NodeState {
             parent: 0,
             ident_ino: 0,
             name: NodeName::from(OsStr::new("")),
-            layers: Layers::NonDir {
-                upper: None,
-                lower: None,
-            },
+            layers: Layers::Nothing,
             wb: None,
             ident_dev: 0,
             bits: UNLINKED,
@@ -484,7 +514,7 @@ impl Node {
     pub fn dir_layers(&self) -> Option<Arc<DirLayers>> {
         match &self.state.read().layers {
             Layers::Dir(d) => Some(d.clone()),
-            Layers::NonDir { .. } => None,
+            _ => None,
         }
     }
 }
@@ -1199,10 +1229,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn layers_and_states_stay_small() {
+        assert_eq!(std::mem::size_of::<Layers>(), 16);
+        assert_eq!(std::mem::size_of::<NodeState>(), 72);
+    }
+
+    #[test]
     fn nodes_stay_small() {
         // The kernel holds one per entry it has seen.
         assert!(
-            std::mem::size_of::<Node>() <= 120,
+            std::mem::size_of::<Node>() <= 112,
             "{}",
             std::mem::size_of::<Node>()
         );
@@ -1212,16 +1248,7 @@ mod tests {
         slab.alloc(
             id,
             FileType::RegularFile,
-            NodeState::new(
-                parent,
-                OsStr::new(name),
-                Layers::NonDir {
-                    upper: None,
-                    lower: None,
-                },
-                (1, id),
-                false,
-            ),
+            NodeState::new(parent, OsStr::new(name), Layers::Nothing, (1, id), false),
         )
     }
 
