@@ -9,11 +9,11 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
 
 use crate::layers::markers;
+use crate::layers::object::ObjRef;
 use crate::overlay::Overlay;
-use crate::overlay::node::{Layers, Node, ROOT_ID};
+use crate::overlay::node::{Layers, Node, NodeRef, ROOT_ID};
 use crate::sys::{self, Errno, FileType, Mode, OFlags, RenameFlags, Stat, SysResult, Time, xattr};
 
 /// What to copy.
@@ -41,12 +41,12 @@ pub enum Origin {
 /// The caller holds `ov.rename_lock` (shared or exclusive), so no name on
 /// the way changes meanwhile. Fails with EBUSY when the node's lower file
 /// is pinned by passthrough readers (see `Node::lower_pinned`).
-pub fn copy_up(ov: &Overlay, node: &Arc<Node>, data: Data) -> SysResult<()> {
+pub fn copy_up(ov: &Overlay, node: &NodeRef, data: Data) -> SysResult<()> {
     copy_up_with(ov, node, data, Origin::Keep)
 }
 
 /// [`copy_up`] choosing whether the copy records its origin.
-pub fn copy_up_with(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) -> SysResult<()> {
+pub fn copy_up_with(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysResult<()> {
     if node.has_upper() {
         return Ok(());
     }
@@ -56,12 +56,12 @@ pub fn copy_up_with(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) 
     let mut chain = vec![node.clone()];
     loop {
         let last = chain.last().cloned().ok_or(Errno::IO)?;
-        if last.id == ROOT_ID {
+        if last.id() == ROOT_ID {
             return Err(Errno::ROFS);
         }
         let (parent, unlinked) = {
             let st = last.state.read();
-            (st.parent, st.unlinked)
+            (st.parent, st.unlinked())
         };
         if unlinked {
             // Nothing to publish the copy under.
@@ -74,12 +74,12 @@ pub fn copy_up_with(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) 
         chain.push(p);
     }
     for n in chain.iter().rev() {
-        let d = if Arc::ptr_eq(n, node) {
+        let d = if NodeRef::ptr_eq(n, node) {
             data
         } else {
             Data::Full
         };
-        let o = if Arc::ptr_eq(n, node) {
+        let o = if NodeRef::ptr_eq(n, node) {
             origin
         } else {
             Origin::Keep
@@ -89,7 +89,7 @@ pub fn copy_up_with(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) 
     Ok(())
 }
 
-fn copy_up_one(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) -> SysResult<()> {
+fn copy_up_one(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysResult<()> {
     let _g = node.copy_up_lock.lock();
     if node.has_upper() {
         return Ok(());
@@ -100,13 +100,13 @@ fn copy_up_one(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) -> Sy
     let (parent_id, name, lower) = {
         let st = node.state.read();
         let obj = match &st.layers {
-            Layers::Dir(d) => d.lowers.first().map(|l| l.obj.clone()),
-            Layers::NonDir { lower, .. } => lower.clone(),
+            Layers::Dir(d) => d.lowers.first().map(|l| ObjRef::Shared(l.obj.clone())),
+            l => l.lower().map(|l| l.to_ref(node.small_key())),
         };
         (st.parent, st.name.clone(), obj.ok_or(Errno::IO)?)
     };
     let layer = lower.layer();
-    let lower = lower.fd()?;
+    let lower = node.open(&lower)?;
     let parent = ov.node(parent_id)?;
     let pup = parent.upper_fd()?.ok_or(Errno::IO)?;
     let work = ov.work()?;
@@ -136,17 +136,14 @@ fn copy_up_one(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) -> Sy
     let ust = sys::stat_fd(copy.as_fd())?;
     let copy_fd = sys::dup(copy.as_fd())?;
     let obj = ov.stack.objs.adopt(0, copy);
-    if node.kind == FileType::Directory {
+    if node.kind() == FileType::Directory {
         // Made empty by rovl: no `.wh.` names in it, now or later.
         obj.set_wh_names(false);
     }
     {
         let mut s = node.state.write();
-        match &mut s.layers {
-            Layers::Dir(d) => Arc::make_mut(d).upper = Some(obj),
-            Layers::NonDir { upper, .. } => *upper = Some(obj),
-        }
-        s.ident = (ust.st_dev, ust.st_ino);
+        s.layers.set_upper(obj);
+        s.set_ident((ust.st_dev, ust.st_ino));
     }
     let copy = copy_fd;
     // Best effort, like the kernel: the parent keeps its times.
@@ -156,13 +153,13 @@ fn copy_up_one(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) -> Sy
         Time::At(pstat.st_mtime, pstat.st_mtime_nsec as i64),
     );
     mark_impure(&parent, pup.as_fd());
-    if node.id != 0 {
-        ov.attributes_changed(node.id);
+    if node.id() != 0 {
+        ov.attributes_changed(node.id());
     }
-    ov.attributes_changed(parent.id);
+    ov.attributes_changed(parent.id());
     if ov.opts.volatile {
         ov.wb.dir_changed(ov, &parent, pup.as_fd());
-        if node.kind == FileType::RegularFile {
+        if node.kind() == FileType::RegularFile {
             ov.wb.file_copied_up(ov, node, copy.as_fd());
         }
         Ok(())
@@ -174,11 +171,11 @@ fn copy_up_one(ov: &Overlay, node: &Arc<Node>, data: Data, origin: Origin) -> Sy
 /// Marks an upper directory impure (it holds entries whose inode number is
 /// their origin's), once.
 pub(crate) fn mark_impure(dir: &Node, fd: BorrowedFd<'_>) {
-    if dir.state.read().impure {
+    if dir.state.read().impure() {
         return;
     }
     if xattr::set(fd, OsStr::new(markers::IMPURE), b"y", 0).is_ok() {
-        dir.state.write().impure = true;
+        dir.state.write().set_impure(true);
     }
 }
 

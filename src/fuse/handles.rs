@@ -71,7 +71,7 @@ impl Handles {
         let mut t = self.files.lock();
         t.by_fh.insert(fh, f.clone());
         t.clock.push_back(fh);
-        *t.per_node.entry(f.node.id).or_insert(0) += 1;
+        *t.per_node.entry(f.node.id()).or_insert(0) += 1;
         (fh, f)
     }
 
@@ -87,7 +87,7 @@ impl Handles {
     pub fn remove_file(&self, ov: &Overlay, fh: FileHandle) -> Option<Arc<OpenFile>> {
         let mut t = self.files.lock();
         let f = t.by_fh.remove(&fh.0)?;
-        let node = f.node.id;
+        let node = f.node.id();
         if let Some(n) = t.per_node.get_mut(&node) {
             *n -= 1;
             if *n == 0 {
@@ -136,7 +136,7 @@ impl Handles {
                 continue;
             };
             t.clock.push_back(fh);
-            let pinned = matches!(t.keep.get(&f.node.id), Some(Keep::Descriptors));
+            let pinned = matches!(t.keep.get(&f.node.id()), Some(Keep::Descriptors));
             if !f.holds_fd() || f.take_used() || pinned {
                 continue;
             }
@@ -155,7 +155,10 @@ impl Handles {
         if !t.per_node.contains_key(&node) || t.keep.contains_key(&node) {
             return;
         }
-        let evicted = t.by_fh.values().any(|f| f.node.id == node && !f.holds_fd());
+        let evicted = t
+            .by_fh
+            .values()
+            .any(|f| f.node.id() == node && !f.holds_fd());
         if !evicted && held_descriptors() < self.fd_budget {
             t.keep.insert(node, Keep::Descriptors);
             return;
@@ -169,7 +172,7 @@ impl Handles {
             Err(_) => {
                 t.keep.insert(node, Keep::Descriptors);
                 for f in t.by_fh.values() {
-                    if f.node.id == node && !f.holds_fd() {
+                    if f.node.id() == node && !f.holds_fd() {
                         // A failure here is what a later read would get
                         // anyway.
                         let _ = ov.file_fd(f);

@@ -122,7 +122,7 @@ impl IoModes {
             return;
         }
         let mut nodes = self.nodes.lock();
-        if let Some(nio) = nodes.get_mut(&of.node.id) {
+        if let Some(nio) = nodes.get_mut(&of.node.id()) {
             nio.opens += 1;
             match &nio.mode {
                 Mode::Cached => reply.cached(fh),
@@ -167,7 +167,7 @@ impl IoModes {
                 of.mark_idle();
             }
         }
-        nodes.insert(of.node.id, nio);
+        nodes.insert(of.node.id(), nio);
     }
 
     fn first_mode(&self, ov: &Overlay, of: &OpenFile, reply: &Reply) -> Mode {
@@ -230,13 +230,13 @@ impl IoModes {
             return;
         }
         let mut nodes = self.nodes.lock();
-        if let Some(nio) = nodes.get_mut(&of.node.id) {
+        if let Some(nio) = nodes.get_mut(&of.node.id()) {
             nio.opens = nio.opens.saturating_sub(1);
             if nio.opens == 0 {
                 if let Some(NodeIo {
                     mode: Mode::Passthrough { upper: false, .. },
                     ..
-                }) = nodes.remove(&of.node.id)
+                }) = nodes.remove(&of.node.id())
                 {
                     let _g = of.node.copy_up_lock.lock();
                     of.node.lower_pinned.store(false, Ordering::Release);

@@ -72,7 +72,7 @@ pub struct FuseConfig {
 /// A directory open on the mount.
 #[derive(Debug)]
 struct DirHandle {
-    node: Arc<crate::overlay::node::Node>,
+    node: crate::overlay::node::NodeRef,
     entries: Mutex<Option<Arc<Vec<ListEntry>>>>,
     observer: crate::writeback::Observer,
 }
@@ -167,7 +167,7 @@ impl RovlFs {
     }
 
     fn entry(&self, reply: ReplyEntry, node: &crate::overlay::node::Node, attr: &Attr) {
-        reply.entry(&self.cfg.ttl, &fattr(attr), Generation(node.generation));
+        reply.entry(&self.cfg.ttl, &fattr(attr), Generation(node.generation()));
     }
 
     fn negative(&self, reply: ReplyEntry) {
@@ -677,16 +677,16 @@ impl Filesystem for RovlFs {
             match self.ov.lookup(ino.0, &e.name, false) {
                 Ok(Some((node, attr))) => {
                     let full = reply.add(
-                        INodeNo(node.id),
+                        INodeNo(node.id()),
                         off,
                         &e.name,
                         &self.cfg.ttl,
                         &fattr(&attr),
-                        Generation(node.generation),
+                        Generation(node.generation()),
                     );
                     if full {
                         // Not sent: the kernel took no reference.
-                        self.ov.forget(node.id, 1);
+                        self.ov.forget(node.id(), 1);
                         break;
                     }
                 }
@@ -826,7 +826,7 @@ impl Filesystem for RovlFs {
                         reply,
                         self.cfg.ttl,
                         fattr(&attr),
-                        Generation(node.generation),
+                        Generation(node.generation()),
                     ),
                 );
                 self.handles.trim();

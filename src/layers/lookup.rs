@@ -32,6 +32,60 @@ pub struct LayerDir {
     pub xwhiteouts: bool,
 }
 
+/// Where a directory is in the lower layers (what a redirect to it says):
+/// its name under its parent's path, which it shares with the parent and
+/// its siblings (a directory the kernel holds keeps one of these).
+#[derive(Debug)]
+pub struct LowerPath {
+    parent: Option<Arc<LowerPath>>,
+    name: Box<OsStr>,
+}
+
+impl LowerPath {
+    /// The layer roots.
+    pub fn root() -> Arc<LowerPath> {
+        Arc::new(LowerPath {
+            parent: None,
+            name: Box::from(OsStr::new("")),
+        })
+    }
+
+    /// The path of `name` in this directory.
+    pub fn child(self: &Arc<Self>, name: &OsStr) -> Arc<LowerPath> {
+        Arc::new(LowerPath {
+            parent: Some(self.clone()),
+            name: Box::from(name),
+        })
+    }
+
+    /// The path with these components from the roots.
+    pub fn from_components(path: &[OsString]) -> Arc<LowerPath> {
+        path.iter().fold(LowerPath::root(), |p, c| p.child(c))
+    }
+
+    /// The components from the roots.
+    pub fn components(&self) -> Vec<OsString> {
+        let mut v = Vec::new();
+        let mut cur = self;
+        while let Some(p) = &cur.parent {
+            v.push(cur.name.to_os_string());
+            cur = p;
+        }
+        v.reverse();
+        v
+    }
+}
+
+impl Drop for LowerPath {
+    /// Iteratively: a deep path whose last holder goes must not recurse.
+    fn drop(&mut self) {
+        let mut next = self.parent.take();
+        while let Some(p) = next {
+            next = Arc::into_inner(p).and_then(|mut inner| inner.parent.take());
+        }
+    }
+}
+
 /// Where a directory of the merged view takes its entries from.
 #[derive(Debug, Clone, Default)]
 pub struct DirLayers {
@@ -43,7 +97,7 @@ pub struct DirLayers {
     pub lowers: Vec<LayerDir>,
     /// Path of this directory in the lower layers (what a redirect to it
     /// says); `None` for a directory that exists only in the upper layer.
-    pub lower_path: Option<Arc<[OsString]>>,
+    pub lower_path: Option<Arc<LowerPath>>,
 }
 
 /// What a lookup found.
@@ -62,7 +116,7 @@ pub struct Found {
     /// The upper directory carries a redirect.
     pub redirected: bool,
     /// For directories with lower layers: their path in the lower layers.
-    pub lower_path: Option<Arc<[OsString]>>,
+    pub lower_path: Option<Arc<LowerPath>>,
 }
 
 impl Found {
@@ -212,12 +266,8 @@ pub fn lookup(stack: &Stack, parent: &DirLayers, name: &OsStr) -> SysResult<Opti
         }
     }
     found.lower_path = match &next {
-        Next::Name(n) => parent.lower_path.as_ref().map(|p| {
-            let mut v = p.to_vec();
-            v.push(n.clone());
-            Arc::from(v)
-        }),
-        Next::Abs(p) => Some(Arc::from(p.clone())),
+        Next::Name(n) => parent.lower_path.as_ref().map(|p| p.child(n)),
+        Next::Abs(p) => Some(LowerPath::from_components(p)),
     };
     search_lowers(stack, parent, next, start, &mut found)?;
     if found.upper.is_none() && found.lowers.is_empty() {
@@ -449,4 +499,39 @@ fn search_lowers(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lower_paths_share_their_parents() {
+        let root = LowerPath::root();
+        assert!(root.components().is_empty());
+        let a = root.child(OsStr::new("a"));
+        let b = a.child(OsStr::new("b"));
+        let c = a.child(OsStr::new("c"));
+        assert_eq!(
+            b.components(),
+            vec![OsString::from("a"), OsString::from("b")]
+        );
+        assert_eq!(
+            c.components(),
+            vec![OsString::from("a"), OsString::from("c")]
+        );
+        let abs = LowerPath::from_components(&b.components());
+        assert_eq!(abs.components(), b.components());
+        drop(a);
+        assert_eq!(b.components().len(), 2, "children keep their parents");
+    }
+
+    #[test]
+    fn a_deep_lower_path_drops_without_recursion() {
+        let mut p = LowerPath::root();
+        for _ in 0..1_000_000 {
+            p = p.child(OsStr::new("d"));
+        }
+        drop(p);
+    }
 }

@@ -115,6 +115,146 @@ impl Drop for Inner {
     }
 }
 
+/// Longest file handle a node keeps inside itself (ext4 and 32-bit-inode
+/// xfs make 8 bytes, 64-bit-inode xfs and tmpfs 12).
+const NODE_HANDLE: usize = 12;
+
+/// A handle length from 0 to [`NODE_HANDLE`] (an enum, so that the types
+/// holding a [`SmallHandle`] can keep their tags in its other values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Len {
+    L0,
+    L1,
+    L2,
+    L3,
+    L4,
+    L5,
+    L6,
+    L7,
+    L8,
+    L9,
+    L10,
+    L11,
+    L12,
+}
+
+const LENS: [Len; NODE_HANDLE + 1] = [
+    Len::L0,
+    Len::L1,
+    Len::L2,
+    Len::L3,
+    Len::L4,
+    Len::L5,
+    Len::L6,
+    Len::L7,
+    Len::L8,
+    Len::L9,
+    Len::L10,
+    Len::L11,
+    Len::L12,
+];
+
+/// A lower layer object kept by value inside a node (16 bytes, no
+/// allocation): its layer and file handle. Its descriptor is cached under
+/// a key the node gives (see [`ObjRef`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmallHandle {
+    layer: u16,
+    kind: u8,
+    len: Len,
+    bytes: [u8; NODE_HANDLE],
+}
+
+impl SmallHandle {
+    /// `h` of layer `layer`, when it fits.
+    fn of(layer: LayerId, h: &FileHandle) -> Option<SmallHandle> {
+        let len = *LENS.get(h.bytes.len())?;
+        let kind = u8::try_from(h.kind).ok()?;
+        let layer = u16::try_from(layer).ok()?;
+        let mut bytes = [0u8; NODE_HANDLE];
+        bytes[..h.bytes.len()].copy_from_slice(&h.bytes);
+        Some(SmallHandle {
+            layer,
+            kind,
+            len,
+            bytes,
+        })
+    }
+
+    fn handle(&self) -> FileHandle {
+        FileHandle {
+            kind: i32::from(self.kind),
+            bytes: self.bytes[..self.len as usize].to_vec(),
+        }
+    }
+
+    /// The layer the object is in.
+    pub fn layer(&self) -> LayerId {
+        LayerId::from(self.layer)
+    }
+}
+
+/// A non-directory's lower object as a node keeps it: by value when its
+/// handle is small, else shared.
+#[derive(Debug, Clone)]
+pub enum LowerObj {
+    /// A small handle (nearly every lower file).
+    Small(SmallHandle),
+    /// Anything else (a long handle, or a pinned descriptor).
+    Shared(Obj),
+}
+
+impl LowerObj {
+    /// The object, opened through the cache under `key` when small (the
+    /// key of the node holding it: see [`small_key`]).
+    pub fn to_ref(&self, key: u64) -> ObjRef {
+        match self {
+            LowerObj::Small(h) => ObjRef::Small { key, h: *h },
+            LowerObj::Shared(o) => ObjRef::Shared(o.clone()),
+        }
+    }
+}
+
+/// The descriptor-cache key of the small object of the node with
+/// generation `generation` (unique: generations are never reused, and
+/// shared objects' keys are addresses, which never have the top bit).
+pub fn small_key(generation: u64) -> u64 {
+    (1 << 63) | generation
+}
+
+/// An object taken out of a node to be used outside its lock.
+#[derive(Debug, Clone)]
+pub enum ObjRef {
+    /// A shared object.
+    Shared(Obj),
+    /// A node's small object and its cache key.
+    Small {
+        /// Cache key.
+        key: u64,
+        /// The handle.
+        h: SmallHandle,
+    },
+}
+
+impl ObjRef {
+    /// The layer the object is in.
+    pub fn layer(&self) -> LayerId {
+        match self {
+            ObjRef::Shared(o) => o.layer(),
+            ObjRef::Small { h, .. } => h.layer(),
+        }
+    }
+
+    /// An `O_PATH` descriptor of the object (`pool`: the stack's objects).
+    pub fn fd(&self, pool: &Objects) -> SysResult<Arc<OwnedFd>> {
+        match self {
+            ObjRef::Shared(o) => o.fd(),
+            ObjRef::Small { key, h } => pool.open_small(*key, h),
+        }
+    }
+}
+
 /// An object in a layer (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct Obj(Arc<Inner>);
@@ -303,6 +443,57 @@ impl Objects {
         }
     }
 
+    /// Makes a non-directory's lower object of `fd` (an `O_PATH`
+    /// descriptor) in layer `layer`: small when its handle fits a node,
+    /// then with `fd` back for [`Objects::cache_small`] once the node's key
+    /// is known.
+    pub fn adopt_lower(
+        self: &Arc<Self>,
+        layer: LayerId,
+        fd: OwnedFd,
+    ) -> (LowerObj, Option<OwnedFd>) {
+        match sys::name_to_handle(fd.as_fd()) {
+            Ok(h) => match SmallHandle::of(layer, &h) {
+                Some(small) => (LowerObj::Small(small), Some(fd)),
+                None => {
+                    let inner = Arc::new(Inner::with_handle(self, layer, h));
+                    self.insert(inner.key(), Arc::new(fd));
+                    (LowerObj::Shared(Obj(inner)), None)
+                }
+            },
+            Err(_) => (
+                LowerObj::Shared(Obj(Arc::new(Inner::new(
+                    self,
+                    layer,
+                    Some(Extra::Pinned(Arc::new(fd))),
+                )))),
+                None,
+            ),
+        }
+    }
+
+    /// Caches `fd` as the descriptor of the small object with key `key`.
+    pub fn cache_small(&self, key: u64, fd: OwnedFd) {
+        self.insert(key, Arc::new(fd));
+    }
+
+    /// The descriptor of the small object `h` with key `key`.
+    fn open_small(&self, key: u64, h: &SmallHandle) -> SysResult<Arc<OwnedFd>> {
+        if let Some(s) = self.cache.lock().slots.get(&key) {
+            s.used.store(true, Ordering::Relaxed);
+            return Ok(s.fd.clone());
+        }
+        let fd = self.open_handle(h.layer(), &h.handle())?;
+        self.insert(key, fd.clone());
+        Ok(fd)
+    }
+
+    /// The node holding the small object with key `key` is gone: its
+    /// descriptor goes too.
+    pub fn forget_small(&self, key: u64) {
+        self.forget(key);
+    }
+
     /// Makes an [`Obj`] that keeps `fd` (for layer roots and objects that
     /// must not be reopened).
     pub fn pin(self: &Arc<Self>, layer: LayerId, fd: Arc<OwnedFd>) -> Obj {
@@ -316,7 +507,14 @@ impl Objects {
             return Ok(s.fd.clone());
         }
         let h = &obj.handle().ok_or(Errno::STALE)?;
-        let root = self.roots.get(usize::from(obj.layer)).ok_or(Errno::STALE)?;
+        let fd = self.open_handle(usize::from(obj.layer), h)?;
+        self.insert(key, fd.clone());
+        Ok(fd)
+    }
+
+    /// Opens handle `h` on layer `layer` (not cached).
+    fn open_handle(&self, layer: LayerId, h: &FileHandle) -> SysResult<Arc<OwnedFd>> {
+        let root = self.roots.get(layer).ok_or(Errno::STALE)?;
         let fd = match sys::open_by_handle(root.as_fd(), h) {
             Err(Errno::MFILE | Errno::NFILE) => {
                 self.shrink();
@@ -324,9 +522,7 @@ impl Objects {
             }
             r => r?,
         };
-        let fd = Arc::new(fd);
-        self.insert(key, fd.clone());
-        Ok(fd)
+        Ok(Arc::new(fd))
     }
 
     fn insert(&self, key: u64, fd: Arc<OwnedFd>) {
@@ -440,6 +636,12 @@ mod tests {
                 let _ = std::fs::remove_dir_all(&self.0);
             }
         }
+    }
+
+    #[test]
+    fn small_handles_fit_in_a_node() {
+        assert_eq!(std::mem::size_of::<SmallHandle>(), 16);
+        assert_eq!(std::mem::size_of::<Option<LowerObj>>(), 16);
     }
 
     #[test]

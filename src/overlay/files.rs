@@ -6,7 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use super::node::{Node, NodeId};
+use super::node::{Node, NodeId, NodeRef};
 use super::open_file::OpenFile;
 use super::{Attr, Caller, Overlay, SetAttr, SetTime};
 use crate::copy_up::Data;
@@ -93,9 +93,9 @@ impl Overlay {
             let (top, on_upper) = {
                 let st = node.state.read();
                 let on_upper = st.layers.upper().is_some();
-                (st.layers.top().cloned(), on_upper)
+                (st.layers.top(node.small_key()), on_upper)
             };
-            let top = top.ok_or(Errno::STALE)?.fd()?;
+            let top = node.open(&top.ok_or(Errno::STALE)?)?;
             let flags = OFlags::RDONLY | (keep & !OFlags::APPEND);
             let fd = self.stack.proc.reopen(top.as_fd(), flags)?;
             Ok(OpenFile::new(
@@ -113,7 +113,7 @@ impl Overlay {
     /// and file capabilities, as the kernel does. rovl works as root, so it
     /// clears them itself.
     fn kill_privs_for(&self, node: &Node, fd: &OwnedFd, caller: Caller) -> SysResult<()> {
-        if caller.uid == 0 || node.kind != FileType::RegularFile {
+        if caller.uid == 0 || node.kind() != FileType::RegularFile {
             return Ok(());
         }
         let st = sys::stat_fd(fd.as_fd())?;
@@ -328,7 +328,7 @@ impl Overlay {
     /// Target of a symlink.
     pub fn readlink(&self, node_id: NodeId) -> SysResult<Vec<u8>> {
         let node = self.node(node_id)?;
-        if node.kind != FileType::Symlink {
+        if node.kind() != FileType::Symlink {
             return Err(Errno::INVAL);
         }
         let fd = node.top_fd()?;
@@ -423,7 +423,7 @@ impl Overlay {
 
     /// The node the kernel knows by `name` in `parent`, if any.
     pub fn cached_child(&self, parent: NodeId, name: &OsStr) -> Option<NodeId> {
-        self.table.lock().child(parent, name).map(|n| n.id)
+        self.table.lock().child(parent, name).map(|n| n.id())
     }
 
     /// The listing of directory `node`: `.`, `..`, then the merged entries.
@@ -432,7 +432,7 @@ impl Overlay {
         let merged = readdir::merge(&self.stack, &dl)?;
         let parent_ino = {
             let p = node.state.read().parent;
-            self.node(p).map(|p| p.id).unwrap_or(node.id)
+            self.node(p).map(|p| p.id()).unwrap_or(node.id())
         };
         let impure = match &dl.upper {
             Some(u) => xattr::is(u.fd()?.as_fd(), OsStr::new(markers::IMPURE), b"y")?,
@@ -442,7 +442,7 @@ impl Overlay {
         out.push(ListEntry {
             name: ".".into(),
             kind: FileType::Directory,
-            ino: node.id,
+            ino: node.id(),
         });
         out.push(ListEntry {
             name: "..".into(),
@@ -450,7 +450,7 @@ impl Overlay {
             ino: parent_ino,
         });
         for e in merged {
-            let ino = self.entry_ino(node.id, &dl, &e, impure)?;
+            let ino = self.entry_ino(node.id(), &dl, &e, impure)?;
             out.push(ListEntry {
                 name: e.name,
                 kind: e.kind,
@@ -471,7 +471,7 @@ impl Overlay {
         impure: bool,
     ) -> SysResult<u64> {
         if let Some(n) = self.table.lock().child(parent, &e.name) {
-            return Ok(n.id);
+            return Ok(n.id());
         }
         let upper_entry = dl.upper.is_some() && e.layer == 0 && self.stack.has_upper;
         if !upper_entry {
@@ -536,7 +536,7 @@ impl Overlay {
     }
 
     /// The open file for a file `create` just made.
-    pub fn adopt_created(&self, node: Arc<Node>, file: OwnedFd) -> OpenFile {
+    pub fn adopt_created(&self, node: NodeRef, file: OwnedFd) -> OpenFile {
         let flags = rustix::fs::fcntl_getfl(&file).unwrap_or(OFlags::RDWR);
         let writable = flags & OFlags::ACCMODE != OFlags::RDONLY;
         let fd = Arc::new(file);
@@ -560,7 +560,7 @@ impl Overlay {
     }
 
     /// fsync of a directory through an open directory.
-    pub fn fsyncdir(&self, node: &Arc<Node>, obs: &Observer, _datasync: bool) -> SysResult<()> {
+    pub fn fsyncdir(&self, node: &NodeRef, obs: &Observer, _datasync: bool) -> SysResult<()> {
         self.wb
             .fsyncdir(self, node, obs)
             .map_err(crate::writeback::to_sys)

@@ -20,13 +20,13 @@ use parking_lot::{Mutex, RwLock};
 pub use self::attr::{Attr, Caller, SetAttr, SetTime};
 pub use self::files::OpenFlags;
 pub use self::namespace::NewKind;
-use self::node::{Layers, Node, NodeId, NodeState, NodeTable, ROOT_ID};
+use self::node::{Layers, Node, NodeId, NodeRef, NodeState, NodeTable, ROOT_ID, Slab};
 pub use self::open_file::OpenFile;
 
 /// How long a hard-linked lower file waits for the kernel's retry that
 /// picks the name to copy up.
 const SPLIT_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
-use crate::layers::lookup::{self, DirLayers, Found, LayerDir};
+use crate::layers::lookup::{self, DirLayers, Found, LayerDir, LowerPath};
 use crate::layers::{Stack, markers};
 use crate::sys::{self, Errno, FileType, SysResult};
 use crate::writeback::MountWb;
@@ -50,6 +50,8 @@ pub struct Overlay {
     /// `WORKDIR/work`: where copies and new objects are prepared.
     work: Option<OwnedFd>,
     table: Mutex<NodeTable>,
+    /// Where nodes live.
+    slab: Slab,
     /// Renames take it exclusively; anything that walks or publishes into
     /// the parent chain (copy-up, create, remove) takes it shared, so names
     /// stay put while they are used.
@@ -79,7 +81,7 @@ impl Overlay {
     /// when the stack has an upper layer).
     pub fn new(stack: Stack, work: Option<OwnedFd>, opts: Options, wb: MountWb) -> SysResult<Self> {
         let mut dl = DirLayers {
-            lower_path: Some(Arc::from(Vec::<OsString>::new())),
+            lower_path: Some(LowerPath::root()),
             ..Default::default()
         };
         let mut ident = (0, 0);
@@ -103,7 +105,8 @@ impl Overlay {
                 xwhiteouts,
             });
         }
-        let root = Node::new(
+        let slab = Slab::new(Some(stack.objs.clone()));
+        let root = slab.alloc_with(
             ROOT_ID,
             0,
             FileType::Directory,
@@ -114,16 +117,17 @@ impl Overlay {
                 ident,
                 false,
             ),
-            Default::default(),
         );
         root.lookups.store(1, Ordering::Release);
-        let mut table = NodeTable::new();
-        table.insert(Arc::new(root), ROOT_ID, OsStr::new(""));
+        let mut table = NodeTable::new(slab.clone());
+        table.insert(&root, ROOT_ID, OsStr::new(""));
+        drop(root);
         Ok(Overlay {
             stack,
             opts,
             work,
             table: Mutex::new(table),
+            slab,
             rename_lock: RwLock::new(()),
             tmp_counter: AtomicU64::new(0),
             wbcache: std::sync::atomic::AtomicBool::new(false),
@@ -164,12 +168,12 @@ impl Overlay {
 
     /// The node with id `id` (ESTALE when the kernel names a node rovl no
     /// longer has, which only a kernel bug could cause).
-    pub fn node(&self, id: NodeId) -> SysResult<Arc<Node>> {
+    pub fn node(&self, id: NodeId) -> SysResult<NodeRef> {
         self.table.lock().get(id).ok_or(Errno::STALE)
     }
 
     /// Every node the kernel currently holds.
-    pub fn nodes(&self) -> Vec<Arc<Node>> {
+    pub fn nodes(&self) -> Vec<NodeRef> {
         self.table.lock().all()
     }
 
@@ -205,7 +209,7 @@ impl Overlay {
         parent: NodeId,
         name: &OsStr,
         split: bool,
-    ) -> SysResult<Option<(Arc<Node>, Attr)>> {
+    ) -> SysResult<Option<(NodeRef, Attr)>> {
         let Some((mut node, mut fresh)) = self.resolve_fresh(parent, name)? else {
             return Ok(None);
         };
@@ -232,10 +236,10 @@ impl Overlay {
     /// (reached as `parent/name`) and returns its attributes.
     pub(crate) fn reference(
         &self,
-        node: &Arc<Node>,
+        node: &NodeRef,
         parent: NodeId,
         name: &OsStr,
-    ) -> SysResult<(Arc<Node>, Attr)> {
+    ) -> SysResult<(NodeRef, Attr)> {
         self.reference_with(node, parent, name, None)
     }
 
@@ -244,21 +248,21 @@ impl Overlay {
     /// attributes without asking the layer again.
     fn reference_with(
         &self,
-        node: &Arc<Node>,
+        node: &NodeRef,
         parent: NodeId,
         name: &OsStr,
         fresh: Option<&sys::Stat>,
-    ) -> SysResult<(Arc<Node>, Attr)> {
+    ) -> SysResult<(NodeRef, Attr)> {
         let counted = self.table.lock().take_ref(node, parent, name);
         let attr = match fresh {
-            Some(st) if Arc::ptr_eq(&counted, node) => Ok(self.attr_from_stat(&counted, st)),
+            Some(st) if NodeRef::ptr_eq(&counted, node) => Ok(self.attr_from_stat(&counted, st)),
             _ => self.getattr(&counted),
         };
         match attr {
             Ok(attr) => Ok((counted, attr)),
             Err(e) => {
                 // No reply will carry the reference: give it back.
-                self.forget(counted.id, 1);
+                self.forget(counted.id(), 1);
                 Err(e)
             }
         }
@@ -267,7 +271,7 @@ impl Overlay {
     /// The node `parent/name` leads to, without counting a reference. Nodes
     /// found fresh are entered in the table with no reference, so the next
     /// `lookup` of the same name finds the same node.
-    pub(crate) fn resolve_id(&self, parent: NodeId, name: &OsStr) -> SysResult<Option<Arc<Node>>> {
+    pub(crate) fn resolve_id(&self, parent: NodeId, name: &OsStr) -> SysResult<Option<NodeRef>> {
         Ok(self.resolve_fresh(parent, name)?.map(|(n, _)| n))
     }
 
@@ -277,7 +281,7 @@ impl Overlay {
         &self,
         parent: NodeId,
         name: &OsStr,
-    ) -> SysResult<Option<(Arc<Node>, Option<sys::Stat>)>> {
+    ) -> SysResult<Option<(NodeRef, Option<sys::Stat>)>> {
         sys::check_name(name)?;
         if let Some(n) = self.table.lock().child(parent, name) {
             return Ok(Some((n, None)));
@@ -293,13 +297,13 @@ impl Overlay {
         let node = self.install(parent, name, found)?;
         // Another link of the same object, or a racing lookup's node: the
         // stat is still this node's only if it is the same object.
-        let same = node.state.read().ident == (st.st_dev, st.st_ino);
+        let same = node.state.read().same_ident((st.st_dev, st.st_ino));
         Ok(Some((node, same.then_some(st))))
     }
 
     /// Like [`Overlay::resolve_id`] with the parent node at hand.
-    pub(crate) fn resolve(&self, parent: &Node, name: &OsStr) -> SysResult<Option<Arc<Node>>> {
-        self.resolve_id(parent.id, name)
+    pub(crate) fn resolve(&self, parent: &Node, name: &OsStr) -> SysResult<Option<NodeRef>> {
+        self.resolve_id(parent.id(), name)
     }
 
     /// The inode number an object of the merged view naturally has, like
@@ -333,23 +337,28 @@ impl Overlay {
 
     /// Enters a found object in the table as `parent/name`, or returns the
     /// node already standing for the same object (another link of it).
-    fn install(&self, parent: NodeId, name: &OsStr, found: Found) -> SysResult<Arc<Node>> {
+    fn install(&self, parent: NodeId, name: &OsStr, found: Found) -> SysResult<NodeRef> {
         let want = self.ino_of(&found)?;
         let top = found.top();
         let ident = (top.stat.st_dev, top.stat.st_ino);
         let opaque = found.upper_marks.opaque;
         let kind = found.kind;
+        // The descriptor of a small lower object, cached once the node (and
+        // so its key) exists.
+        let mut small_fd = None;
         let layers = if kind == FileType::Directory {
             Layers::Dir(Arc::new(found.into_dir_layers(&self.stack)))
         } else {
-            Layers::NonDir {
-                upper: found.upper.map(|u| self.stack.objs.adopt(0, u.fd)),
-                lower: found
-                    .lowers
-                    .into_iter()
-                    .next()
-                    .map(|(l, r, _)| self.stack.objs.adopt(l, r.fd)),
-            }
+            let upper = found.upper.map(|u| self.stack.objs.adopt(0, u.fd));
+            let lower = match found.lowers.into_iter().next() {
+                Some((l, r, _)) => {
+                    let (obj, fd) = self.stack.objs.adopt_lower(l, r.fd);
+                    small_fd = fd;
+                    Some(obj)
+                }
+                None => None,
+            };
+            Layers::non_dir(upper, lower)
         };
         let mut table = self.table.lock();
         if let Some(n) = table.child(parent, name) {
@@ -362,16 +371,17 @@ impl Overlay {
             }
             Err(id) => id,
         };
-        let generation = table.next_generation();
-        let node = Arc::new(Node::new(
+        let node = self.slab.alloc(
             id,
-            generation,
             kind,
-            NodeState::new(parent, name, layers, ident, opaque),
-            self.wb.inode_wb(ident),
-        ));
+            NodeState::new(parent, name, layers, ident, opaque).with_wb(self.wb.inode_wb(ident)),
+        );
         self.wb.link(&node);
-        table.insert(node.clone(), parent, name);
+        table.insert(&node, parent, name);
+        drop(table);
+        if let Some(fd) = small_fd {
+            self.stack.objs.cache_small(node.small_key(), fd);
+        }
         Ok(node)
     }
 
@@ -385,7 +395,7 @@ impl Overlay {
         layers: Layers,
         st: &sys::Stat,
         opaque: bool,
-    ) -> Arc<Node> {
+    ) -> NodeRef {
         let ident = (st.st_dev, st.st_ino);
         let mut table = self.table.lock();
         table.remove_name(parent, name);
@@ -403,16 +413,13 @@ impl Overlay {
                 u.set_wh_names(false);
             }
         }
-        let generation = table.next_generation();
-        let node = Arc::new(Node::new(
+        let node = self.slab.alloc(
             id,
-            generation,
             kind,
-            NodeState::new(parent, name, layers, ident, opaque),
-            self.wb.inode_wb(ident),
-        ));
+            NodeState::new(parent, name, layers, ident, opaque).with_wb(self.wb.inode_wb(ident)),
+        );
         self.wb.link(&node);
-        table.insert(node.clone(), parent, name);
+        table.insert(&node, parent, name);
         node
     }
 
@@ -421,7 +428,7 @@ impl Overlay {
     /// knowing which name is meant. Marks the node and fails with ESTALE; the
     /// kernel then retries the operation after looking the name up again,
     /// and that lookup copies up exactly that name (`Overlay::split`).
-    pub(crate) fn needs_split(&self, node: &Node) -> SysResult<()> {
+    pub(crate) fn needs_split(&self, node: &NodeRef) -> SysResult<()> {
         if node.is_dir() || node.has_upper() {
             return Ok(());
         }
@@ -436,11 +443,7 @@ impl Overlay {
     /// Copies `node` up (ancestors first) unless it is a hard-linked lower
     /// file, which first needs the kernel to say which name is meant. The
     /// caller holds `rename_lock`.
-    pub(crate) fn copy_up_node(
-        &self,
-        node: &Arc<Node>,
-        data: crate::copy_up::Data,
-    ) -> SysResult<()> {
+    pub(crate) fn copy_up_node(&self, node: &NodeRef, data: crate::copy_up::Data) -> SysResult<()> {
         self.needs_split(node)?;
         match crate::copy_up::copy_up(self, node, data) {
             Err(Errno::BUSY) if node.lower_pinned.load(Ordering::Acquire) => {
@@ -452,7 +455,7 @@ impl Overlay {
                 // after looking the name up again.
                 let (parent, name) = {
                     let st = node.state.read();
-                    if st.unlinked {
+                    if st.unlinked() {
                         return Err(Errno::STALE);
                     }
                     (st.parent, st.name.clone())
@@ -467,7 +470,7 @@ impl Overlay {
     /// Copies up name `parent/name` of the hard-linked lower file `node` as
     /// a file of its own (breaking the link, as kernel overlayfs does with
     /// `index=off`), and returns its new node.
-    fn split(&self, parent: NodeId, name: &OsStr, node: &Arc<Node>) -> SysResult<Arc<Node>> {
+    fn split(&self, parent: NodeId, name: &OsStr, node: &NodeRef) -> SysResult<NodeRef> {
         let _r = self.rename_lock.read();
         node.state.write().clear_split();
         self.copy_up_name(
@@ -487,44 +490,27 @@ impl Overlay {
         &self,
         parent: NodeId,
         name: &OsStr,
-        node: &Arc<Node>,
+        node: &NodeRef,
         data: crate::copy_up::Data,
         origin: crate::copy_up::Origin,
-    ) -> SysResult<Arc<Node>> {
+    ) -> SysResult<NodeRef> {
         let (lower, ident) = {
             let st = node.state.read();
             match &st.layers {
-                Layers::NonDir {
-                    upper: None,
-                    lower: Some(l),
-                } => (l.clone(), st.ident),
+                Layers::Lower(l) => (l.clone(), st.ident()),
                 _ => return Ok(node.clone()),
             }
         };
-        let part = Arc::new(Node::new(
+        let part = self.slab.alloc(
             0,
-            0,
-            node.kind,
-            NodeState::new(
-                parent,
-                name,
-                Layers::NonDir {
-                    upper: None,
-                    lower: Some(lower.clone()),
-                },
-                ident,
-                false,
-            ),
-            Default::default(),
-        ));
+            node.kind(),
+            NodeState::new(parent, name, Layers::Lower(lower.clone()), ident, false),
+        );
         crate::copy_up::copy_up_with(self, &part, data, origin)?;
         let up = part.upper().ok_or(Errno::IO)?;
         let st = sys::stat_fd(up.fd()?.as_fd())?;
-        let layers = Layers::NonDir {
-            upper: Some(up),
-            lower: Some(lower),
-        };
-        let node = self.install_upper(parent, name, node.kind, layers, &st, false);
+        let layers = Layers::non_dir(Some(up), Some(lower));
+        let node = self.install_upper(parent, name, node.kind(), layers, &st, false);
         // The name's inode number changed: the kernel's cached listing of
         // the parent still has the old one.
         self.contents_changed(parent);
@@ -538,9 +524,8 @@ impl Overlay {
     }
 
     /// Attributes of `node` as the merged view shows them.
-    pub fn getattr(&self, node: &Node) -> SysResult<Attr> {
-        let top = node.state.read().layers.top().cloned();
-        let fd = top.ok_or(Errno::STALE)?.fd()?;
+    pub fn getattr(&self, node: &NodeRef) -> SysResult<Attr> {
+        let fd = node.top_fd()?;
         let st = sys::stat_fd(fd.as_fd())?;
         Ok(self.attr_from_stat(node, &st))
     }
@@ -552,9 +537,9 @@ impl Overlay {
                 (d.upper.is_some() && !d.lowers.is_empty())
                     || (d.upper.is_none() && d.lowers.len() > 1)
             }
-            Layers::NonDir { .. } => false,
+            _ => false,
         };
-        let mut attr = Attr::from_stat(st, node.id);
+        let mut attr = Attr::from_stat(st, node.id());
         if merged {
             // Like kernel overlayfs: counting a merged directory's links
             // would mean reading every layer.
@@ -571,7 +556,7 @@ impl Overlay {
             let st = node.state.read();
             (st.parent, st.name.to_os_string())
         };
-        if node.id == ROOT_ID {
+        if node.id() == ROOT_ID {
             return PathBuf::from("/");
         }
         parts.push(name);

@@ -14,7 +14,7 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use super::node::{Layers, Node, NodeId};
+use super::node::{Layers, Node, NodeId, NodeRef};
 use super::{Attr, Caller, Overlay, acl};
 use crate::copy_up::{self, Data, mark_impure, remove_tmp, remove_tree};
 use crate::layers::lookup::{self, DirLayers};
@@ -81,7 +81,7 @@ fn check_new_name(name: &OsStr) -> SysResult<()> {
 impl Overlay {
     /// The upper directory of `parent`, copied up first when needed. The
     /// caller holds `rename_lock`.
-    pub(crate) fn upper_dir(&self, parent: &Arc<Node>) -> SysResult<Arc<OwnedFd>> {
+    pub(crate) fn upper_dir(&self, parent: &NodeRef) -> SysResult<Arc<OwnedFd>> {
         if !parent.is_dir() {
             return Err(Errno::NOTDIR);
         }
@@ -108,7 +108,7 @@ impl Overlay {
         perm: u32,
         umask: u32,
         caller: Caller,
-    ) -> SysResult<(Arc<Node>, Attr, Option<OwnedFd>)> {
+    ) -> SysResult<(NodeRef, Attr, Option<OwnedFd>)> {
         check_new_name(name)?;
         if let NewKind::Special(FileType::CharacterDevice, 0) = kind {
             // A 0/0 device is a whiteout in the upper layer: it would hide
@@ -214,10 +214,7 @@ impl Overlay {
                 ..Default::default()
             }))
         } else {
-            Layers::NonDir {
-                upper: Some(obj),
-                lower: None,
-            }
+            Layers::Upper(obj)
         };
         let node = self.install_upper(parent_id, name, ftype, layers, &st, opaque);
         let (node, attr) = self.reference(&node, parent_id, name)?;
@@ -230,7 +227,7 @@ impl Overlay {
         node_id: NodeId,
         new_parent: NodeId,
         new_name: &OsStr,
-    ) -> SysResult<(Arc<Node>, Attr)> {
+    ) -> SysResult<(NodeRef, Attr)> {
         check_new_name(new_name)?;
         let node = self.node(node_id)?;
         if node.is_dir() {
@@ -374,7 +371,7 @@ impl Overlay {
         let src = self.resolve(&op, old_name)?.ok_or(Errno::NOENT)?;
         let dst = self.resolve(&np, new_name)?;
         if let Some(d) = &dst {
-            if Arc::ptr_eq(d, &src) {
+            if NodeRef::ptr_eq(d, &src) {
                 // Two names of one object: rename(2) does nothing.
                 return Ok(());
             }
@@ -496,27 +493,27 @@ impl Overlay {
     /// gets a redirect to them; one without, moving into a merged
     /// directory, gets an opaque marker so the new place's lower
     /// directories do not show through.
-    fn mark_moved_dir(&self, dir: &Arc<Node>, to: &DirLayers) -> SysResult<()> {
+    fn mark_moved_dir(&self, dir: &NodeRef, to: &DirLayers) -> SysResult<()> {
         let (has_lowers, lower_path, opaque, up) = {
             let st = dir.state.read();
             match &st.layers {
                 Layers::Dir(d) => (
                     !d.lowers.is_empty(),
                     d.lower_path.clone(),
-                    st.opaque,
+                    st.opaque(),
                     d.upper.clone(),
                 ),
-                Layers::NonDir { .. } => return Ok(()),
+                _ => return Ok(()),
             }
         };
         let up = up.ok_or(Errno::IO)?.fd()?;
         if has_lowers {
             let path = lower_path.ok_or(Errno::IO)?;
-            let value = markers::encode_redirect(&path);
+            let value = markers::encode_redirect(&path.components());
             xattr::set(up.as_fd(), OsStr::new(markers::REDIRECT), &value, 0)?;
         } else if !opaque && !to.lowers.is_empty() {
             xattr::set(up.as_fd(), OsStr::new(markers::OPAQUE), b"y", 0)?;
-            dir.state.write().opaque = true;
+            dir.state.write().set_opaque(true);
         }
         Ok(())
     }

@@ -8,17 +8,18 @@
 //! layers produce that) gets one from a reserved range instead.
 //!
 //! Memory: the kernel holds a node for every entry it has seen (a walk of
-//! an image, tens of thousands), so a node is kept small: one allocation
-//! with its name inline (short names), directory layers behind a shared
-//! pointer, writeback state only once needed, and the name index stores
+//! an image, tens of thousands), so a node is kept small: one slot of a
+//! slab (no allocation of its own) with its name inline (short names),
+//! directory layers behind a shared pointer, writeback state only once
+//! needed; the tables hold 4-byte slot indices, and the name index stores
 //! no copy of the name.
 
 use std::ffi::{OsStr, OsString};
 use std::hash::{BuildHasher, Hasher};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
 use hashbrown::HashTable;
@@ -26,7 +27,7 @@ use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::layers::lookup::DirLayers;
-use crate::layers::object::Obj;
+use crate::layers::object::{LowerObj, Obj, ObjRef, Objects, small_key};
 use crate::sys::FileType;
 
 /// A FUSE node id, which is also the inode number users see. 1 is the root.
@@ -38,39 +39,90 @@ pub const ROOT_ID: NodeId = 1;
 /// First id of the range handed out when an object's natural id is taken.
 const FALLBACK_BASE: NodeId = 1 << 63;
 
-/// Where a node's object lives in the layers.
+/// Where a node's object lives in the layers (16 bytes: every node the
+/// kernel holds has one).
 #[derive(Debug, Clone)]
 pub enum Layers {
     /// A directory: its upper directory and merged lower directories
     /// (shared: lookups in the directory take a reference, not a copy).
     Dir(Arc<DirLayers>),
-    /// Anything else: the upper object, or else the one lower object.
-    NonDir {
-        /// The upper object.
-        upper: Option<Obj>,
-        /// The lower object the node shows (or was copied up from).
-        lower: Option<Obj>,
-    },
+    /// A non-directory only in a lower layer.
+    Lower(LowerObj),
+    /// A non-directory only in the upper layer.
+    Upper(Obj),
+    /// A non-directory with an upper copy and the lower object it shows
+    /// (or was copied up from).
+    Both(Box<(Obj, LowerObj)>),
+    /// A non-directory with no object (a free slot).
+    Nothing,
 }
 
 impl Layers {
+    /// A non-directory's layers.
+    pub fn non_dir(upper: Option<Obj>, lower: Option<LowerObj>) -> Layers {
+        match (upper, lower) {
+            (Some(u), Some(l)) => Layers::Both(Box::new((u, l))),
+            (Some(u), None) => Layers::Upper(u),
+            (None, Some(l)) => Layers::Lower(l),
+            (None, None) => Layers::Nothing,
+        }
+    }
+
     /// The upper object, when there is one.
     pub fn upper(&self) -> Option<&Obj> {
         match self {
             Layers::Dir(d) => d.upper.as_ref(),
-            Layers::NonDir { upper, .. } => upper.as_ref(),
+            Layers::Upper(u) => Some(u),
+            Layers::Both(b) => Some(&b.0),
+            Layers::Lower(_) | Layers::Nothing => None,
         }
     }
 
-    /// The object whose data and attributes the merged view shows.
-    pub fn top(&self) -> Option<&Obj> {
+    /// A non-directory's lower object, when it has one.
+    pub fn lower(&self) -> Option<&LowerObj> {
+        match self {
+            Layers::Lower(l) => Some(l),
+            Layers::Both(b) => Some(&b.1),
+            Layers::Dir(_) | Layers::Upper(_) | Layers::Nothing => None,
+        }
+    }
+
+    /// Records the upper copy of the object.
+    pub fn set_upper(&mut self, obj: Obj) {
+        let lower = match std::mem::replace(self, Layers::Nothing) {
+            Layers::Dir(mut d) => {
+                Arc::make_mut(&mut d).upper = Some(obj);
+                *self = Layers::Dir(d);
+                return;
+            }
+            Layers::Lower(l) => Some(l),
+            Layers::Both(b) => Some(b.1),
+            Layers::Upper(_) | Layers::Nothing => None,
+        };
+        *self = Layers::non_dir(Some(obj), lower);
+    }
+
+    /// The object whose data and attributes the merged view shows (`key`:
+    /// the holding node's [`Node::small_key`]).
+    pub fn top(&self, key: u64) -> Option<ObjRef> {
         match self {
             Layers::Dir(d) => d
                 .upper
                 .as_ref()
-                .or_else(|| d.lowers.first().map(|l| &l.obj)),
-            Layers::NonDir { upper, lower } => upper.as_ref().or(lower.as_ref()),
+                .or_else(|| d.lowers.first().map(|l| &l.obj))
+                .cloned()
+                .map(ObjRef::Shared),
+            Layers::Upper(u) => Some(ObjRef::Shared(u.clone())),
+            Layers::Both(b) => Some(ObjRef::Shared(b.0.clone())),
+            Layers::Lower(l) => Some(l.to_ref(key)),
+            Layers::Nothing => None,
         }
+    }
+
+    /// True when a small lower object is kept by value (its descriptor is
+    /// cached under the node's key).
+    fn has_small(&self) -> bool {
+        matches!(self.lower(), Some(LowerObj::Small(_)))
     }
 
     /// True when the object has a lower-layer part (a merged or lower
@@ -78,7 +130,7 @@ impl Layers {
     pub fn has_lowers(&self) -> bool {
         match self {
             Layers::Dir(d) => !d.lowers.is_empty(),
-            Layers::NonDir { lower, .. } => lower.is_some(),
+            _ => self.lower().is_some(),
         }
     }
 }
@@ -169,38 +221,55 @@ impl std::fmt::Debug for NodeName {
     }
 }
 
-/// Milliseconds since the first call (a compact monotonic time for rare
-/// per-node marks; never 0).
-fn now_ms() -> u32 {
+/// Bits of [`NodeState`]'s `bits` below the split mark.
+const OPAQUE: u32 = 1;
+const UNLINKED: u32 = 2;
+const IMPURE: u32 = 4;
+const FLAG_BITS: u32 = 3;
+/// The split mark: ticks of 8 ms, 29 bits (wraps after 49.7 days, as a
+/// 32-bit count of milliseconds would).
+const TICK_MS: u64 = 8;
+const TICKS: u32 = u32::MAX >> FLAG_BITS;
+
+/// Ticks since the first call (a compact monotonic time for rare per-node
+/// marks; never 0).
+fn now_ticks() -> u32 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
-    (start.elapsed().as_millis() as u32).max(1)
+    let t = (start.elapsed().as_millis() as u64 / TICK_MS) as u32 & TICKS;
+    t.max(1)
 }
 
-/// Mutable state of a node.
+/// A device number in 32 bits: the kernel's dev_t is 32 bits (12 major,
+/// 20 minor), whatever the width of st_dev, so this loses nothing.
+fn dev32(dev: u64) -> u32 {
+    u32::try_from(dev).unwrap_or(u32::MAX)
+}
+
+/// Mutable state of a node (80 bytes: every node the kernel holds has
+/// one).
 #[derive(Debug)]
 pub struct NodeState {
     /// Parent of the name this node was last known by.
     pub parent: NodeId,
+    /// st_ino of the object that defines this node's identity (see
+    /// [`NodeState::ident`]).
+    ident_ino: u64,
     /// That name. Empty for the root.
     pub name: NodeName,
     /// Where the object lives.
     pub layers: Layers,
-    /// (st_dev, st_ino) of the object that defines this node's identity:
-    /// the upper object, or else the top lower one.
-    pub ident: (u64, u64),
-    /// The upper directory carries an opaque marker.
-    pub opaque: bool,
-    /// No name leads to this node any more (unlinked or replaced); it lives
-    /// on for the files still open on it.
-    pub unlinked: bool,
-    /// The upper directory is marked impure (holds copied-up entries).
-    pub impure: bool,
-    /// When (see `now_ms`; 0: never) a hard-linked lower file asked to be
-    /// copied up through one of its names; the kernel is retrying with a
-    /// fresh lookup, and the name it looks up gets its own copy (see
-    /// `Overlay::lookup`).
-    split_mark: u32,
+    /// Per-inode writeback state (errors, dirty tracking), made on first
+    /// use.
+    wb: Option<Arc<crate::writeback::InodeWb>>,
+    /// st_dev of the identity object (Linux device numbers are 32 bits).
+    ident_dev: u32,
+    /// `OPAQUE`, `UNLINKED`, `IMPURE`, and above them the split mark: when
+    /// (in ticks, see `now_ticks`; 0: never) a hard-linked lower file
+    /// asked to be copied up through one of its names; the kernel is
+    /// retrying with a fresh lookup, and the name it looks up gets its own
+    /// copy (see `Overlay::lookup`).
+    bits: u32,
 }
 
 impl NodeState {
@@ -212,92 +281,196 @@ impl NodeState {
         ident: (u64, u64),
         opaque: bool,
     ) -> NodeState {
-        NodeState {
+        let mut st = NodeState {
             parent,
+            ident_ino: 0,
             name: NodeName::from(name),
             layers,
-            ident,
-            opaque,
-            unlinked: false,
-            impure: false,
-            split_mark: 0,
+            wb: None,
+            ident_dev: 0,
+            bits: 0,
+        };
+        st.set_ident(ident);
+        st.set_opaque(opaque);
+        st
+    }
+
+    /// With writeback state `wb` (the state the mount keeps for the object
+    /// when an earlier node of it had some).
+    pub fn with_wb(mut self, wb: Option<Arc<crate::writeback::InodeWb>>) -> NodeState {
+        self.wb = wb;
+        self
+    }
+
+    /// The state of a free slot (holds nothing).
+    fn vacant() -> NodeState {
+        NodeState {
+            parent: 0,
+            ident_ino: 0,
+            name: NodeName::from(OsStr::new("")),
+            layers: Layers::Nothing,
+            wb: None,
+            ident_dev: 0,
+            bits: UNLINKED,
         }
+    }
+
+    /// (st_dev, st_ino) of the object that defines this node's identity:
+    /// the upper object, or else the top lower one.
+    pub fn ident(&self) -> (u64, u64) {
+        (u64::from(self.ident_dev), self.ident_ino)
+    }
+
+    /// Sets the identity object's (st_dev, st_ino).
+    pub fn set_ident(&mut self, (dev, ino): (u64, u64)) {
+        self.ident_dev = dev32(dev);
+        self.ident_ino = ino;
+    }
+
+    /// True when `ident` is this node's identity object.
+    pub fn same_ident(&self, (dev, ino): (u64, u64)) -> bool {
+        self.ident_dev == dev32(dev) && self.ident_ino == ino
+    }
+
+    fn flag(&self, f: u32) -> bool {
+        self.bits & f != 0
+    }
+
+    fn set_flag(&mut self, f: u32, on: bool) {
+        if on {
+            self.bits |= f;
+        } else {
+            self.bits &= !f;
+        }
+    }
+
+    /// The upper directory carries an opaque marker.
+    pub fn opaque(&self) -> bool {
+        self.flag(OPAQUE)
+    }
+
+    /// Records whether the upper directory carries an opaque marker.
+    pub fn set_opaque(&mut self, on: bool) {
+        self.set_flag(OPAQUE, on);
+    }
+
+    /// No name leads to this node any more (unlinked or replaced); it lives
+    /// on for the files still open on it.
+    pub fn unlinked(&self) -> bool {
+        self.flag(UNLINKED)
+    }
+
+    /// Records whether a name still leads to this node.
+    pub fn set_unlinked(&mut self, on: bool) {
+        self.set_flag(UNLINKED, on);
+    }
+
+    /// The upper directory is marked impure (holds copied-up entries).
+    pub fn impure(&self) -> bool {
+        self.flag(IMPURE)
+    }
+
+    /// Records that the upper directory is marked impure.
+    pub fn set_impure(&mut self, on: bool) {
+        self.set_flag(IMPURE, on);
+    }
+
+    fn split_mark(&self) -> u32 {
+        self.bits >> FLAG_BITS
+    }
+
+    fn set_split_mark(&mut self, t: u32) {
+        self.bits = (self.bits & ((1 << FLAG_BITS) - 1)) | ((t & TICKS) << FLAG_BITS);
     }
 
     /// Marks a split pending from now on.
     pub fn mark_split(&mut self) {
-        self.split_mark = now_ms();
+        self.set_split_mark(now_ticks());
     }
 
     /// Clears a pending split.
     pub fn clear_split(&mut self) {
-        self.split_mark = 0;
+        self.set_split_mark(0);
     }
 
     /// How long ago a split was marked, if one is pending.
     pub fn split_age(&self) -> Option<std::time::Duration> {
-        if self.split_mark == 0 {
+        let mark = self.split_mark();
+        if mark == 0 {
             return None;
         }
-        let ms = now_ms().wrapping_sub(self.split_mark);
-        Some(std::time::Duration::from_millis(u64::from(ms)))
+        let ticks = now_ticks().wrapping_sub(mark) & TICKS;
+        Some(std::time::Duration::from_millis(u64::from(ticks) * TICK_MS))
     }
 }
 
-/// One object of the merged view the kernel holds a reference to.
+/// One object of the merged view the kernel holds a reference to: a slot
+/// of the node slab, reached through [`NodeRef`]s. A slot is reused for
+/// another node once no reference to it is left, so what identifies the
+/// node (id, generation, type) is set when the slot is taken.
 #[derive(Debug)]
 pub struct Node {
-    /// FUSE node id and inode number.
-    pub id: NodeId,
-    /// FUSE generation: distinguishes objects that reuse an id over time.
-    pub generation: u64,
-    /// Everything that changes.
-    pub state: RwLock<NodeState>,
-    /// Kernel lookup count.
-    pub lookups: AtomicU64,
-    /// Per-inode writeback state (errors, dirty tracking).
-    pub wb: crate::writeback::InodeWb,
-    /// File type (never changes for a node).
-    pub kind: FileType,
-    /// Serializes copy-up of this node.
-    pub copy_up_lock: Mutex<()>,
+    /// References ([`NodeRef`]s and the table's) to this slot's node.
+    refs: AtomicU32,
+    /// File type (`S_IFMT` bits >> 12; never changes for a node).
+    kind: AtomicU8,
     /// The kernel reads this node's lower file directly (FUSE passthrough)
     /// for some open file. Its FUSE inode is then tied to that lower file,
     /// so the node must never be copied up in place: a writer sharing the
     /// inode would reach the lower file through mmap. Set and cleared under
     /// `copy_up_lock`.
     pub lower_pinned: AtomicBool,
+    /// Serializes copy-up of this node.
+    pub copy_up_lock: Mutex<()>,
+    /// FUSE node id and inode number.
+    id: AtomicU64,
+    /// FUSE generation: distinguishes objects that reuse an id over time
+    /// (unique to each node of the slab, so it also tells the nodes a
+    /// slot held apart).
+    generation: AtomicU64,
+    /// Kernel lookup count.
+    pub lookups: AtomicU64,
+    /// Everything that changes.
+    pub state: RwLock<NodeState>,
 }
 
 impl Node {
-    /// A node in no table yet.
-    pub fn new(
-        id: NodeId,
-        generation: u64,
-        kind: FileType,
-        state: NodeState,
-        wb: crate::writeback::InodeWb,
-    ) -> Node {
+    fn vacant() -> Node {
         Node {
-            id,
-            generation,
-            kind,
-            state: RwLock::new(state),
-            lookups: AtomicU64::new(0),
-            copy_up_lock: Mutex::new(()),
+            refs: AtomicU32::new(0),
+            kind: AtomicU8::new(0),
             lower_pinned: AtomicBool::new(false),
-            wb,
+            copy_up_lock: Mutex::new(()),
+            id: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            lookups: AtomicU64::new(0),
+            state: RwLock::new(NodeState::vacant()),
         }
+    }
+
+    /// FUSE node id and inode number.
+    pub fn id(&self) -> NodeId {
+        self.id.load(Ordering::Relaxed)
+    }
+
+    /// FUSE generation.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// File type (never changes for a node).
+    pub fn kind(&self) -> FileType {
+        FileType::from_raw_mode(u32::from(self.kind.load(Ordering::Relaxed)) << 12)
     }
 
     /// The inode number users see.
     pub fn ino(&self) -> u64 {
-        self.id
+        self.id()
     }
 
     /// True for directories.
     pub fn is_dir(&self) -> bool {
-        self.kind == FileType::Directory
+        self.kind() == FileType::Directory
     }
 
     /// The upper object, when there is one.
@@ -315,187 +488,527 @@ impl Node {
         self.upper().map(|o| o.fd()).transpose()
     }
 
-    /// An `O_PATH` descriptor of the object the merged view shows.
-    pub fn top_fd(&self) -> crate::sys::SysResult<Arc<OwnedFd>> {
-        let top = self.state.read().layers.top().cloned();
-        top.ok_or(crate::sys::Errno::STALE)?.fd()
+    /// The node's writeback state, made now if it has none.
+    pub fn wb(&self) -> Arc<crate::writeback::InodeWb> {
+        if let Some(w) = &self.state.read().wb {
+            return w.clone();
+        }
+        self.state
+            .write()
+            .wb
+            .get_or_insert_with(Default::default)
+            .clone()
+    }
+
+    /// The node's writeback state, if it has any.
+    pub fn wb_if_any(&self) -> Option<Arc<crate::writeback::InodeWb>> {
+        self.state.read().wb.clone()
+    }
+
+    /// The descriptor-cache key of this node's small lower object.
+    pub fn small_key(&self) -> u64 {
+        small_key(self.generation())
     }
 
     /// The directory layers (for directories): a shared reference.
     pub fn dir_layers(&self) -> Option<Arc<DirLayers>> {
         match &self.state.read().layers {
             Layers::Dir(d) => Some(d.clone()),
-            Layers::NonDir { .. } => None,
+            _ => None,
         }
     }
 }
 
-/// Nodes by id (a pointer per slot: the id is in the node).
+/// Slots per chunk of the slab (a power of two).
+const CHUNK_BITS: u32 = 9;
+const CHUNK: usize = 1 << CHUNK_BITS;
+const CHUNK_MASK: u32 = (1 << CHUNK_BITS) - 1;
+
+/// A fixed block of slots. Chunks are never moved or freed while the slab
+/// lives, so a reference holds its chunk and an index, with no lock.
+#[derive(Debug)]
+pub struct Chunk {
+    slots: Box<[Node]>,
+    slab: Weak<SlabShared>,
+    /// The objects of the stack (descriptors of small lower objects).
+    pool: Option<Arc<Objects>>,
+}
+
+impl Chunk {
+    fn slot(&self, idx: u32) -> &Node {
+        &self.slots[(idx & CHUNK_MASK) as usize]
+    }
+
+    /// The last reference to slot `idx` went away: empty it (dropping what
+    /// the node held, so its descriptors close now) and make it free.
+    fn release(&self, idx: u32) {
+        let n = self.slot(idx);
+        let old = std::mem::replace(&mut *n.state.write(), NodeState::vacant());
+        if old.layers.has_small() {
+            if let Some(p) = &self.pool {
+                p.forget_small(n.small_key());
+            }
+        }
+        n.lookups.store(0, Ordering::Relaxed);
+        n.lower_pinned.store(false, Ordering::Relaxed);
+        drop(old);
+        if let Some(s) = self.slab.upgrade() {
+            s.inner.lock().free.push(idx);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
-struct NodeMap(HashTable<Arc<Node>>);
+struct SlabInner {
+    chunks: Vec<Arc<Chunk>>,
+    /// Free slots below `used`.
+    free: Vec<u32>,
+    /// Slots ever handed out (the first free index never used).
+    used: u32,
+}
+
+#[derive(Debug)]
+struct SlabShared {
+    inner: Mutex<SlabInner>,
+    next_generation: AtomicU64,
+    pool: Option<Arc<Objects>>,
+}
+
+/// Where nodes live: slots in fixed chunks, each node one slot of the
+/// node's own size (no allocation per node, and 4-byte indices in the
+/// table instead of pointers). Cheap to clone (a shared handle).
+#[derive(Debug, Clone)]
+pub struct Slab(Arc<SlabShared>);
+
+impl Slab {
+    /// An empty slab for nodes of objects of `pool`.
+    pub fn new(pool: Option<Arc<Objects>>) -> Slab {
+        Slab(Arc::new(SlabShared {
+            inner: Mutex::new(SlabInner::default()),
+            next_generation: AtomicU64::new(1),
+            pool,
+        }))
+    }
+
+    /// A fresh generation number (never 0).
+    pub fn next_generation(&self) -> u64 {
+        self.0.next_generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A new node with a fresh generation, referenced once (by the
+    /// returned reference).
+    pub fn alloc(&self, id: NodeId, kind: FileType, state: NodeState) -> NodeRef {
+        let generation = self.next_generation();
+        self.alloc_with(id, generation, kind, state)
+    }
+
+    /// [`Slab::alloc`] with a given generation (the root's is 0).
+    pub fn alloc_with(
+        &self,
+        id: NodeId,
+        generation: u64,
+        kind: FileType,
+        state: NodeState,
+    ) -> NodeRef {
+        let (chunk, idx) = {
+            let mut inner = self.0.inner.lock();
+            let idx = match inner.free.pop() {
+                Some(i) => i,
+                None => {
+                    let i = inner.used;
+                    if (i >> CHUNK_BITS) as usize >= inner.chunks.len() {
+                        let slots: Box<[Node]> = (0..CHUNK).map(|_| Node::vacant()).collect();
+                        inner.chunks.push(Arc::new(Chunk {
+                            slots,
+                            slab: Arc::downgrade(&self.0),
+                            pool: self.0.pool.clone(),
+                        }));
+                    }
+                    // Indices are u32: 4 billion live nodes is beyond any
+                    // kernel's inode cache.
+                    inner.used = i.checked_add(1).unwrap_or_else(|| std::process::abort());
+                    i
+                }
+            };
+            (inner.chunks[(idx >> CHUNK_BITS) as usize].clone(), idx)
+        };
+        let n = chunk.slot(idx);
+        n.id.store(id, Ordering::Relaxed);
+        n.generation.store(generation, Ordering::Relaxed);
+        let k = (kind.as_raw_mode() >> 12) as u8;
+        n.kind.store(k, Ordering::Relaxed);
+        n.lookups.store(0, Ordering::Relaxed);
+        n.lower_pinned.store(false, Ordering::Relaxed);
+        *n.state.write() = state;
+        n.refs.store(1, Ordering::Release);
+        NodeRef { chunk, idx }
+    }
+
+    /// Every chunk (a snapshot).
+    fn chunks(&self) -> Vec<Arc<Chunk>> {
+        self.0.inner.lock().chunks.clone()
+    }
+}
+
+/// A counted reference to a node (what `Arc<Node>` was): the node stays in
+/// its slot while one exists.
+pub struct NodeRef {
+    chunk: Arc<Chunk>,
+    idx: u32,
+}
+
+impl NodeRef {
+    fn slot(&self) -> &Node {
+        self.chunk.slot(self.idx)
+    }
+
+    /// True when both refer to the same node.
+    pub fn ptr_eq(a: &NodeRef, b: &NodeRef) -> bool {
+        a.idx == b.idx && Arc::ptr_eq(&a.chunk, &b.chunk)
+    }
+
+    /// The object the merged view shows, to be opened outside the lock.
+    pub fn top(&self) -> Option<ObjRef> {
+        self.state.read().layers.top(self.small_key())
+    }
+
+    /// An `O_PATH` descriptor of `obj`, an object of this node.
+    pub fn open(&self, obj: &ObjRef) -> crate::sys::SysResult<Arc<OwnedFd>> {
+        match (obj, &self.chunk.pool) {
+            (ObjRef::Shared(o), _) => o.fd(),
+            (ObjRef::Small { .. }, Some(p)) => obj.fd(p),
+            (ObjRef::Small { .. }, None) => Err(crate::sys::Errno::STALE),
+        }
+    }
+
+    /// An `O_PATH` descriptor of the object the merged view shows.
+    pub fn top_fd(&self) -> crate::sys::SysResult<Arc<OwnedFd>> {
+        let top = self.top().ok_or(crate::sys::Errno::STALE)?;
+        self.open(&top)
+    }
+
+    /// A reference that does not keep the node alive.
+    pub fn downgrade(&self) -> WeakNode {
+        WeakNode {
+            chunk: Arc::downgrade(&self.chunk),
+            idx: self.idx,
+            generation: self.generation(),
+        }
+    }
+}
+
+fn count_ref(n: &Node) {
+    // As `Arc`: far more references than could ever exist is a leak loop.
+    if n.refs.fetch_add(1, Ordering::Relaxed) > u32::MAX / 2 {
+        std::process::abort();
+    }
+}
+
+impl Clone for NodeRef {
+    fn clone(&self) -> Self {
+        count_ref(self.slot());
+        NodeRef {
+            chunk: self.chunk.clone(),
+            idx: self.idx,
+        }
+    }
+}
+
+impl Drop for NodeRef {
+    fn drop(&mut self) {
+        if self.slot().refs.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        std::sync::atomic::fence(Ordering::Acquire);
+        self.chunk.release(self.idx);
+    }
+}
+
+impl std::ops::Deref for NodeRef {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        self.slot()
+    }
+}
+
+impl std::fmt::Debug for NodeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeRef")
+            .field("id", &self.id())
+            .field("generation", &self.generation())
+            .finish()
+    }
+}
+
+/// A reference to a node that does not keep it (what `Weak<Node>` was).
+#[derive(Debug, Clone, Default)]
+pub struct WeakNode {
+    chunk: Weak<Chunk>,
+    idx: u32,
+    generation: u64,
+}
+
+impl WeakNode {
+    /// A reference to nothing.
+    pub fn new() -> WeakNode {
+        WeakNode::default()
+    }
+
+    /// The node, while it lives.
+    pub fn upgrade(&self) -> Option<NodeRef> {
+        let chunk = self.chunk.upgrade()?;
+        let n = chunk.slot(self.idx);
+        let mut c = n.refs.load(Ordering::Relaxed);
+        loop {
+            if c == 0 {
+                return None;
+            }
+            match n
+                .refs
+                .compare_exchange_weak(c, c + 1, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(x) => c = x,
+            }
+        }
+        let r = NodeRef {
+            chunk,
+            idx: self.idx,
+        };
+        // The slot may hold another node by now (generations are unique).
+        (r.generation() == self.generation).then_some(r)
+    }
+}
+
+/// The table's view of the slab: slot indices to nodes.
+#[derive(Debug)]
+struct Slots {
+    slab: Slab,
+    chunks: Vec<Arc<Chunk>>,
+}
+
+impl Slots {
+    fn at(&self, idx: u32) -> &Node {
+        self.chunks[(idx >> CHUNK_BITS) as usize].slot(idx)
+    }
+
+    /// Counts a reference the table keeps to `r`'s node; returns its index.
+    fn hold(&mut self, r: &NodeRef) -> u32 {
+        let c = (r.idx >> CHUNK_BITS) as usize;
+        if c >= self.chunks.len() {
+            self.chunks = self.slab.chunks();
+        }
+        debug_assert!(
+            Arc::ptr_eq(&self.chunks[c], &r.chunk),
+            "node of another slab"
+        );
+        count_ref(r);
+        r.idx
+    }
+
+    /// A new reference to the node at `idx` (which the table holds).
+    fn share(&self, idx: u32) -> NodeRef {
+        count_ref(self.at(idx));
+        self.take(idx)
+    }
+
+    /// The table's own reference to the node at `idx`, handed over.
+    fn take(&self, idx: u32) -> NodeRef {
+        NodeRef {
+            chunk: self.chunks[(idx >> CHUNK_BITS) as usize].clone(),
+            idx,
+        }
+    }
+}
 
 fn id_hash(id: NodeId) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(id)
 }
 
-impl NodeMap {
-    fn get(&self, id: &NodeId) -> Option<&Arc<Node>> {
-        self.0.find(id_hash(*id), |n| n.id == *id)
-    }
-
-    fn contains_key(&self, id: &NodeId) -> bool {
-        self.get(id).is_some()
-    }
-
-    fn insert(&mut self, id: NodeId, node: Arc<Node>) {
-        match self.0.find_mut(id_hash(id), |n| n.id == id) {
-            Some(slot) => *slot = node,
-            None => {
-                self.0.insert_unique(id_hash(id), node, |n| id_hash(n.id));
-            }
-        }
-    }
-
-    fn remove(&mut self, id: &NodeId) -> Option<Arc<Node>> {
-        let e = self.0.find_entry(id_hash(*id), |n| n.id == *id).ok()?;
-        Some(e.remove().0)
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn values(&self) -> impl Iterator<Item = &Arc<Node>> {
-        self.0.iter()
-    }
-}
-
-/// One name of the index: the node it leads to, and the hash of
+/// One name of the index: the slot of the node it leads to, and a hash of
 /// `(parent, name)` (the name itself is the node's, or one of its aliases).
+/// Each entry holds a reference to its node.
 #[derive(Debug, Clone, Copy)]
 struct NameRef {
-    hash: u64,
-    id: NodeId,
+    hash: u32,
+    slot: u32,
 }
 
-fn name_hash(parent: NodeId, name: &OsStr) -> u64 {
+/// The 32 bits of a name's hash kept in the index.
+fn name_hash(parent: NodeId, name: &OsStr) -> u32 {
     let mut h = rustc_hash::FxBuildHasher.build_hasher();
     h.write_u64(parent);
     h.write(name.as_bytes());
-    h.finish()
+    (h.finish() >> 32) as u32
 }
 
-/// True when node `id` is reachable as `parent/name`.
+/// The table hash of a kept name hash (spreads it over 64 bits: the
+/// table takes its buckets from the low bits, its tags from the top).
+fn spread(h: u32) -> u64 {
+    u64::from(h).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// True when the node at `slot` is reachable as `parent/name`.
 fn has_name(
-    nodes: &NodeMap,
+    slots: &Slots,
     aliases: &HashMap<NodeId, Vec<(NodeId, OsString)>>,
-    id: NodeId,
+    slot: u32,
     parent: NodeId,
     name: &OsStr,
 ) -> bool {
-    if let Some(n) = nodes.get(&id) {
+    let n = slots.at(slot);
+    {
         let st = n.state.read();
         if st.parent == parent && st.name == name {
             return true;
         }
     }
     aliases
-        .get(&id)
+        .get(&n.id())
         .is_some_and(|v| v.iter().any(|(p, n)| *p == parent && n == name))
 }
 
 /// The table of nodes and the names that lead to them.
 #[derive(Debug)]
 pub struct NodeTable {
-    nodes: NodeMap,
+    slots: Slots,
+    /// Slots of the nodes by id; each entry holds a reference.
+    nodes: HashTable<u32>,
     names: HashTable<NameRef>,
     /// Further names of nodes with several links.
     aliases: HashMap<NodeId, Vec<(NodeId, OsString)>>,
     next_fallback: NodeId,
-    next_generation: u64,
-}
-
-impl Default for NodeTable {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 impl NodeTable {
-    /// An empty table.
-    pub fn new() -> Self {
+    /// An empty table of nodes of `slab`.
+    pub fn new(slab: Slab) -> Self {
         NodeTable {
-            nodes: NodeMap::default(),
+            slots: Slots {
+                slab,
+                chunks: Vec::new(),
+            },
+            nodes: HashTable::new(),
             names: HashTable::new(),
             aliases: HashMap::default(),
             next_fallback: FALLBACK_BASE,
-            next_generation: 1,
         }
     }
 
-    /// A fresh generation number.
-    pub fn next_generation(&mut self) -> u64 {
-        let g = self.next_generation;
-        self.next_generation += 1;
-        g
+    /// The slot of node `id` in the table.
+    fn slot_of(&self, id: NodeId) -> Option<u32> {
+        let slots = &self.slots;
+        self.nodes
+            .find(id_hash(id), |&s| slots.at(s).id() == id)
+            .copied()
     }
 
-    /// The node id the name `parent/name` leads to in the index.
-    fn name_get(&self, parent: NodeId, name: &OsStr) -> Option<NodeId> {
+    /// Enters `node` under its id, replacing the node that had it.
+    fn nodes_insert(&mut self, node: &NodeRef) -> Option<NodeRef> {
+        let id = node.id();
+        let idx = self.slots.hold(node);
+        let slots = &self.slots;
+        let old = match self
+            .nodes
+            .find_mut(id_hash(id), |&s| slots.at(s).id() == id)
+        {
+            Some(s) => Some(std::mem::replace(s, idx)),
+            None => {
+                self.nodes
+                    .insert_unique(id_hash(id), idx, |&s| id_hash(slots.at(s).id()));
+                None
+            }
+        };
+        old.map(|s| self.slots.take(s))
+    }
+
+    /// Takes node `id` out of the table; returns the table's reference.
+    fn nodes_remove(&mut self, id: NodeId) -> Option<NodeRef> {
+        let slots = &self.slots;
+        let e = self
+            .nodes
+            .find_entry(id_hash(id), |&s| slots.at(s).id() == id)
+            .ok()?;
+        let s = e.remove().0;
+        Some(self.slots.take(s))
+    }
+
+    /// The slot the name `parent/name` leads to in the index.
+    fn name_get(&self, parent: NodeId, name: &OsStr) -> Option<u32> {
         let hash = name_hash(parent, name);
-        let (nodes, aliases) = (&self.nodes, &self.aliases);
+        let (slots, aliases) = (&self.slots, &self.aliases);
         self.names
-            .find(hash, |r| {
-                r.hash == hash && has_name(nodes, aliases, r.id, parent, name)
+            .find(spread(hash), |r| {
+                r.hash == hash && has_name(slots, aliases, r.slot, parent, name)
             })
-            .map(|r| r.id)
+            .map(|r| r.slot)
     }
 
     /// Removes `parent/name` from the index (it must still be one of the
-    /// node's names, as the node's state or aliases say); returns its node.
-    fn name_remove(&mut self, parent: NodeId, name: &OsStr) -> Option<NodeId> {
+    /// node's names, as the node's state or aliases say); returns the
+    /// entry's reference to its node.
+    fn name_remove(&mut self, parent: NodeId, name: &OsStr) -> Option<NodeRef> {
         let hash = name_hash(parent, name);
-        let (nodes, aliases) = (&self.nodes, &self.aliases);
+        let (slots, aliases) = (&self.slots, &self.aliases);
         let e = self
             .names
-            .find_entry(hash, |r| {
-                r.hash == hash && has_name(nodes, aliases, r.id, parent, name)
+            .find_entry(spread(hash), |r| {
+                r.hash == hash && has_name(slots, aliases, r.slot, parent, name)
             })
             .ok()?;
-        Some(e.remove().0.id)
+        let s = e.remove().0.slot;
+        Some(self.slots.take(s))
     }
 
-    /// Removes `parent/name` from the index if it leads to `id`.
+    /// Removes `parent/name` from the index if it leads to node `id`.
     fn name_remove_if(&mut self, parent: NodeId, name: &OsStr, id: NodeId) {
-        if self.name_get(parent, name) == Some(id) {
+        if self
+            .name_get(parent, name)
+            .is_some_and(|s| self.slots.at(s).id() == id)
+        {
             self.name_remove(parent, name);
         }
     }
 
-    /// Makes `parent/name` lead to `id` (which must have that name by the
-    /// time the index is next asked), replacing what it led to.
-    fn name_set(&mut self, parent: NodeId, name: &OsStr, id: NodeId) {
+    /// Makes `parent/name` lead to `node` (which must have that name by
+    /// the time the index is next asked), replacing what it led to.
+    fn name_set(&mut self, parent: NodeId, name: &OsStr, node: &NodeRef) {
         let hash = name_hash(parent, name);
-        let (nodes, aliases) = (&self.nodes, &self.aliases);
-        if let Some(r) = self.names.find_mut(hash, |r| {
-            r.hash == hash && has_name(nodes, aliases, r.id, parent, name)
+        let idx = self.slots.hold(node);
+        let (slots, aliases) = (&self.slots, &self.aliases);
+        let old = match self.names.find_mut(spread(hash), |r| {
+            r.hash == hash && has_name(slots, aliases, r.slot, parent, name)
         }) {
-            r.id = id;
-            return;
-        }
-        self.names
-            .insert_unique(hash, NameRef { hash, id }, |r| r.hash);
+            Some(r) => Some(std::mem::replace(&mut r.slot, idx)),
+            None => {
+                self.names
+                    .insert_unique(spread(hash), NameRef { hash, slot: idx }, |r| {
+                        spread(r.hash)
+                    });
+                None
+            }
+        };
+        drop(old.map(|s| self.slots.take(s)));
+    }
+
+    /// A fresh generation number.
+    pub fn next_generation(&mut self) -> u64 {
+        self.slots.slab.next_generation()
     }
 
     /// The id for an object whose natural id is `want` and whose identity
     /// is `ident`: `Ok(node)` when the table already holds that very
     /// object, `Err(id)` with an id free for a new node otherwise.
-    pub fn claim(&mut self, want: NodeId, ident: (u64, u64)) -> Result<Arc<Node>, NodeId> {
-        match self.nodes.get(&want) {
+    pub fn claim(&mut self, want: NodeId, ident: (u64, u64)) -> Result<NodeRef, NodeId> {
+        let same = |n: &NodeRef| {
+            let st = n.state.read();
+            st.same_ident(ident) && !st.unlinked()
+        };
+        match self.get(want) {
             None if want != 0 && want < FALLBACK_BASE => Err(want),
-            Some(n) if n.state.read().ident == ident && !n.state.read().unlinked => Ok(n.clone()),
+            Some(n) if same(&n) => Ok(n),
             _ => {
-                while self.nodes.contains_key(&self.next_fallback) {
+                while self.slot_of(self.next_fallback).is_some() {
                     self.next_fallback += 1;
                 }
                 let id = self.next_fallback;
@@ -506,47 +1019,53 @@ impl NodeTable {
     }
 
     /// The node with id `id`.
-    pub fn get(&self, id: NodeId) -> Option<Arc<Node>> {
-        self.nodes.get(&id).cloned()
+    pub fn get(&self, id: NodeId) -> Option<NodeRef> {
+        self.slot_of(id).map(|s| self.slots.share(s))
     }
 
     /// The node the name `parent/name` leads to, when known.
-    pub fn child(&self, parent: NodeId, name: &OsStr) -> Option<Arc<Node>> {
-        let id = self.name_get(parent, name)?;
-        self.nodes.get(&id).cloned()
+    pub fn child(&self, parent: NodeId, name: &OsStr) -> Option<NodeRef> {
+        self.name_get(parent, name).map(|s| self.slots.share(s))
     }
 
     /// Inserts a new node reachable as `parent/name` (its state's name).
-    pub fn insert(&mut self, node: Arc<Node>, parent: NodeId, name: &OsStr) {
-        let id = node.id;
-        self.nodes.insert(id, node);
+    pub fn insert(&mut self, node: &NodeRef, parent: NodeId, name: &OsStr) {
+        let old = self.nodes_insert(node);
         if !name.is_empty() {
-            self.name_set(parent, name, id);
+            self.name_set(parent, name, node);
         }
+        drop(old);
     }
 
     /// Adds `parent/name` as another name of `node`.
-    pub fn add_alias(&mut self, node: &Node, parent: NodeId, name: &OsStr) {
+    pub fn add_alias(&mut self, node: &NodeRef, parent: NodeId, name: &OsStr) {
         // Whatever the name led to before, it leads to `node` now; first
         // make it one of `node`'s names so that the index can find it.
-        if self.name_get(parent, name).is_some_and(|o| o != node.id) {
+        let id = node.id();
+        let other = self
+            .name_get(parent, name)
+            .is_some_and(|s| self.slots.at(s).id() != id);
+        if other {
             self.name_remove(parent, name);
         }
         {
             let mut st = node.state.write();
-            if st.unlinked {
+            if st.unlinked() {
                 st.parent = parent;
                 st.name = NodeName::from(name);
-                st.unlinked = false;
+                st.set_unlinked(false);
             } else if !(st.parent == parent && st.name == name) {
-                let v = self.aliases.entry(node.id).or_default();
+                let v = self.aliases.entry(id).or_default();
                 if !v.iter().any(|(p, n)| *p == parent && n == name) {
                     v.push((parent, name.to_owned()));
                 }
             }
         }
-        if self.name_get(parent, name) != Some(node.id) {
-            self.name_set(parent, name, node.id);
+        let leads_here = self
+            .name_get(parent, name)
+            .is_some_and(|s| self.slots.at(s).id() == id);
+        if !leads_here {
+            self.name_set(parent, name, node);
         }
     }
 
@@ -554,10 +1073,10 @@ impl NodeTable {
     pub fn names_of(&self, node: &Node) -> Vec<(NodeId, OsString)> {
         let st = node.state.read();
         let mut v = Vec::new();
-        if !st.unlinked {
+        if !st.unlinked() {
             v.push((st.parent, st.name.to_os_string()));
         }
-        if let Some(a) = self.aliases.get(&node.id) {
+        if let Some(a) = self.aliases.get(&node.id()) {
             v.extend(a.iter().cloned());
         }
         v
@@ -566,12 +1085,10 @@ impl NodeTable {
     /// Forgets the name `parent/name`; the node it led to moves to another
     /// of its names, or is marked unlinked when it has none left.
     pub fn remove_name(&mut self, parent: NodeId, name: &OsStr) {
-        let Some(id) = self.name_remove(parent, name) else {
+        let Some(node) = self.name_remove(parent, name) else {
             return;
         };
-        let Some(node) = self.nodes.get(&id).cloned() else {
-            return;
-        };
+        let id = node.id();
         let mut st = node.state.write();
         if st.parent == parent && st.name == name {
             match self.aliases.get_mut(&id).and_then(|v| v.pop()) {
@@ -579,7 +1096,7 @@ impl NodeTable {
                     st.parent = p;
                     st.name = NodeName::from(n);
                 }
-                None => st.unlinked = true,
+                None => st.set_unlinked(true),
             }
         } else if let Some(v) = self.aliases.get_mut(&id) {
             v.retain(|(p, n)| !(*p == parent && n == name));
@@ -595,15 +1112,16 @@ impl NodeTable {
         new_parent: NodeId,
         new_name: &OsStr,
     ) {
-        let Some(id) = self.name_remove(old_parent, old_name) else {
+        let Some(node) = self.name_remove(old_parent, old_name) else {
             return;
         };
-        if let Some(node) = self.nodes.get(&id).cloned() {
+        let id = node.id();
+        {
             let mut st = node.state.write();
             if st.parent == old_parent && st.name == old_name {
                 st.parent = new_parent;
                 st.name = NodeName::from(new_name);
-                st.unlinked = false;
+                st.set_unlinked(false);
             } else if let Some(v) = self.aliases.get_mut(&id) {
                 for a in v.iter_mut() {
                     if a.0 == old_parent && a.1 == old_name {
@@ -612,7 +1130,7 @@ impl NodeTable {
                 }
             }
         }
-        self.name_set(new_parent, new_name, id);
+        self.name_set(new_parent, new_name, &node);
     }
 
     /// Counts one kernel reference to `node`, reached as `parent/name`,
@@ -620,21 +1138,22 @@ impl NodeTable {
     /// its lookup and now is entered again (or, should its id have been
     /// taken meanwhile, the node now holding it is used). Returns the node
     /// the reference was counted on.
-    pub fn take_ref(&mut self, node: &Arc<Node>, parent: NodeId, name: &OsStr) -> Arc<Node> {
-        let n = match self.nodes.get(&node.id) {
-            Some(n) => n.clone(),
+    pub fn take_ref(&mut self, node: &NodeRef, parent: NodeId, name: &OsStr) -> NodeRef {
+        let n = match self.get(node.id()) {
+            Some(n) => n,
             None => {
-                self.nodes.insert(node.id, node.clone());
+                let old = self.nodes_insert(node);
+                debug_assert!(old.is_none());
                 if !name.is_empty() && self.name_get(parent, name).is_none() {
                     let has = {
                         let st = node.state.read();
                         st.parent == parent && st.name == name
                     } || self
                         .aliases
-                        .get(&node.id)
+                        .get(&node.id())
                         .is_some_and(|v| v.iter().any(|(p, n)| *p == parent && n == name));
                     if has {
-                        self.name_set(parent, name, node.id);
+                        self.name_set(parent, name, node);
                     }
                 }
                 node.clone()
@@ -645,12 +1164,13 @@ impl NodeTable {
     }
 
     /// Drops `n` kernel references to node `id`; removes the node when none
-    /// remain. Returns the removed node.
-    pub fn forget(&mut self, id: NodeId, n: u64) -> Option<Arc<Node>> {
+    /// remain. Returns the table's reference to the removed node.
+    pub fn forget(&mut self, id: NodeId, n: u64) -> Option<NodeRef> {
         if id == ROOT_ID {
             return None;
         }
-        let node = self.nodes.get(&id)?;
+        let slot = self.slot_of(id)?;
+        let node = self.slots.at(slot);
         let prev = node
             .lookups
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
@@ -673,7 +1193,7 @@ impl NodeTable {
             }
         }
         self.aliases.remove(&id);
-        self.nodes.remove(&id)
+        self.nodes_remove(id)
     }
 
     /// Number of live nodes.
@@ -687,8 +1207,20 @@ impl NodeTable {
     }
 
     /// Every live node.
-    pub fn all(&self) -> Vec<Arc<Node>> {
-        self.nodes.values().cloned().collect()
+    pub fn all(&self) -> Vec<NodeRef> {
+        self.nodes.iter().map(|&s| self.slots.share(s)).collect()
+    }
+}
+
+impl Drop for NodeTable {
+    fn drop(&mut self) {
+        // Give back the references the entries hold, so that the nodes
+        // (and the descriptors their objects keep) go with the table.
+        let names: Vec<u32> = self.names.drain().map(|r| r.slot).collect();
+        let nodes: Vec<u32> = self.nodes.drain().collect();
+        for s in names.into_iter().chain(nodes) {
+            drop(self.slots.take(s));
+        }
     }
 }
 
@@ -697,65 +1229,105 @@ mod tests {
     use super::*;
 
     #[test]
+    fn layers_and_states_stay_small() {
+        assert_eq!(std::mem::size_of::<Layers>(), 16);
+        assert_eq!(std::mem::size_of::<NodeState>(), 72);
+    }
+
+    #[test]
     fn nodes_stay_small() {
-        // The kernel holds one per entry it has seen: with the Arc's
-        // counts, at most 152 bytes (a 160-byte malloc chunk).
+        // The kernel holds one per entry it has seen.
         assert!(
-            std::mem::size_of::<Node>() <= 136,
+            std::mem::size_of::<Node>() <= 112,
             "{}",
             std::mem::size_of::<Node>()
         );
     }
 
+    fn mk(slab: &Slab, id: NodeId, parent: NodeId, name: &str) -> NodeRef {
+        slab.alloc(
+            id,
+            FileType::RegularFile,
+            NodeState::new(parent, OsStr::new(name), Layers::Nothing, (1, id), false),
+        )
+    }
+
     #[test]
     fn names_index_follows_renames_and_aliases() {
-        let mut t = NodeTable::new();
-        let mk = |id: NodeId, parent: NodeId, name: &str| {
-            Arc::new(Node::new(
-                id,
-                id,
-                FileType::RegularFile,
-                NodeState::new(
-                    parent,
-                    OsStr::new(name),
-                    Layers::NonDir {
-                        upper: None,
-                        lower: None,
-                    },
-                    (1, id),
-                    false,
-                ),
-                Default::default(),
-            ))
-        };
-        let a = mk(10, ROOT_ID, "a");
-        t.insert(a.clone(), ROOT_ID, OsStr::new("a"));
-        assert_eq!(t.child(ROOT_ID, OsStr::new("a")).map(|n| n.id), Some(10));
+        let slab = Slab::new(None);
+        let mut t = NodeTable::new(slab.clone());
+        let a = mk(&slab, 10, ROOT_ID, "a");
+        t.insert(&a, ROOT_ID, OsStr::new("a"));
+        assert_eq!(t.child(ROOT_ID, OsStr::new("a")).map(|n| n.id()), Some(10));
         t.add_alias(&a, 5, OsStr::new("b"));
-        assert_eq!(t.child(5, OsStr::new("b")).map(|n| n.id), Some(10));
+        assert_eq!(t.child(5, OsStr::new("b")).map(|n| n.id()), Some(10));
         t.move_name(ROOT_ID, OsStr::new("a"), 5, OsStr::new("c"));
         assert!(t.child(ROOT_ID, OsStr::new("a")).is_none());
-        assert_eq!(t.child(5, OsStr::new("c")).map(|n| n.id), Some(10));
+        assert_eq!(t.child(5, OsStr::new("c")).map(|n| n.id()), Some(10));
         t.remove_name(5, OsStr::new("c"));
         assert!(t.child(5, OsStr::new("c")).is_none());
-        assert_eq!(t.child(5, OsStr::new("b")).map(|n| n.id), Some(10));
+        assert_eq!(t.child(5, OsStr::new("b")).map(|n| n.id()), Some(10));
         assert_eq!(a.state.read().name.as_os_str(), OsStr::new("b"));
         let long = "x".repeat(200);
-        let l = mk(11, 5, &long);
-        t.insert(l, 5, OsStr::new(&long));
-        assert_eq!(t.child(5, OsStr::new(&long)).map(|n| n.id), Some(11));
+        let l = mk(&slab, 11, 5, &long);
+        t.insert(&l, 5, OsStr::new(&long));
+        assert_eq!(t.child(5, OsStr::new(&long)).map(|n| n.id()), Some(11));
         a.lookups.store(1, Ordering::Release);
         assert!(t.forget(10, 1).is_some());
         assert!(t.child(5, OsStr::new("b")).is_none());
         for i in 0..5000u64 {
-            let n = mk(100 + i, 7, &format!("n{i}"));
-            t.insert(n, 7, OsStr::new(&format!("n{i}")));
+            let n = mk(&slab, 100 + i, 7, &format!("n{i}"));
+            t.insert(&n, 7, OsStr::new(&format!("n{i}")));
         }
         for i in 0..5000u64 {
             assert_eq!(
-                t.child(7, OsStr::new(&format!("n{i}"))).map(|n| n.id),
+                t.child(7, OsStr::new(&format!("n{i}"))).map(|n| n.id()),
                 Some(100 + i)
             );
         }
+    }
+
+    #[test]
+    fn slots_are_reused_only_once_unreferenced() {
+        let slab = Slab::new(None);
+        let mut t = NodeTable::new(slab.clone());
+        let a = mk(&slab, 10, ROOT_ID, "a");
+        let weak = a.downgrade();
+        t.insert(&a, ROOT_ID, OsStr::new("a"));
+        a.lookups.store(1, Ordering::Release);
+        let removed = t.forget(10, 1);
+        assert!(removed.is_some());
+        drop(removed);
+        // `a` still holds the node: the slot stays, the weak reference too.
+        assert_eq!(weak.upgrade().map(|n| n.id()), Some(10));
+        let gen_a = a.generation();
+        drop(a);
+        assert!(weak.upgrade().is_none());
+        // The freed slot serves the next node, which the old weak
+        // reference does not reach.
+        let b = mk(&slab, 20, ROOT_ID, "b");
+        assert_ne!(b.generation(), gen_a);
+        assert!(weak.upgrade().is_none());
+        assert_eq!(b.state.read().name.as_os_str(), OsStr::new("b"));
+        assert_eq!(b.kind(), FileType::RegularFile);
+        // Nodes past one chunk, then all freed and taken again.
+        let many: Vec<NodeRef> = (0..3 * CHUNK as u64)
+            .map(|i| mk(&slab, 100 + i, 7, &format!("n{i}")))
+            .collect();
+        for (i, n) in many.iter().enumerate() {
+            t.insert(n, 7, OsStr::new(&format!("n{i}")));
+        }
+        for (i, n) in many.iter().enumerate() {
+            assert_eq!(
+                t.get(100 + i as u64).map(|m| NodeRef::ptr_eq(&m, n)),
+                Some(true)
+            );
+        }
+        drop(many);
+        let again: Vec<NodeRef> = (0..3 * CHUNK as u64)
+            .map(|i| mk(&slab, 100_000 + i, 7, "x"))
+            .collect();
+        assert_eq!(again.len(), 3 * CHUNK);
+        assert_eq!(t.len(), 3 * CHUNK);
     }
 }

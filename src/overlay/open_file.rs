@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use parking_lot::RwLock;
 
 use super::Overlay;
-use super::node::{Node, NodeId};
+use super::node::{NodeId, NodeRef};
 use crate::sys::{self, Errno, OFlags, SysResult};
 use crate::writeback::Observer;
 
@@ -39,7 +39,7 @@ pub fn held_descriptors() -> usize {
 #[derive(Debug)]
 pub struct OpenFile {
     /// The node it was opened on.
-    pub node: Arc<Node>,
+    pub node: NodeRef,
     /// The real file, or `None` while evicted.
     fd: RwLock<Option<Arc<OwnedFd>>>,
     /// Flags that reopen an equivalent descriptor (no O_CREAT, O_EXCL or
@@ -56,7 +56,7 @@ pub struct OpenFile {
 
 impl OpenFile {
     pub(super) fn new(
-        node: Arc<Node>,
+        node: NodeRef,
         fd: Arc<OwnedFd>,
         reopen: OFlags,
         on_upper: bool,
@@ -169,7 +169,7 @@ impl Overlay {
             return Ok(None);
         };
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = OsString::from(format!("orphan-{}-{n}", node.id));
+        let name = OsString::from(format!("orphan-{}-{n}", node.id()));
         sys::link_fd(up.as_fd(), work.as_fd(), &name)?;
         Ok(Some(name))
     }

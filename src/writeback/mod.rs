@@ -31,6 +31,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+
 use std::time::{Duration, Instant, SystemTime};
 
 use errseq::{Cursor, ErrSeq, Errno};
@@ -39,17 +40,17 @@ use tracing::{error, info, warn};
 
 use crate::layers::object::Obj;
 use crate::overlay::Overlay;
-use crate::overlay::node::Node;
+use crate::overlay::node::{Node, NodeRef, WeakNode};
 use crate::sys::{self, OFlags};
 
 pub use self::journal::Journal;
 
-/// Per-inode writeback state, made on first use: the kernel holds tens of
-/// thousands of nodes after a walk, and only those opened or changed need
-/// any.
+/// Per-inode writeback state, made on first use (a node holds it behind a
+/// pointer, `None` until needed): the kernel holds tens of thousands of
+/// nodes after a walk, and only those opened or changed need any.
 #[derive(Debug, Default)]
 pub struct InodeWb {
-    slots: Mutex<Option<Box<WbSlots>>>,
+    slots: Mutex<WbSlots>,
 }
 
 #[derive(Debug, Default)]
@@ -63,10 +64,10 @@ struct WbSlots {
 impl InodeWb {
     fn with(errs: Arc<ErrSeq>, dirty: Option<Arc<DirtyFile>>) -> InodeWb {
         InodeWb {
-            slots: Mutex::new(Some(Box::new(WbSlots {
+            slots: Mutex::new(WbSlots {
                 errs: Some(errs),
                 dirty,
-            }))),
+            }),
         }
     }
 
@@ -74,15 +75,19 @@ impl InodeWb {
     pub fn errs(&self) -> Arc<ErrSeq> {
         self.slots
             .lock()
-            .get_or_insert_with(Default::default)
             .errs
             .get_or_insert_with(Default::default)
             .clone()
     }
 
     fn dirty(&self) -> Option<Arc<DirtyFile>> {
-        self.slots.lock().as_ref().and_then(|s| s.dirty.clone())
+        self.slots.lock().dirty.clone()
     }
+}
+
+/// The dirty entry of `node`, if it has one.
+fn dirty_of(node: &Node) -> Option<Arc<DirtyFile>> {
+    node.wb_if_any().and_then(|w| w.dirty())
 }
 
 /// One observer's cursors: an open file description of the mount.
@@ -115,7 +120,7 @@ pub struct DirtyFile {
     handle: Option<sys::FileHandle>,
     /// The node, for its current path (the kernel may forget it and get a
     /// new one for the same file).
-    node: Mutex<Weak<Node>>,
+    node: Mutex<WeakNode>,
     /// Last known path (relative to the mount).
     path: Mutex<PathBuf>,
     /// Opens for writing right now.
@@ -141,7 +146,7 @@ struct DirtyDir {
     key: (u64, u64),
     obj: Obj,
     errs: Arc<ErrSeq>,
-    node: Weak<Node>,
+    node: WeakNode,
     path: PathBuf,
     epoch: AtomicU64,
 }
@@ -400,27 +405,27 @@ impl MountWb {
     /// st_dev, st_ino): the one the mount already tracks for that object
     /// when the kernel forgot an earlier node of it, so that no error
     /// recorded meanwhile is lost to the new node's observers.
-    pub fn inode_wb(&self, ident: (u64, u64)) -> InodeWb {
+    pub fn inode_wb(&self, ident: (u64, u64)) -> Option<Arc<InodeWb>> {
         if let Some(df) = self.files.lock().get(&ident) {
-            return InodeWb::with(df.errs.clone(), Some(df.clone()));
+            return Some(Arc::new(InodeWb::with(df.errs.clone(), Some(df.clone()))));
         }
         if let Some(d) = self.dirs.lock().get(&ident) {
-            return InodeWb::with(d.errs.clone(), None);
+            return Some(Arc::new(InodeWb::with(d.errs.clone(), None)));
         }
-        InodeWb::default()
+        None
     }
 
     /// Points the dirty entry of `node`'s object (if any) at `node`.
-    pub fn link(&self, node: &Arc<Node>) {
-        if let Some(df) = node.wb.dirty() {
-            *df.node.lock() = Arc::downgrade(node);
+    pub fn link(&self, node: &NodeRef) {
+        if let Some(df) = dirty_of(node) {
+            *df.node.lock() = node.downgrade();
         }
     }
 
     /// A new observer opens `node`.
     pub fn observe(&self, node: &Node) -> Observer {
         Observer {
-            file: Mutex::new(node.wb.errs().sample()),
+            file: Mutex::new(node.wb().errs().sample()),
             mount: Mutex::new(self.errs.sample()),
         }
     }
@@ -474,11 +479,11 @@ impl MountWb {
     fn dirty_file(
         &self,
         ov: &Overlay,
-        node: &Arc<Node>,
+        node: &NodeRef,
         upper: BorrowedFd<'_>,
     ) -> Option<Arc<DirtyFile>> {
-        let mut guard = node.wb.slots.lock();
-        let slot = guard.get_or_insert_with(Default::default);
+        let wb = node.wb();
+        let mut slot = wb.slots.lock();
         if let Some(df) = &slot.dirty {
             return Some(df.clone());
         }
@@ -500,7 +505,7 @@ impl MountWb {
                     errs: slot.errs.get_or_insert_with(Default::default).clone(),
                     fd: Mutex::new(Some(Arc::new(fd))),
                     handle: sys::name_to_handle(upper).ok(),
-                    node: Mutex::new(Arc::downgrade(node)),
+                    node: Mutex::new(node.downgrade()),
                     path: Mutex::new(ov.path_of(node)),
                     writers: AtomicUsize::new(0),
                     epoch: AtomicU64::new(0),
@@ -518,7 +523,7 @@ impl MountWb {
     }
 
     /// `node` was opened for writing through the upper file `fd`.
-    pub fn opened_for_write(&self, ov: &Overlay, node: &Arc<Node>, fd: &Arc<OwnedFd>) {
+    pub fn opened_for_write(&self, ov: &Overlay, node: &NodeRef, fd: &Arc<OwnedFd>) {
         if let Some(df) = self.dirty_file(ov, node, fd.as_fd()) {
             df.writers.fetch_add(1, Ordering::AcqRel);
             df.touch();
@@ -534,34 +539,34 @@ impl MountWb {
         if !writable {
             return;
         }
-        if let Some(df) = node.wb.dirty() {
+        if let Some(df) = dirty_of(node) {
             df.writers.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     /// rovl wrote to `node` through an open file.
     pub fn wrote(&self, node: &Node, _n: u64) {
-        if let Some(df) = node.wb.dirty() {
+        if let Some(df) = dirty_of(node) {
             df.touch();
         }
     }
 
     /// `node` changed through `fd` outside an open file (truncate).
-    pub fn truncated(&self, ov: &Overlay, node: &Arc<Node>, fd: &OwnedFd) {
+    pub fn truncated(&self, ov: &Overlay, node: &NodeRef, fd: &OwnedFd) {
         if let Some(df) = self.dirty_file(ov, node, fd.as_fd()) {
             df.touch();
         }
     }
 
     /// A copy-up in volatile mode left `node`'s copy unsynced.
-    pub fn file_copied_up(&self, ov: &Overlay, node: &Arc<Node>, fd: BorrowedFd<'_>) {
+    pub fn file_copied_up(&self, ov: &Overlay, node: &NodeRef, fd: BorrowedFd<'_>) {
         if let Some(df) = self.dirty_file(ov, node, fd) {
             df.touch();
         }
     }
 
     /// The upper directory `fd` of `dir` had its entries changed.
-    pub fn dir_changed(&self, ov: &Overlay, dir: &Arc<Node>, fd: BorrowedFd<'_>) {
+    pub fn dir_changed(&self, ov: &Overlay, dir: &NodeRef, fd: BorrowedFd<'_>) {
         let Ok(st) = sys::stat_fd(fd) else { return };
         let key = (st.st_dev, st.st_ino);
         let mut dirs = self.dirs.lock();
@@ -575,8 +580,8 @@ impl MountWb {
             Arc::new(DirtyDir {
                 key,
                 obj,
-                errs: dir.wb.errs(),
-                node: Arc::downgrade(dir),
+                errs: dir.wb().errs(),
+                node: dir.downgrade(),
                 path: ov.path_of(dir),
                 epoch: AtomicU64::new(1),
             }),
@@ -588,7 +593,7 @@ impl MountWb {
     pub fn sync_dir_now(
         &self,
         ov: &Overlay,
-        _dir: &Arc<Node>,
+        _dir: &NodeRef,
         fd: BorrowedFd<'_>,
     ) -> sys::SysResult<()> {
         let d = ov
@@ -617,7 +622,7 @@ impl MountWb {
     pub fn fsync(
         &self,
         ov: &Overlay,
-        node: &Arc<Node>,
+        node: &NodeRef,
         obs: &Observer,
         datasync: bool,
     ) -> Result<(), Errno> {
@@ -629,7 +634,7 @@ impl MountWb {
             return Ok(());
         }
         if let Some(up) = node.upper_fd().ok().flatten() {
-            let df = node.wb.dirty();
+            let df = dirty_of(node);
             match df {
                 Some(df) => {
                     if self.sync_file(ov, &df, datasync)? {
@@ -645,18 +650,18 @@ impl MountWb {
                     };
                     if let Ok(fd) = ov.stack.proc.reopen(up.as_fd(), flags) {
                         if let Err(e) = rustix::fs::fsync(&fd) {
-                            self.record(Some(&node.wb.errs()), &ov.path_of(node), wb_errno(e));
+                            self.record(Some(&node.wb().errs()), &ov.path_of(node), wb_errno(e));
                         }
                     }
                 }
             }
         }
-        node.wb.errs().check_and_advance(&mut obs.file.lock())
+        node.wb().errs().check_and_advance(&mut obs.file.lock())
     }
 
     /// fsync of a directory through observer `obs`: its entries, and the
     /// directory's own errors (E1 for directories).
-    pub fn fsyncdir(&self, ov: &Overlay, node: &Arc<Node>, obs: &Observer) -> Result<(), Errno> {
+    pub fn fsyncdir(&self, ov: &Overlay, node: &NodeRef, obs: &Observer) -> Result<(), Errno> {
         if self.mode == Mode::Volatile {
             self.check_background(ov);
             if let Some(e) = *self.sticky.lock() {
@@ -675,12 +680,12 @@ impl MountWb {
                     .reopen(up.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
                 {
                     if let Err(e) = rustix::fs::fsync(&fd) {
-                        self.record(Some(&node.wb.errs()), &ov.path_of(node), wb_errno(e));
+                        self.record(Some(&node.wb().errs()), &ov.path_of(node), wb_errno(e));
                     }
                 }
             }
         }
-        node.wb.errs().check_and_advance(&mut obs.file.lock())
+        node.wb().errs().check_and_advance(&mut obs.file.lock())
     }
 
     /// fsync of one dirty file; records an error it meets.
@@ -768,12 +773,10 @@ impl MountWb {
         }
         drop(files);
         let node = df.node.lock().upgrade();
-        if let Some(n) = node {
-            let mut slot = n.wb.slots.lock();
-            if let Some(s) = slot.as_mut() {
-                if s.dirty.as_ref().is_some_and(|x| Arc::ptr_eq(x, df)) {
-                    s.dirty = None;
-                }
+        if let Some(wb) = node.and_then(|n| n.wb_if_any()) {
+            let mut s = wb.slots.lock();
+            if s.dirty.as_ref().is_some_and(|x| Arc::ptr_eq(x, df)) {
+                s.dirty = None;
             }
         }
     }
@@ -985,7 +988,7 @@ impl MountWb {
                 errs: Arc::new(ErrSeq::new()),
                 fd: Mutex::new(Some(Arc::new(fd))),
                 handle: Some(h),
-                node: Mutex::new(Weak::new()),
+                node: Mutex::new(WeakNode::new()),
                 path: Mutex::new(PathBuf::from(&f.path)),
                 writers: AtomicUsize::new(0),
                 epoch: AtomicU64::new(1),
