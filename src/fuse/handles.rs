@@ -114,11 +114,9 @@ impl Handles {
         self.dirs.lock().get(&fh.0).cloned().ok_or(FErrno::EBADF)
     }
 
-    pub fn remove_dir(&self, fh: FileHandle) {
-        let d = self.dirs.lock().remove(&fh.0);
-        if let Some(bytes) = d.and_then(|d| d.listing_bytes()) {
-            crate::heap::freed(bytes);
-        }
+    /// Forgets the directory handle `fh` and hands it back.
+    pub fn remove_dir(&self, fh: FileHandle) -> Option<Arc<DirHandle>> {
+        self.dirs.lock().remove(&fh.0)
     }
 
     /// Closes the descriptors of the least recently used open files while

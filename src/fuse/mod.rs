@@ -709,8 +709,15 @@ impl Filesystem for RovlFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.handles.remove_dir(fh);
         reply.ok();
+        if let Some(d) = self.handles.remove_dir(fh) {
+            self.ov.dir_closed(&d.node);
+            let bytes = d.listing_bytes();
+            drop(d);
+            if let Some(bytes) = bytes {
+                crate::heap::freed(bytes);
+            }
+        }
     }
 
     fn fsyncdir(

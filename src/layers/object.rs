@@ -333,7 +333,9 @@ const HINTED_DIRS: usize = 8;
 /// again, so a lookup in that directory can go straight to that layer, and
 /// a name the listing did not show exists in no lower layer (the upper
 /// layer is always asked first). Kept for the last few directories listed
-/// only: a walk lists a directory, then looks its entries up.
+/// only, while they are open: a walk lists a directory (READDIRPLUS looks
+/// each entry up as it lists it), and once the directory is closed the
+/// kernel knows the names it listed.
 ///
 /// Names are kept as 64-bit keyed hashes (SipHash with a random key), not
 /// copies: a directory of 20,000 entries costs 320 KB, not 1 MB. Two names
@@ -397,6 +399,25 @@ impl Objects {
             };
             h.push_back((dir.0.key(), Arc::new(hints)));
             old
+        };
+        if let Some(bytes) = old
+            .and_then(|(_, o)| Arc::into_inner(o))
+            .map(|o| o.heap_bytes())
+        {
+            crate::heap::freed(bytes);
+        }
+    }
+
+    /// Drops the listing hints of the directory whose first layer object
+    /// is `dir` (it was closed: the kernel learnt every name the listing
+    /// showed from it, through READDIRPLUS, or will look them up rarely).
+    pub fn drop_hints(&self, dir: &Obj) {
+        let old = {
+            let mut h = self.hints.lock();
+            match h.iter().position(|(k, _)| *k == dir.0.key()) {
+                Some(i) => h.remove(i),
+                None => None,
+            }
         };
         if let Some(bytes) = old
             .and_then(|(_, o)| Arc::into_inner(o))

@@ -426,6 +426,16 @@ impl Overlay {
         self.table.lock().child(parent, name).map(|n| n.id())
     }
 
+    /// A directory handle of `node` was closed: the lookups its listing
+    /// sped up are done (see [`crate::layers::object::ListingHints`]).
+    pub fn dir_closed(&self, node: &Node) {
+        if let Some(dl) = node.dir_layers() {
+            if let Some(first) = dl.upper.as_ref().or(dl.lowers.first().map(|l| &l.obj)) {
+                self.stack.objs.drop_hints(first);
+            }
+        }
+    }
+
     /// The listing of directory `node`: `.`, `..`, then the merged entries.
     pub fn list_dir(&self, node: &Node) -> SysResult<Vec<ListEntry>> {
         let dl = node.dir_layers().ok_or(Errno::NOTDIR)?;
