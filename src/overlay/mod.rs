@@ -105,7 +105,7 @@ impl Overlay {
                 xwhiteouts,
             });
         }
-        let slab = Slab::new(Some(stack.objs.clone()));
+        let slab = Slab::new(Some(stack.objs.clone()), Some(wb.node_wbs()));
         let root = slab.alloc_with(
             ROOT_ID,
             0,
@@ -374,9 +374,9 @@ impl Overlay {
         let node = self.slab.alloc(
             id,
             kind,
-            NodeState::new(parent, name, layers, ident, opaque).with_wb(self.wb.inode_wb(ident)),
+            NodeState::new(parent, name, layers, ident, opaque),
         );
-        self.wb.link(&node);
+        self.wb.new_node(&node, ident);
         table.insert(&node, parent, name);
         drop(table);
         if let Some(fd) = small_fd {
@@ -416,9 +416,9 @@ impl Overlay {
         let node = self.slab.alloc(
             id,
             kind,
-            NodeState::new(parent, name, layers, ident, opaque).with_wb(self.wb.inode_wb(ident)),
+            NodeState::new(parent, name, layers, ident, opaque),
         );
-        self.wb.link(&node);
+        self.wb.new_node(&node, ident);
         table.insert(&node, parent, name);
         node
     }

@@ -29,6 +29,7 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::layers::lookup::DirLayers;
 use crate::layers::object::{LowerObj, Obj, ObjRef, Objects, small_key};
 use crate::sys::FileType;
+use crate::writeback::NodeWbs;
 
 /// A FUSE node id, which is also the inode number users see. 1 is the root.
 pub type NodeId = u64;
@@ -246,7 +247,7 @@ fn dev32(dev: u64) -> u32 {
     u32::try_from(dev).unwrap_or(u32::MAX)
 }
 
-/// Mutable state of a node (80 bytes: every node the kernel holds has
+/// Mutable state of a node (64 bytes: every node the kernel holds has
 /// one).
 #[derive(Debug)]
 pub struct NodeState {
@@ -259,9 +260,6 @@ pub struct NodeState {
     pub name: NodeName,
     /// Where the object lives.
     pub layers: Layers,
-    /// Per-inode writeback state (errors, dirty tracking), made on first
-    /// use.
-    wb: Option<Arc<crate::writeback::InodeWb>>,
     /// st_dev of the identity object (Linux device numbers are 32 bits).
     ident_dev: u32,
     /// `OPAQUE`, `UNLINKED`, `IMPURE`, and above them the split mark: when
@@ -286,20 +284,12 @@ impl NodeState {
             ident_ino: 0,
             name: NodeName::from(name),
             layers,
-            wb: None,
             ident_dev: 0,
             bits: 0,
         };
         st.set_ident(ident);
         st.set_opaque(opaque);
         st
-    }
-
-    /// With writeback state `wb` (the state the mount keeps for the object
-    /// when an earlier node of it had some).
-    pub fn with_wb(mut self, wb: Option<Arc<crate::writeback::InodeWb>>) -> NodeState {
-        self.wb = wb;
-        self
     }
 
     /// The state of a free slot (holds nothing).
@@ -309,7 +299,6 @@ impl NodeState {
             ident_ino: 0,
             name: NodeName::from(OsStr::new("")),
             layers: Layers::Nothing,
-            wb: None,
             ident_dev: 0,
             bits: UNLINKED,
         }
@@ -488,23 +477,6 @@ impl Node {
         self.upper().map(|o| o.fd()).transpose()
     }
 
-    /// The node's writeback state, made now if it has none.
-    pub fn wb(&self) -> Arc<crate::writeback::InodeWb> {
-        if let Some(w) = &self.state.read().wb {
-            return w.clone();
-        }
-        self.state
-            .write()
-            .wb
-            .get_or_insert_with(Default::default)
-            .clone()
-    }
-
-    /// The node's writeback state, if it has any.
-    pub fn wb_if_any(&self) -> Option<Arc<crate::writeback::InodeWb>> {
-        self.state.read().wb.clone()
-    }
-
     /// The descriptor-cache key of this node's small lower object.
     pub fn small_key(&self) -> u64 {
         small_key(self.generation())
@@ -532,6 +504,8 @@ pub struct Chunk {
     slab: Weak<SlabShared>,
     /// The objects of the stack (descriptors of small lower objects).
     pool: Option<Arc<Objects>>,
+    /// The mount's per-node writeback state.
+    wbs: Option<Arc<NodeWbs>>,
 }
 
 impl Chunk {
@@ -548,6 +522,9 @@ impl Chunk {
             if let Some(p) = &self.pool {
                 p.forget_small(n.small_key());
             }
+        }
+        if let Some(w) = &self.wbs {
+            w.remove(n.generation());
         }
         n.lookups.store(0, Ordering::Relaxed);
         n.lower_pinned.store(false, Ordering::Relaxed);
@@ -572,6 +549,7 @@ struct SlabShared {
     inner: Mutex<SlabInner>,
     next_generation: AtomicU64,
     pool: Option<Arc<Objects>>,
+    wbs: Option<Arc<NodeWbs>>,
 }
 
 /// Where nodes live: slots in fixed chunks, each node one slot of the
@@ -581,12 +559,14 @@ struct SlabShared {
 pub struct Slab(Arc<SlabShared>);
 
 impl Slab {
-    /// An empty slab for nodes of objects of `pool`.
-    pub fn new(pool: Option<Arc<Objects>>) -> Slab {
+    /// An empty slab for nodes of objects of `pool`, whose writeback
+    /// state `wbs` keeps (a freed node's entry is dropped there).
+    pub fn new(pool: Option<Arc<Objects>>, wbs: Option<Arc<NodeWbs>>) -> Slab {
         Slab(Arc::new(SlabShared {
             inner: Mutex::new(SlabInner::default()),
             next_generation: AtomicU64::new(1),
             pool,
+            wbs,
         }))
     }
 
@@ -622,6 +602,7 @@ impl Slab {
                             slots,
                             slab: Arc::downgrade(&self.0),
                             pool: self.0.pool.clone(),
+                            wbs: self.0.wbs.clone(),
                         }));
                     }
                     // Indices are u32: 4 billion live nodes is beyond any
@@ -1231,14 +1212,14 @@ mod tests {
     #[test]
     fn layers_and_states_stay_small() {
         assert_eq!(std::mem::size_of::<Layers>(), 16);
-        assert_eq!(std::mem::size_of::<NodeState>(), 72);
+        assert_eq!(std::mem::size_of::<NodeState>(), 64);
     }
 
     #[test]
     fn nodes_stay_small() {
         // The kernel holds one per entry it has seen.
         assert!(
-            std::mem::size_of::<Node>() <= 112,
+            std::mem::size_of::<Node>() <= 104,
             "{}",
             std::mem::size_of::<Node>()
         );
@@ -1254,7 +1235,7 @@ mod tests {
 
     #[test]
     fn names_index_follows_renames_and_aliases() {
-        let slab = Slab::new(None);
+        let slab = Slab::new(None, None);
         let mut t = NodeTable::new(slab.clone());
         let a = mk(&slab, 10, ROOT_ID, "a");
         t.insert(&a, ROOT_ID, OsStr::new("a"));
@@ -1289,7 +1270,7 @@ mod tests {
 
     #[test]
     fn slots_are_reused_only_once_unreferenced() {
-        let slab = Slab::new(None);
+        let slab = Slab::new(None, None);
         let mut t = NodeTable::new(slab.clone());
         let a = mk(&slab, 10, ROOT_ID, "a");
         let weak = a.downgrade();

@@ -45,9 +45,10 @@ use crate::sys::{self, OFlags};
 
 pub use self::journal::Journal;
 
-/// Per-inode writeback state, made on first use (a node holds it behind a
-/// pointer, `None` until needed): the kernel holds tens of thousands of
-/// nodes after a walk, and only those opened or changed need any.
+/// Per-inode writeback state, made on first use and kept in the mount's
+/// [`NodeWbs`] by node, not in the node: the kernel holds tens of
+/// thousands of nodes after a walk, and only those opened or changed need
+/// any.
 #[derive(Debug, Default)]
 pub struct InodeWb {
     slots: Mutex<WbSlots>,
@@ -85,9 +86,43 @@ impl InodeWb {
     }
 }
 
-/// The dirty entry of `node`, if it has one.
-fn dirty_of(node: &Node) -> Option<Arc<DirtyFile>> {
-    node.wb_if_any().and_then(|w| w.dirty())
+/// The writeback state of the nodes that have any, by node generation
+/// (unique to each node for the life of the mount). The node slab drops a
+/// node's entry when it empties the node's slot.
+#[derive(Debug, Default)]
+pub struct NodeWbs(Mutex<HashMap<u64, Arc<InodeWb>>>);
+
+impl NodeWbs {
+    /// The state of the node with generation `generation`, if it has any.
+    pub fn get(&self, generation: u64) -> Option<Arc<InodeWb>> {
+        self.0.lock().get(&generation).cloned()
+    }
+
+    /// The state of that node, made now if it has none.
+    pub fn get_or_make(&self, generation: u64) -> Arc<InodeWb> {
+        self.0.lock().entry(generation).or_default().clone()
+    }
+
+    /// Gives a new node the state `wb`.
+    pub fn set(&self, generation: u64, wb: Arc<InodeWb>) {
+        self.0.lock().insert(generation, wb);
+    }
+
+    /// The node with generation `generation` is gone.
+    pub fn remove(&self, generation: u64) {
+        let old = self.0.lock().remove(&generation);
+        drop(old);
+    }
+
+    /// Nodes with state (for tests).
+    pub fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+
+    /// True when no node has state.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// One observer's cursors: an open file description of the mount.
@@ -192,6 +227,8 @@ pub struct MountWb {
     baseline: Cursor,
     files: Mutex<HashMap<(u64, u64), Arc<DirtyFile>>>,
     dirs: Mutex<HashMap<(u64, u64), Arc<DirtyDir>>>,
+    /// Per-node state (errors and dirty entry) of the nodes that have any.
+    nodes: Arc<NodeWbs>,
     /// Volatile mode: the first writeback error, sticky until unmount.
     sticky: Mutex<Option<Errno>>,
     journal: Option<Journal>,
@@ -299,6 +336,7 @@ impl MountWb {
             errs,
             baseline,
             files: Mutex::new(HashMap::default()),
+            nodes: Arc::default(),
             dirs: Mutex::new(HashMap::default()),
             sticky: Mutex::new(None),
             journal,
@@ -401,11 +439,37 @@ impl MountWb {
         self.mount_dev.store(dev, Ordering::Release);
     }
 
-    /// The writeback state of a new node for the object `ident` (upper
-    /// st_dev, st_ino): the one the mount already tracks for that object
-    /// when the kernel forgot an earlier node of it, so that no error
-    /// recorded meanwhile is lost to the new node's observers.
-    pub fn inode_wb(&self, ident: (u64, u64)) -> Option<Arc<InodeWb>> {
+    /// The per-node state table (the node slab drops the entries of the
+    /// nodes it frees).
+    pub fn node_wbs(&self) -> Arc<NodeWbs> {
+        self.nodes.clone()
+    }
+
+    /// The writeback state of `node`, made now if it has none.
+    fn wb_of(&self, node: &Node) -> Arc<InodeWb> {
+        self.nodes.get_or_make(node.generation())
+    }
+
+    /// The dirty entry of `node`, if it has one.
+    fn dirty_of(&self, node: &Node) -> Option<Arc<DirtyFile>> {
+        self.nodes.get(node.generation()).and_then(|w| w.dirty())
+    }
+
+    /// Gives the new node `node` of the object `ident` (upper st_dev,
+    /// st_ino) the state the mount already tracks for that object when
+    /// the kernel forgot an earlier node of it, so that no error recorded
+    /// meanwhile is lost to the new node's observers, and points the
+    /// object's dirty entry at it.
+    pub fn new_node(&self, node: &NodeRef, ident: (u64, u64)) {
+        if let Some(wb) = self.inode_wb(ident) {
+            self.nodes.set(node.generation(), wb);
+        }
+        self.link(node);
+    }
+
+    /// The writeback state of a new node for the object `ident` (see
+    /// [`MountWb::new_node`]).
+    fn inode_wb(&self, ident: (u64, u64)) -> Option<Arc<InodeWb>> {
         if let Some(df) = self.files.lock().get(&ident) {
             return Some(Arc::new(InodeWb::with(df.errs.clone(), Some(df.clone()))));
         }
@@ -416,8 +480,8 @@ impl MountWb {
     }
 
     /// Points the dirty entry of `node`'s object (if any) at `node`.
-    pub fn link(&self, node: &NodeRef) {
-        if let Some(df) = dirty_of(node) {
+    fn link(&self, node: &NodeRef) {
+        if let Some(df) = self.dirty_of(node) {
             *df.node.lock() = node.downgrade();
         }
     }
@@ -425,7 +489,7 @@ impl MountWb {
     /// A new observer opens `node`.
     pub fn observe(&self, node: &Node) -> Observer {
         Observer {
-            file: Mutex::new(node.wb().errs().sample()),
+            file: Mutex::new(self.wb_of(node).errs().sample()),
             mount: Mutex::new(self.errs.sample()),
         }
     }
@@ -482,7 +546,7 @@ impl MountWb {
         node: &NodeRef,
         upper: BorrowedFd<'_>,
     ) -> Option<Arc<DirtyFile>> {
-        let wb = node.wb();
+        let wb = self.wb_of(node);
         let mut slot = wb.slots.lock();
         if let Some(df) = &slot.dirty {
             return Some(df.clone());
@@ -539,14 +603,14 @@ impl MountWb {
         if !writable {
             return;
         }
-        if let Some(df) = dirty_of(node) {
+        if let Some(df) = self.dirty_of(node) {
             df.writers.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     /// rovl wrote to `node` through an open file.
     pub fn wrote(&self, node: &Node, _n: u64) {
-        if let Some(df) = dirty_of(node) {
+        if let Some(df) = self.dirty_of(node) {
             df.touch();
         }
     }
@@ -580,7 +644,7 @@ impl MountWb {
             Arc::new(DirtyDir {
                 key,
                 obj,
-                errs: dir.wb().errs(),
+                errs: self.wb_of(dir).errs(),
                 node: dir.downgrade(),
                 path: ov.path_of(dir),
                 epoch: AtomicU64::new(1),
@@ -634,7 +698,7 @@ impl MountWb {
             return Ok(());
         }
         if let Some(up) = node.upper_fd().ok().flatten() {
-            let df = dirty_of(node);
+            let df = self.dirty_of(node);
             match df {
                 Some(df) => {
                     if self.sync_file(ov, &df, datasync)? {
@@ -650,13 +714,19 @@ impl MountWb {
                     };
                     if let Ok(fd) = ov.stack.proc.reopen(up.as_fd(), flags) {
                         if let Err(e) = rustix::fs::fsync(&fd) {
-                            self.record(Some(&node.wb().errs()), &ov.path_of(node), wb_errno(e));
+                            self.record(
+                                Some(&self.wb_of(node).errs()),
+                                &ov.path_of(node),
+                                wb_errno(e),
+                            );
                         }
                     }
                 }
             }
         }
-        node.wb().errs().check_and_advance(&mut obs.file.lock())
+        self.wb_of(node)
+            .errs()
+            .check_and_advance(&mut obs.file.lock())
     }
 
     /// fsync of a directory through observer `obs`: its entries, and the
@@ -680,12 +750,18 @@ impl MountWb {
                     .reopen(up.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
                 {
                     if let Err(e) = rustix::fs::fsync(&fd) {
-                        self.record(Some(&node.wb().errs()), &ov.path_of(node), wb_errno(e));
+                        self.record(
+                            Some(&self.wb_of(node).errs()),
+                            &ov.path_of(node),
+                            wb_errno(e),
+                        );
                     }
                 }
             }
         }
-        node.wb().errs().check_and_advance(&mut obs.file.lock())
+        self.wb_of(node)
+            .errs()
+            .check_and_advance(&mut obs.file.lock())
     }
 
     /// fsync of one dirty file; records an error it meets.
@@ -773,7 +849,7 @@ impl MountWb {
         }
         drop(files);
         let node = df.node.lock().upgrade();
-        if let Some(wb) = node.and_then(|n| n.wb_if_any()) {
+        if let Some(wb) = node.and_then(|n| self.nodes.get(n.generation())) {
             let mut s = wb.slots.lock();
             if s.dirty.as_ref().is_some_and(|x| Arc::ptr_eq(x, df)) {
                 s.dirty = None;
