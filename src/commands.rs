@@ -58,6 +58,21 @@ pub fn sync(paths: &[PathBuf]) -> i32 {
 /// `rovl umount MNT`: unmounts, waits for the daemon to finish its unmount
 /// work, and returns its result.
 pub fn umount(mnt: &Path) -> i32 {
+    // Only ever a rovl mount: a mistyped path must not unmount whatever
+    // else is mounted there. Found by name, since the mount of a dead
+    // daemon cannot be stat'ed.
+    let abs = absolute_mountpoint(mnt);
+    match abs.as_deref().and_then(crate::mount::fs_type_at) {
+        Some(t) if t == "fuse.rovl" => {}
+        Some(t) => {
+            eprintln!("rovl: umount {}: not a rovl mount ({t})", mnt.display());
+            return 1;
+        }
+        None => {
+            eprintln!("rovl: umount {}: not a mount point", mnt.display());
+            return 1;
+        }
+    }
     let st = live_status(mnt);
     let (pid, workdir) = match &st {
         Ok(s) => (
@@ -88,6 +103,21 @@ pub fn umount(mnt: &Path) -> i32 {
         }
         _ => 0,
     }
+}
+
+/// `mnt` as an absolute path with its parent's symlinks resolved. The
+/// mountpoint itself is resolved only when it is a symlink or `.`/`..`:
+/// the root of a mount whose daemon died cannot be stat'ed.
+fn absolute_mountpoint(mnt: &Path) -> Option<PathBuf> {
+    let is_link = std::fs::symlink_metadata(mnt).is_ok_and(|m| m.file_type().is_symlink());
+    let Some(name) = mnt.file_name().filter(|_| !is_link) else {
+        return std::fs::canonicalize(mnt).ok();
+    };
+    let parent = match mnt.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Some(std::fs::canonicalize(parent).ok()?.join(name))
 }
 
 /// `rovl status MNT|WORKDIR [--json]`.

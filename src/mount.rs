@@ -344,6 +344,26 @@ pub fn fuse_connection(mountpoint: &Path) -> Option<u32> {
     found
 }
 
+/// The filesystem type of the topmost mount at `mountpoint` (an absolute
+/// path), from /proc/self/mountinfo (never touching the mount itself, so
+/// a mount whose daemon died is found too); `None` when nothing is
+/// mounted there.
+pub fn fs_type_at(mountpoint: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mountpoint.as_os_str().as_encoded_bytes();
+    let mut found = None;
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 5 || unescape_mountinfo(f[4]) != want {
+            continue;
+        }
+        // After the optional fields, " - FSTYPE SOURCE OPTIONS".
+        let ty = f.iter().position(|x| *x == "-").and_then(|i| f.get(i + 1));
+        found = ty.map(|t| t.to_string());
+    }
+    found
+}
+
 /// Undoes mountinfo's octal escapes (`\040` for a space, ...).
 fn unescape_mountinfo(s: &str) -> Vec<u8> {
     let b = s.as_bytes();

@@ -271,6 +271,25 @@ fn rovl_umount_of_a_path_that_is_not_mounted_fails() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
+/// `rovl umount` only ever unmounts a rovl mount: a mistyped path must not
+/// take down whatever else is mounted there (here a kernel overlay).
+#[test]
+fn rovl_umount_refuses_a_mount_that_is_not_rovl() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let lowers: Vec<&Path> = st.lowers.iter().map(|l| l.as_path()).collect();
+    let k = KernelOverlay::mount(&lowers, None, None, "", &st.mnt).unwrap();
+    let (code, _out, err) = run_rovl([Path::new("umount"), &st.mnt]);
+    assert_ne!(code, 0);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("not a rovl mount"), "{err}");
+    assert!(
+        mounted_at(&st.mnt),
+        "rovl umount took down a kernel overlay"
+    );
+    k.unmount().unwrap();
+}
+
 #[test]
 fn sigterm_to_the_daemon_unmounts_and_it_exits() {
     let s = Scratch::new().unwrap();
