@@ -326,29 +326,11 @@ pub fn fuse_mount(
     Ok(dev)
 }
 
-/// The FUSE connection number (the device minor) of the mount at
-/// `mountpoint`, from /proc/self/mountinfo (never touching the mount
-/// itself).
-pub fn fuse_connection(mountpoint: &Path) -> Option<u32> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = mountpoint.as_os_str().as_encoded_bytes();
-    let mut found = None;
-    for line in info.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        if f.len() < 5 || unescape_mountinfo(f[4]) != want {
-            continue;
-        }
-        let (_, minor) = f[2].split_once(':')?;
-        found = minor.parse().ok();
-    }
-    found
-}
-
-/// The filesystem type of the topmost mount at `mountpoint` (an absolute
-/// path), from /proc/self/mountinfo (never touching the mount itself, so
-/// a mount whose daemon died is found too); `None` when nothing is
-/// mounted there.
-pub fn fs_type_at(mountpoint: &Path) -> Option<String> {
+/// The topmost mount at `mountpoint` (an absolute path) in
+/// /proc/self/mountinfo, as its device (`MAJOR:MINOR`) and filesystem
+/// type. Read by name, never touching the mount itself, so the mount of a
+/// daemon that died is found too.
+fn mountinfo_at(mountpoint: &Path) -> Option<(String, String)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = mountpoint.as_os_str().as_encoded_bytes();
     let mut found = None;
@@ -359,9 +341,25 @@ pub fn fs_type_at(mountpoint: &Path) -> Option<String> {
         }
         // After the optional fields, " - FSTYPE SOURCE OPTIONS".
         let ty = f.iter().position(|x| *x == "-").and_then(|i| f.get(i + 1));
-        found = ty.map(|t| t.to_string());
+        found = Some((
+            f[2].to_string(),
+            ty.map_or(String::new(), |t| t.to_string()),
+        ));
     }
     found
+}
+
+/// The FUSE connection number (the device minor) of the mount at
+/// `mountpoint`.
+pub fn fuse_connection(mountpoint: &Path) -> Option<u32> {
+    let (dev, _) = mountinfo_at(mountpoint)?;
+    dev.split_once(':')?.1.parse().ok()
+}
+
+/// The filesystem type of the topmost mount at `mountpoint` (an absolute
+/// path); `None` when nothing is mounted there.
+pub fn fs_type_at(mountpoint: &Path) -> Option<String> {
+    mountinfo_at(mountpoint).map(|(_, ty)| ty)
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, ...).
