@@ -362,10 +362,15 @@ impl ListingHints {
         self.names.insert(k, l);
     }
 
-    /// About how much heap the hints take.
-    fn heap_bytes(&self) -> usize {
-        // A hashbrown table: key, value and one control byte per bucket.
-        self.names.capacity() * (std::mem::size_of::<(u64, u16)>() + 1)
+    /// Frees hints dropped from the cache (when no lookup still holds
+    /// them), reporting about how much heap they took to the trimmer.
+    fn release(self: Arc<Self>) {
+        if let Some(h) = Arc::into_inner(self) {
+            // A hashbrown table: key, value and one control byte per bucket.
+            let bytes = h.names.capacity() * (std::mem::size_of::<(u64, u16)>() + 1);
+            drop(h);
+            crate::heap::freed(bytes);
+        }
     }
 
     /// The layer the listing showed `name` from, `None` when it did not
@@ -400,11 +405,8 @@ impl Objects {
             h.push_back((dir.0.key(), Arc::new(hints)));
             old
         };
-        if let Some(bytes) = old
-            .and_then(|(_, o)| Arc::into_inner(o))
-            .map(|o| o.heap_bytes())
-        {
-            crate::heap::freed(bytes);
+        if let Some((_, o)) = old {
+            o.release();
         }
     }
 
@@ -419,11 +421,8 @@ impl Objects {
                 None => None,
             }
         };
-        if let Some(bytes) = old
-            .and_then(|(_, o)| Arc::into_inner(o))
-            .map(|o| o.heap_bytes())
-        {
-            crate::heap::freed(bytes);
+        if let Some((_, o)) = old {
+            o.release();
         }
     }
 
