@@ -1269,6 +1269,32 @@ mod tests {
     }
 
     #[test]
+    fn a_freed_node_takes_its_writeback_state_with_it() {
+        let wbs = Arc::new(NodeWbs::default());
+        let slab = Slab::new(None, Some(wbs.clone()));
+        let a = mk(&slab, 10, ROOT_ID, "a");
+        let b = mk(&slab, 11, ROOT_ID, "b");
+        let errs = wbs.get_or_make(a.generation()).errs();
+        wbs.get_or_make(b.generation());
+        assert_eq!(wbs.len(), 2);
+        let weak = a.downgrade();
+        let again = weak.upgrade().unwrap();
+        drop(a);
+        assert_eq!(wbs.len(), 2, "a node still referenced keeps its state");
+        assert!(Arc::ptr_eq(
+            &wbs.get_or_make(again.generation()).errs(),
+            &errs
+        ));
+        drop(again);
+        assert_eq!(wbs.len(), 1);
+        // The slot is reused by a new node, which starts with no state.
+        let c = mk(&slab, 12, ROOT_ID, "c");
+        assert!(wbs.get(c.generation()).is_none());
+        drop(b);
+        assert!(wbs.is_empty());
+    }
+
+    #[test]
     fn slots_are_reused_only_once_unreferenced() {
         let slab = Slab::new(None, None);
         let mut t = NodeTable::new(slab.clone());
