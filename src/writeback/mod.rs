@@ -681,6 +681,32 @@ impl MountWb {
         }
     }
 
+    /// fsync or fsyncdir in volatile mode (E5): nothing reaches the upper
+    /// filesystem; the background check runs, and after the mount's first
+    /// writeback error every call returns it.
+    fn fsync_volatile(&self, ov: &Overlay) -> Result<(), Errno> {
+        self.check_background(ov);
+        match *self.sticky.lock() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// fsync of the upper object `up` of `node` that this mount did not
+    /// dirty (reopened with `flags`), recording an error it meets as
+    /// `node`'s.
+    fn fsync_upper(&self, ov: &Overlay, node: &Node, up: BorrowedFd<'_>, flags: OFlags) {
+        if let Ok(fd) = ov.stack.proc.reopen(up, flags) {
+            if let Err(e) = rustix::fs::fsync(&fd) {
+                self.record(
+                    Some(&self.wb_of(node).errs()),
+                    &ov.path_of(node),
+                    wb_errno(e),
+                );
+            }
+        }
+    }
+
     /// fsync/fdatasync through observer `obs` of `node` (E1; E5 when
     /// volatile).
     pub fn fsync(
@@ -691,11 +717,7 @@ impl MountWb {
         datasync: bool,
     ) -> Result<(), Errno> {
         if self.mode == Mode::Volatile {
-            self.check_background(ov);
-            if let Some(e) = *self.sticky.lock() {
-                return Err(e);
-            }
-            return Ok(());
+            return self.fsync_volatile(ov);
         }
         if let Some(up) = node.upper_fd().ok().flatten() {
             let df = self.dirty_of(node);
@@ -712,15 +734,7 @@ impl MountWb {
                     } else {
                         OFlags::RDONLY
                     };
-                    if let Ok(fd) = ov.stack.proc.reopen(up.as_fd(), flags) {
-                        if let Err(e) = rustix::fs::fsync(&fd) {
-                            self.record(
-                                Some(&self.wb_of(node).errs()),
-                                &ov.path_of(node),
-                                wb_errno(e),
-                            );
-                        }
-                    }
+                    self.fsync_upper(ov, node, up.as_fd(), flags);
                 }
             }
         }
@@ -733,29 +747,15 @@ impl MountWb {
     /// directory's own errors (E1 for directories).
     pub fn fsyncdir(&self, ov: &Overlay, node: &NodeRef, obs: &Observer) -> Result<(), Errno> {
         if self.mode == Mode::Volatile {
-            self.check_background(ov);
-            if let Some(e) = *self.sticky.lock() {
-                return Err(e);
-            }
-            return Ok(());
+            return self.fsync_volatile(ov);
         }
         if let Some(up) = node.upper_fd().ok().flatten() {
             if let Ok(st) = sys::stat_fd(up.as_fd()) {
                 let d = self.dirs.lock().get(&(st.st_dev, st.st_ino)).cloned();
                 if let Some(d) = d {
                     self.sync_dir(ov, &d);
-                } else if let Ok(fd) = ov
-                    .stack
-                    .proc
-                    .reopen(up.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
-                {
-                    if let Err(e) = rustix::fs::fsync(&fd) {
-                        self.record(
-                            Some(&self.wb_of(node).errs()),
-                            &ov.path_of(node),
-                            wb_errno(e),
-                        );
-                    }
+                } else {
+                    self.fsync_upper(ov, node, up.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY);
                 }
             }
         }
