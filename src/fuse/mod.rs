@@ -206,12 +206,15 @@ impl RovlFs {
         }
     }
 
-    fn list(&self, d: &DirHandle) -> Result<Arc<Vec<ListEntry>>, Errno> {
+    /// The listing of the open directory `fh`, made at its first read and
+    /// kept with the handle.
+    fn listing(&self, fh: FileHandle) -> Result<Arc<Vec<ListEntry>>, FErrno> {
+        let d = self.handles.dir(fh)?;
         let mut g = d.entries.lock();
         if let Some(e) = &*g {
             return Ok(e.clone());
         }
-        let e = Arc::new(self.ov.list_dir(&d.node)?);
+        let e = Arc::new(self.ov.list_dir(&d.node).map_err(err)?);
         *g = Some(e.clone());
         Ok(e)
     }
@@ -599,11 +602,7 @@ impl Filesystem for RovlFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self
-            .handles
-            .dir(fh)
-            .and_then(|d| self.list(&d).map_err(err))
-        {
+        let entries = match self.listing(fh) {
             Ok(e) => e,
             Err(e) => {
                 reply.error(e);
@@ -626,11 +625,7 @@ impl Filesystem for RovlFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self
-            .handles
-            .dir(fh)
-            .and_then(|d| self.list(&d).map_err(err))
-        {
+        let entries = match self.listing(fh) {
             Ok(e) => e,
             Err(e) => {
                 reply.error(e);
