@@ -208,7 +208,12 @@ fn build(
             )?;
             if data == Data::Full && st.st_size > 0 {
                 let from = ov.stack.proc.reopen(src.fd, OFlags::RDONLY)?;
-                sys::copy_file_data(from.as_fd(), f.as_fd(), st.st_size as u64)?;
+                sys::copy_file_data(
+                    from.as_fd(),
+                    f.as_fd(),
+                    st.st_size as u64,
+                    !ov.opts.volatile,
+                )?;
             }
             let fd = sys::open_path_at(work, tmp)?;
             finish(ov, src, fd.as_fd(), true)?;
