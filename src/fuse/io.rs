@@ -177,8 +177,13 @@ impl IoModes {
         if of.on_upper() {
             // A read-write backing file serves every later open, readers
             // and writers alike.
-            let (bfd, writable) = match ov.stack.proc.reopen(fd.as_fd(), OFlags::RDWR) {
-                Ok(rw) => (Arc::new(rw), true),
+            let rw = if of.plain_read_write() {
+                Ok(fd.clone())
+            } else {
+                ov.stack.proc.reopen(fd.as_fd(), OFlags::RDWR).map(Arc::new)
+            };
+            let (bfd, writable) = match rw {
+                Ok(rw) => (rw, true),
                 Err(e) => {
                     debug!(?e, "no read-write backing file; passthrough read-only");
                     (fd.clone(), of.writable)

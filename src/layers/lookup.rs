@@ -15,6 +15,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::markers::{self, DirMarks, Redirect};
 use super::object::Obj;
@@ -98,6 +99,59 @@ pub struct DirLayers {
     /// Path of this directory in the lower layers (what a redirect to it
     /// says); `None` for a directory that exists only in the upper layer.
     pub lower_path: Option<Arc<LowerPath>>,
+    /// Whether the upper directory is known to have no default ACL.
+    pub no_default_acl: AbsenceHint,
+}
+
+/// A cached "known absent" for one fact about an object (say, that a
+/// directory has no default ACL), so that a hot path can skip the syscall
+/// that would find it absent again. Only absence is cached; every change
+/// that could make the fact present calls [`AbsenceHint::forget`].
+/// A generation makes a check that raced with a `forget` not stick:
+/// [`AbsenceHint::note_absent`] takes the value `check` returned before
+/// the syscall. A clone starts unknown.
+#[derive(Debug, Default)]
+pub struct AbsenceHint(AtomicU32);
+
+impl AbsenceHint {
+    const ABSENT: u32 = 1;
+
+    /// `Ok(())` when the fact is known absent; otherwise the ticket to
+    /// hand to `note_absent` after looking.
+    pub fn check(&self) -> Result<(), u32> {
+        let v = self.0.load(Ordering::Acquire);
+        if v & Self::ABSENT != 0 {
+            Ok(())
+        } else {
+            Err(v)
+        }
+    }
+
+    /// Records absence, seen by a look that started at `ticket`; a no-op
+    /// when a `forget` came in between.
+    pub fn note_absent(&self, ticket: u32) {
+        let _ = self.0.compare_exchange(
+            ticket,
+            ticket | Self::ABSENT,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The fact may have become present: look again next time.
+    pub fn forget(&self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+                Some((v & !Self::ABSENT).wrapping_add(2))
+            });
+    }
+}
+
+impl Clone for AbsenceHint {
+    fn clone(&self) -> Self {
+        AbsenceHint::default()
+    }
 }
 
 /// What a lookup found.
@@ -139,6 +193,7 @@ impl Found {
             upper_xwhiteouts: self.upper_marks.xwhiteouts,
             lowers,
             lower_path: self.lower_path,
+            no_default_acl: AbsenceHint::default(),
         }
     }
 

@@ -393,7 +393,9 @@ impl Overlay {
             self.copy_up_node(&node, Data::Full)?;
         }
         let up = node.upper_fd()?.ok_or(Errno::IO)?;
-        xattr::set(up.as_fd(), name, value, flags)
+        let r = xattr::set(up.as_fd(), name, value, flags);
+        xattrs_changed(&node);
+        r
     }
 
     /// Removes xattr `name`; copies the object up first.
@@ -418,7 +420,9 @@ impl Overlay {
             self.copy_up_node(&node, Data::Full)?;
         }
         let up = node.upper_fd()?.ok_or(Errno::IO)?;
-        xattr::remove_strict(up.as_fd(), name)
+        let r = xattr::remove_strict(up.as_fd(), name);
+        xattrs_changed(&node);
+        r
     }
 
     /// The node the kernel knows by `name` in `parent`, if any.
@@ -545,9 +549,8 @@ impl Overlay {
         Ok(n as u64)
     }
 
-    /// The open file for a file `create` just made.
-    pub fn adopt_created(&self, node: NodeRef, file: OwnedFd) -> OpenFile {
-        let flags = rustix::fs::fcntl_getfl(&file).unwrap_or(OFlags::RDWR);
+    /// The open file for a file `create` just made, opened with `flags`.
+    pub fn adopt_created(&self, node: NodeRef, (file, flags): (OwnedFd, OFlags)) -> OpenFile {
         let writable = flags & OFlags::ACCMODE != OFlags::RDONLY;
         let fd = Arc::new(file);
         if writable {
@@ -582,5 +585,12 @@ impl Overlay {
         self.wb
             .sync(self, Some(obs))
             .map_err(crate::writeback::to_sys)
+    }
+}
+
+/// After a change of `node`'s xattrs: what was known absent may not be.
+fn xattrs_changed(node: &NodeRef) {
+    if let Some(dl) = node.dir_layers() {
+        dl.no_default_acl.forget();
     }
 }

@@ -69,6 +69,9 @@ fn upper_at(parent: &Node, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Upper
     Ok(UpperAt::Object)
 }
 
+/// A file `create` made and opened, with the flags it was opened with.
+pub type CreatedFile = (OwnedFd, OFlags);
+
 fn check_new_name(name: &OsStr) -> SysResult<()> {
     sys::check_name(name)?;
     if markers::is_marker_name(name) {
@@ -99,7 +102,7 @@ impl Overlay {
     /// Creates `parent/name` with permissions `perm` (not yet masked by
     /// the caller's `umask`: a default ACL of the parent replaces the
     /// umask). Returns the new node (with one kernel reference), its
-    /// attributes, and for `NewKind::File` the open file.
+    /// attributes, and for `NewKind::File` the open file and its flags.
     pub fn create(
         &self,
         parent_id: NodeId,
@@ -108,7 +111,7 @@ impl Overlay {
         perm: u32,
         umask: u32,
         caller: Caller,
-    ) -> SysResult<(NodeRef, Attr, Option<OwnedFd>)> {
+    ) -> SysResult<(NodeRef, Attr, Option<CreatedFile>)> {
         check_new_name(name)?;
         if let NewKind::Special(FileType::CharacterDevice, 0) = kind {
             // A 0/0 device is a whiteout in the upper layer: it would hide
@@ -119,11 +122,13 @@ impl Overlay {
         let _r = self.rename_lock.read();
         let pup = self.upper_dir(&parent)?;
         let pup = pup.as_fd();
+        let pdl = Self::parent_layers(&parent)?;
         let over_whiteout = match upper_at(&parent, pup, name)? {
             UpperAt::Object => return Err(Errno::EXIST),
             UpperAt::Whiteout => true,
             UpperAt::Nothing => {
-                if self.resolve(&parent, name)?.is_some() {
+                // Without lower directories the upper one is all there is.
+                if !pdl.lowers.is_empty() && self.resolve(&parent, name)?.is_some() {
                     return Err(Errno::EXIST);
                 }
                 false
@@ -139,7 +144,7 @@ impl Overlay {
         let inherited = if ftype == FileType::Symlink {
             None
         } else {
-            xattr::get(pup, OsStr::new(acl::DEFAULT))?
+            default_acl(&pdl, pup)?
                 .and_then(|d| acl::inherit(&d, perm & 0o7777, ftype == FileType::Directory))
         };
         let mut perm = match &inherited {
@@ -170,6 +175,8 @@ impl Overlay {
         };
         let made = make_object(self, dir, &objname, kind, perm);
         let (obj, file) = made?;
+        // The attributes right after creation, when nothing changed them.
+        let mut unchanged = None;
         if let Some(tmp) = &tmp {
             let work = self.work()?;
             let prepared = (|| -> SysResult<()> {
@@ -202,11 +209,16 @@ impl Overlay {
             let st = sys::stat_fd(obj.as_fd())?;
             if st.st_mode & 0o7777 != perm {
                 self.stack.proc.chmod(obj.as_fd(), perm)?;
+            } else if inherited.is_none() {
+                unchanged = Some(st);
             }
             set_inherited_acls(obj.as_fd(), inherited.as_ref())?;
         }
-        self.wb.dir_changed(self, &parent, pup);
-        let st = sys::stat_fd(obj.as_fd())?;
+        self.wb.dir_changed_at(self, &parent, &pst);
+        let st = match unchanged {
+            Some(st) => st,
+            None => sys::stat_fd(obj.as_fd())?,
+        };
         let obj = self.stack.objs.adopt(0, obj);
         let layers = if ftype == FileType::Directory {
             Layers::Dir(Arc::new(DirLayers {
@@ -217,7 +229,7 @@ impl Overlay {
             Layers::Upper(obj)
         };
         let node = self.install_upper(parent_id, name, ftype, layers, &st, opaque);
-        let (node, attr) = self.reference(&node, parent_id, name)?;
+        let (node, attr) = self.reference_with(&node, parent_id, name, Some(&st))?;
         Ok((node, attr, file))
     }
 
@@ -563,13 +575,29 @@ fn upper_dir_is_empty(ov: &Overlay, dir: BorrowedFd<'_>, name: &OsStr) -> SysRes
 
 /// Creates the object itself in `dir` (no owner change yet). Returns an
 /// `O_PATH` handle on it and, for a regular file, the open file.
+/// The default ACL of the upper directory `pup` of `dl`, remembering its
+/// absence: most directories have none, and the `getxattr` (through
+/// /proc, `pup` being an `O_PATH` handle) was the costliest call of a
+/// create. Xattr changes through rovl forget it (files.rs).
+fn default_acl(dl: &DirLayers, pup: BorrowedFd<'_>) -> SysResult<Option<Vec<u8>>> {
+    let ticket = match dl.no_default_acl.check() {
+        Ok(()) => return Ok(None),
+        Err(t) => t,
+    };
+    let d = xattr::get(pup, OsStr::new(acl::DEFAULT))?;
+    if d.is_none() {
+        dl.no_default_acl.note_absent(ticket);
+    }
+    Ok(d)
+}
+
 fn make_object(
     ov: &Overlay,
     dir: BorrowedFd<'_>,
     name: &OsStr,
     kind: NewKind<'_>,
     perm: u32,
-) -> SysResult<(OwnedFd, Option<OwnedFd>)> {
+) -> SysResult<(OwnedFd, Option<CreatedFile>)> {
     let mode = Mode::from_raw_mode(perm);
     match kind {
         NewKind::File(flags) => {
@@ -580,6 +608,12 @@ fn make_object(
                     | OFlags::NOFOLLOW
                     | OFlags::TRUNC);
             f = adapt_access(ov, f);
+            if f & OFlags::ACCMODE == OFlags::WRONLY {
+                // The file is new: reading it is no wider than the caller's
+                // write, and a read-write descriptor can serve as its
+                // passthrough backing file as it is (fuse/io.rs).
+                f = (f & !OFlags::ACCMODE) | OFlags::RDWR;
+            }
             let file = rustix::fs::openat(
                 dir,
                 name,
@@ -587,7 +621,7 @@ fn make_object(
                 mode,
             )?;
             let obj = sys::open_path_at(dir, name)?;
-            Ok((obj, Some(file)))
+            Ok((obj, Some((file, f))))
         }
         NewKind::Dir => {
             rustix::fs::mkdirat(dir, name, mode)?;

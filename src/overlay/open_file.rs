@@ -91,6 +91,15 @@ impl OpenFile {
         self.on_upper.store(on_upper, Ordering::Release);
     }
 
+    /// Whether the descriptor is read-write with no flag that changes how
+    /// I/O through it behaves (append, direct, sync): one the kernel can
+    /// use as the backing file of every open of the node.
+    pub fn plain_read_write(&self) -> bool {
+        let shaping =
+            OFlags::ACCMODE | OFlags::APPEND | OFlags::DIRECT | OFlags::SYNC | OFlags::DSYNC;
+        self.reopen & shaping == OFlags::RDWR
+    }
+
     /// Closes the descriptor unless a request is using it right now; the
     /// next use reopens it. True when it was closed.
     pub fn evict(&self) -> bool {

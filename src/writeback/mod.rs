@@ -631,7 +631,13 @@ impl MountWb {
 
     /// The upper directory `fd` of `dir` had its entries changed.
     pub fn dir_changed(&self, ov: &Overlay, dir: &NodeRef, fd: BorrowedFd<'_>) {
-        let Ok(st) = sys::stat_fd(fd) else { return };
+        if let Ok(st) = sys::stat_fd(fd) {
+            self.dir_changed_at(ov, dir, &st);
+        }
+    }
+
+    /// [`MountWb::dir_changed`] with the upper directory's stat in hand.
+    pub fn dir_changed_at(&self, ov: &Overlay, dir: &NodeRef, st: &sys::Stat) {
         let key = (st.st_dev, st.st_ino);
         let mut dirs = self.dirs.lock();
         if let Some(d) = dirs.get(&key) {
