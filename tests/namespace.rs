@@ -1413,6 +1413,45 @@ fn the_busy_script_matches_the_kernel_without_passthrough_and_without_caching() 
     }
 }
 
+/// A default ACL set on a directory after objects were created in it
+/// (rovl remembers that it had none) applies to the next ones, and once
+/// removed the umask applies again, as under the kernel.
+#[test]
+fn a_default_acl_set_or_removed_later_applies_to_the_next_creates() {
+    const ANY: u32 = u32::MAX;
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let dacl = acl_xattr(&[(1, 7, ANY), (4, 5, ANY), (0x20, 5, ANY)]);
+    chmod(&st.mnt, 0o755).unwrap();
+    oracle(&s, &st, |r| {
+        let mut l = Log::default();
+        let d = r.join("later");
+        let sh = |c: &str| {
+            std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!("umask 077 && cd {} && {c}", d.display()))
+                .status()
+                .unwrap()
+                .code()
+        };
+        let mode = |n: &str| lstat(&d.join(n)).map(|m| m.mode()).ok();
+        mkdirs(&d);
+        l.v("before", sh("echo a > a && mkdir da"));
+        setxattr(&d, "system.posix_acl_default", &dacl);
+        l.v("with acl", sh("echo b > b && mkdir db"));
+        l.v(
+            "b acl",
+            getxattr(&d.join("b"), "system.posix_acl_access").is_some(),
+        );
+        rustix::fs::removexattr(&d, "system.posix_acl_default").unwrap();
+        l.v("after", sh("echo c > c && mkdir dc"));
+        for n in ["a", "da", "b", "db", "c", "dc"] {
+            l.v(format!("mode {n}"), mode(n));
+        }
+        l
+    });
+}
+
 /// A default ACL on a directory is inherited by what is created in it, and
 /// replaces the umask for the new object's mode, like on any filesystem.
 #[test]
