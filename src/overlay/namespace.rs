@@ -573,8 +573,6 @@ fn upper_dir_is_empty(ov: &Overlay, dir: BorrowedFd<'_>, name: &OsStr) -> SysRes
     Ok(sys::read_dir(&ov.stack.proc, d.as_fd())?.is_empty())
 }
 
-/// Creates the object itself in `dir` (no owner change yet). Returns an
-/// `O_PATH` handle on it and, for a regular file, the open file.
 /// The default ACL of the upper directory `pup` of `dl`, remembering its
 /// absence: most directories have none, and the `getxattr` (through
 /// /proc, `pup` being an `O_PATH` handle) was the costliest call of a
@@ -591,6 +589,8 @@ fn default_acl(dl: &DirLayers, pup: BorrowedFd<'_>) -> SysResult<Option<Vec<u8>>
     Ok(d)
 }
 
+/// Creates the object itself in `dir` (no owner change yet). Returns an
+/// `O_PATH` handle on it and, for a regular file, the open file.
 fn make_object(
     ov: &Overlay,
     dir: BorrowedFd<'_>,
