@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use testbed::FailingDisk;
+use testbed::{DiskOptions, FailingDisk};
 
 const ENOSPC: i32 = libc::ENOSPC;
 const EIO: i32 = libc::EIO;
@@ -295,6 +295,66 @@ fn copy_up_is_durable_before_returning() {
         "L".repeat(300_000)
     );
     drop((f, m));
+}
+
+/// A copy-up whose data the disk cannot take (the copy writes back behind
+/// itself, so the failure comes during the copy) fails the open that
+/// asked for it with the writeback error and leaves nothing behind: no
+/// upper file, nothing in the work directory, the lower file still what
+/// the mount shows. Once the disk is healed the copy-up succeeds.
+#[test]
+fn a_copy_up_that_cannot_be_written_back_fails_and_leaves_nothing() {
+    let s = Scratch::new().unwrap();
+    // Room on the tmpfs for the failed attempt's blocks and the retry's.
+    let mut disk = FailingDisk::with_options(DiskOptions {
+        image_size: 512 << 20,
+        tmpfs_size: 192 << 20,
+        ..Default::default()
+    })
+    .unwrap();
+    let st = disk_stack(&disk, &s, "a");
+    // Larger than the copy's write-behind window (5 x 8 MiB).
+    let size = 48usize << 20;
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    std::fs::write(st.lower(0, "big"), &data).unwrap();
+    let m = mount_rovl(&st, "");
+    disk.balloon().unwrap();
+    let e = OpenOptions::new()
+        .append(true)
+        .open(st.m("big"))
+        .err()
+        .and_then(|e| e.raw_os_error());
+    assert!(
+        matches!(e, Some(EIO | ENOSPC)),
+        "copy-up on a full disk: {e:?}"
+    );
+    assert!(
+        std::fs::symlink_metadata(st.upper.join("big")).is_err(),
+        "a partial copy in the upper layer"
+    );
+    let left: Vec<String> = names(&st.work.join("work"))
+        .into_iter()
+        .filter(|n| n != "incompat")
+        .collect();
+    assert!(left.is_empty(), "leftovers in the work directory: {left:?}");
+    assert!(
+        std::fs::read(st.m("big")).unwrap() == data,
+        "the lower file changed"
+    );
+    disk.heal().unwrap();
+    assert!(
+        !disk.is_aborted(),
+        "ext4 aborted its journal on a data write error"
+    );
+    let mut f = OpenOptions::new().append(true).open(st.m("big")).unwrap();
+    f.write_all(b"!").unwrap();
+    assert_eq!(fsync(&f), 0);
+    drop(f);
+    assert_eq!(
+        std::fs::metadata(st.upper.join("big")).unwrap().len(),
+        size as u64 + 1
+    );
+    drop(m);
 }
 
 /// E3: a neighbour mount on the same upper filesystem is never told this
