@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use testbed::{Ext4Disk, FuseMount, KernelOverlay, Scratch};
+use testbed::{Ext4Disk, FuseMount, KernelOverlay, Scratch, escape_option_path as esc};
 
 use crate::layers::Layers;
 
@@ -87,18 +87,6 @@ pub struct Env {
     scratch: Scratch,
     /// Which system this is.
     pub system: System,
-}
-
-/// Escapes `\`, `:` and `,` for a path inside an overlay option.
-fn esc(p: &Path) -> String {
-    let mut out = String::new();
-    for c in p.to_string_lossy().chars() {
-        if matches!(c, '\\' | ':' | ',') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 impl Env {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[allow(unused_imports)] // not every test binary needs all of them
-pub use testbed::{FuseMount, KernelOverlay, Scratch};
+pub use testbed::{FuseMount, KernelOverlay, Scratch, escape_option_path as esc};
 
 /// The rovl binary under test.
 pub fn rovl_bin() -> PathBuf {
@@ -20,18 +20,6 @@ pub fn rovl_bin() -> PathBuf {
 /// A `rovl` command.
 pub fn rovl() -> Command {
     Command::new(rovl_bin())
-}
-
-/// Escapes `\`, `:` and `,` for a path inside an overlay option.
-pub fn esc(p: &Path) -> String {
-    let mut out = String::new();
-    for c in p.to_string_lossy().chars() {
-        if matches!(c, '\\' | ':' | ',') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Directories of one overlay: lowers (top first), upper, work, mountpoint.

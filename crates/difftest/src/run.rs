@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use testbed::{FuseMount, KernelOverlay, Scratch};
+use testbed::{FuseMount, KernelOverlay, Scratch, escape_option_path as esc};
 
 use crate::opgen::OpGen;
 use crate::ops::{Applier, Outcome, Step};
@@ -217,17 +217,6 @@ pub struct Dirs {
     pub work: PathBuf,
     /// Mount point.
     pub mnt: PathBuf,
-}
-
-fn esc(p: &Path) -> String {
-    let mut out = String::new();
-    for c in p.to_string_lossy().chars() {
-        if matches!(c, '\\' | ':' | ',') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 impl Dirs {

@@ -30,7 +30,7 @@ mod sys;
 
 pub use disk::{DiskOptions, Ext4Disk, FailingDisk, PowerCut};
 pub use fuse::FuseMount;
-pub use overlay::KernelOverlay;
+pub use overlay::{KernelOverlay, escape_option_path};
 pub use scratch::{DEFAULT_ROOT, ROOT_ENV, Scratch, root};
 pub use sweep::{OWNER_ENV, Swept, sweep_stale};
 pub use sys::{MountEntry, mounts, mounts_under};

@@ -12,8 +12,10 @@ pub struct KernelOverlay {
     mount: MountGuard,
 }
 
-/// Escapes `\`, `:` and `,` for an overlayfs path option.
-fn escape(p: &Path) -> String {
+/// Escapes `\`, `:` and `,` in a path for an overlay mount option
+/// (`lowerdir=`, `upperdir=`, `workdir=`), for kernel overlayfs, rovl and
+/// fuse-overlayfs alike.
+pub fn escape_option_path(p: &Path) -> String {
     let mut out = String::new();
     for c in p.to_string_lossy().chars() {
         if matches!(c, '\\' | ':' | ',') {
@@ -31,13 +33,13 @@ pub(crate) fn overlay_options(
     work: Option<&Path>,
     extra: &str,
 ) -> String {
-    let lower: Vec<String> = lowers.iter().map(|p| escape(p)).collect();
+    let lower: Vec<String> = lowers.iter().map(|p| escape_option_path(p)).collect();
     let mut opts = vec![format!("lowerdir={}", lower.join(":"))];
     if let Some(u) = upper {
-        opts.push(format!("upperdir={}", escape(u)));
+        opts.push(format!("upperdir={}", escape_option_path(u)));
     }
     if let Some(w) = work {
-        opts.push(format!("workdir={}", escape(w)));
+        opts.push(format!("workdir={}", escape_option_path(w)));
     }
     opts.extend(
         extra
