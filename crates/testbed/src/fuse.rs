@@ -133,6 +133,15 @@ impl FuseMount {
         self.conn
     }
 
+    /// The connection number while it is still this mount's: once the
+    /// mount is gone the kernel frees the number (with the fusectl entry),
+    /// and the next FUSE mount anywhere on the machine, another test's,
+    /// may get it. Aborting it or signalling its holders then would hit
+    /// that mount.
+    fn live_conn(&self) -> Option<u32> {
+        live_conn(self.id, &self.mountpoint, self.conn)
+    }
+
     /// The mount's mountinfo line, if it is still mounted.
     pub fn entry(&self) -> Option<MountEntry> {
         sys::mount_by_id(self.id?, &self.mountpoint)
@@ -191,7 +200,7 @@ impl FuseMount {
     /// every pending and later request fails with ENOTCONN. The last
     /// resort for a hung daemon; the mount stays until unmounted.
     pub fn abort(&self) -> io::Result<()> {
-        match self.conn {
+        match self.live_conn() {
             Some(c) => sys::fuse_abort(c),
             None => Ok(()),
         }
@@ -229,7 +238,7 @@ impl FuseMount {
 
     fn refresh_daemons(&mut self) {
         let mut found = sys::procs_with_env(OWNER_ENV, self.scratch.name(), false);
-        if let Some(c) = self.conn {
+        if let Some(c) = self.live_conn() {
             found.extend(sys::fuse_conn_holders(c));
         }
         for p in found {
@@ -299,9 +308,10 @@ impl FuseMount {
     fn unmount_mount(&mut self) -> io::Result<()> {
         let mut cmd = Command::new("fusermount3");
         cmd.arg("-u").arg(&self.mountpoint);
-        let conn = self.conn;
+        let (id, conn) = (self.id, self.conn);
+        let mountpoint = self.mountpoint.clone();
         let res = run_timeout(&mut cmd, UNMOUNT_TIMEOUT, || {
-            if let Some(c) = conn {
+            if let Some(c) = live_conn(id, &mountpoint, conn) {
                 let _ = sys::fuse_abort(c);
             }
         });
@@ -324,6 +334,12 @@ impl FuseMount {
         }
         Err(io::Error::other(format!("{why}; detached lazily")))
     }
+}
+
+/// `conn` if the mount `id` at `mountpoint` is still there.
+fn live_conn(id: Option<u32>, mountpoint: &Path, conn: Option<u32>) -> Option<u32> {
+    let entry = sys::mount_by_id(id?, mountpoint)?;
+    conn.filter(|c| *c == entry.dev.1)
 }
 
 impl Drop for FuseMount {

@@ -378,3 +378,46 @@ fn run_returns_stdout_and_panics_with_output() {
     assert!(p.is_err());
     let _: io::Result<String> = testbed::try_run(&mut Command::new("true"));
 }
+
+#[test]
+fn a_guard_whose_mount_is_gone_leaves_the_next_mount_on_its_number_alone() {
+    let s = Scratch::new().unwrap();
+    let (lower, upper, work, merged) = layers(&s);
+    let mut first = FuseMount::spawn(
+        fuse_overlayfs(&lower, &upper, &work, &merged, false),
+        &merged,
+    )
+    .unwrap();
+    let number = first.connection().unwrap();
+    // Unmounted behind the guard's back: the kernel frees the number, and
+    // the next FUSE mount (usually this one) gets it.
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&merged)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (upper2, work2, merged2) = (
+        s.mkdir("upper2").unwrap(),
+        s.mkdir("work2").unwrap(),
+        s.mkdir("merged2").unwrap(),
+    );
+    let mut second = FuseMount::spawn(
+        fuse_overlayfs(&lower, &upper2, &work2, &merged2, false),
+        &merged2,
+    )
+    .unwrap();
+    if second.connection() != Some(number) {
+        eprintln!("note: the second mount got another connection number");
+    }
+    let theirs = second.daemon_pids();
+    first.abort().unwrap();
+    assert!(
+        first.daemon_pids().iter().all(|p| !theirs.contains(p)),
+        "the first guard claims the second mount's daemon"
+    );
+    drop(first);
+    assert_eq!(fs::read(merged2.join("hello")).unwrap(), b"from lower");
+    assert!(theirs.iter().all(|&p| alive(p)));
+    second.unmount().unwrap();
+}
