@@ -356,7 +356,7 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
 
     let done = Arc::new(AtomicBool::new(false));
     spawn_background(ov.clone(), done.clone());
-    spawn_signal_watch(c.mountpoint.clone());
+    let signal_unmount = spawn_signal_watch(c.mountpoint.clone());
 
     if let Err(e) = session.run() {
         error!(%e, "FUSE session ended with an error");
@@ -367,6 +367,9 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
     if ov.wb.exit_result().is_none() {
         ov.wb.unmounting(&ov);
     }
+    // A signal's unmount may still be detaching the mount: the process
+    // must not end under it.
+    drop(signal_unmount.lock());
     finish(&ov, &mut held)
 }
 
@@ -440,27 +443,37 @@ fn spawn_background(ov: Arc<Overlay>, done: Arc<AtomicBool>) {
     }
 }
 
-/// On SIGTERM/SIGINT/SIGHUP: unmount (lazily if busy, then cut the
-/// connection), so the daemon runs its unmount work and exits.
-fn spawn_signal_watch(mountpoint: PathBuf) {
+/// On SIGTERM/SIGINT/SIGHUP: unmount (if busy: cut the connection, then
+/// detach lazily), so the daemon runs its unmount work and exits. The
+/// returned lock is held while that unmount runs.
+fn spawn_signal_watch(mountpoint: PathBuf) -> Arc<parking_lot::Mutex<()>> {
     // Not stat(2): the mount is not served yet, that would wait forever.
     let conn = mount::fuse_connection(&mountpoint);
+    let busy = Arc::new(parking_lot::Mutex::new(()));
+    let held = busy.clone();
     let r = std::thread::Builder::new()
         .name("rovl-signals".into())
         .spawn(move || {
             let sig = sys::wait_termination_signal();
+            let _unmounting = held.lock();
             info!(sig, "signal: unmounting");
             if rustix::mount::unmount(&mountpoint, rustix::mount::UnmountFlags::empty()).is_err() {
-                let _ = rustix::mount::unmount(&mountpoint, rustix::mount::UnmountFlags::DETACH);
-                if let Some(minor) = conn {
+                // Abort before detaching, and only while the mount there
+                // still carries our number: the kernel frees the number
+                // with the mount, and another FUSE mount may get it.
+                if let Some(minor) =
+                    conn.filter(|c| mount::fuse_connection(&mountpoint) == Some(*c))
+                {
                     let p = format!("/sys/fs/fuse/connections/{minor}/abort");
                     let _ = std::fs::write(p, "1");
                 }
+                let _ = rustix::mount::unmount(&mountpoint, rustix::mount::UnmountFlags::DETACH);
             }
         });
     if let Err(e) = r {
         warn!(%e, "cannot start the signal thread");
     }
+    busy
 }
 
 /// Exit code and message of `rovl umount`, from the session record the
