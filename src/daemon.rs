@@ -231,6 +231,45 @@ pub fn init_logging(debug: bool, to: Option<&Path>) {
     }
 }
 
+/// Set once any thread of the daemon panicked.
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// True once any thread of the daemon panicked.
+pub fn panicked() -> bool {
+    PANICKED.load(Ordering::Acquire)
+}
+
+/// Makes a panic visible where a daemon's messages go: a daemonized
+/// rovl's stderr is /dev/null, so without this a panic in a request
+/// handler would leave no trace (its thread ends, the requests it held fail
+/// with ECONNABORTED). The panic goes to the log with its thread, place and
+/// a backtrace, and the daemon's exit status and session record say the
+/// session was not clean. The previous hook still runs (stderr in the
+/// foreground).
+pub fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICKED.store(true, Ordering::Release);
+        let thread = std::thread::current();
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let trace = std::backtrace::Backtrace::force_capture();
+        error!(
+            thread = thread.name().unwrap_or("?"),
+            place, "panic: {what}\n{trace}"
+        );
+        previous(info);
+    }));
+}
+
 /// Runs the daemon for a checked request. Returns the exit status.
 pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
     sys::limit_malloc_arenas(1);
@@ -270,6 +309,7 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
             .map(|w| w.join(STATE_DIR).join("rovl.log"));
         init_logging(debug, log.as_deref());
     }
+    install_panic_hook();
     let work = match open_work(&c, wd.as_ref().map(|w| w.as_fd())) {
         Ok(w) => w,
         Err(e) => return notify.fail(&e),
@@ -393,7 +433,10 @@ fn adopt_list(c: &Checked, stack: &Stack) -> Result<Option<Vec<session::Dirtied>
 }
 
 fn finish(ov: &Overlay, held: &mut Held) -> i32 {
-    let result = ov.wb.exit_result().unwrap_or(Ok(()));
+    let mut result = ov.wb.exit_result().unwrap_or(Ok(()));
+    if result.is_ok() && panicked() {
+        result = Err("a request handler panicked (see the log); the mount is not clean".into());
+    }
     if let (Some(state), Some(rec)) = (&held.state, held.record.as_mut()) {
         rec.ended = Some(rfc3339(SystemTime::now()));
         rec.errors = ov.wb.error_count();
@@ -488,5 +531,33 @@ pub fn unmount_result(workdir: &Path) -> Result<(), String> {
             None => Ok(()),
         },
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The only test in this binary that sets the global subscriber and
+    /// the panic hook.
+    #[test]
+    fn a_panic_in_any_thread_reaches_the_log_and_marks_the_session() {
+        let dir = std::env::temp_dir().join(format!("rovl-panic-hook-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("rovl.log");
+        init_logging(false, Some(&log));
+        install_panic_hook();
+        let r = std::thread::Builder::new()
+            .name("rovl-test-panicker".into())
+            .spawn(|| panic!("deliberate panic number {}", 42))
+            .unwrap()
+            .join();
+        assert!(r.is_err());
+        assert!(panicked());
+        let text = std::fs::read_to_string(&log).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(text.contains("panic: deliberate panic number 42"), "{text}");
+        assert!(text.contains("rovl-test-panicker"), "{text}");
+        assert!(text.contains("daemon.rs"), "{text}");
     }
 }
