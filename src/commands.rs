@@ -96,12 +96,30 @@ pub fn umount(mnt: &Path) -> i32 {
         )];
         while let Err(Errno::INTR) = rustix::event::poll(&mut pfd, None) {}
     }
-    match workdir.map(|w| daemon::unmount_result(&w)) {
-        Some(Err(msg)) => {
+    match (st, workdir.map(|w| daemon::unmount_result(&w))) {
+        (_, Some(Err(msg))) => {
             eprintln!("rovl: {}: {msg}", mnt.display());
             1
         }
-        _ => 0,
+        (Err(Errno::NOTCONN), _) => {
+            eprintln!(
+                "rovl: umount {}: unmounted, but its daemon had exited (killed or crashed): \
+                 its unmount work (final sync, session record) did not run; see \
+                 `rovl status WORKDIR` and WORKDIR/rovl/rovl.log",
+                mnt.display()
+            );
+            1
+        }
+        (Err(e), _) => {
+            eprintln!(
+                "rovl: umount {}: unmounted, but its daemon could not be asked ({}): \
+                 its result is unknown",
+                mnt.display(),
+                strerror(e)
+            );
+            1
+        }
+        (Ok(_), _) => 0,
     }
 }
 

@@ -262,6 +262,25 @@ fn rovl_umount_unmounts_and_returns_after_the_daemon_exited() {
     drop(m);
 }
 
+/// A mount whose daemon was killed: `rovl umount` removes it, but the
+/// daemon's unmount work (final sync, session record) never ran, so it
+/// must not report success.
+#[test]
+fn rovl_umount_of_a_mount_whose_daemon_died_unmounts_and_fails() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let mut m = mount_rovl(&st, "");
+    put(&st.m("x"), "x");
+    m.kill9().unwrap();
+    let (code, _out, err) = run_rovl([Path::new("umount"), &st.mnt]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("daemon had exited"), "{err}");
+    assert!(!mounted_at(&st.mnt));
+    assert_eq!(session_state(&st.work), "running");
+    drop(m);
+}
+
 #[test]
 fn rovl_umount_of_a_path_that_is_not_mounted_fails() {
     let s = Scratch::new().unwrap();
