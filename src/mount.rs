@@ -4,10 +4,11 @@
 //! Every check runs before anything is created, so a refused mount changes
 //! nothing in any layer.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use crate::cli::{MountOptions, SyncMode};
@@ -168,6 +169,17 @@ pub fn check(opts: MountOptions, mountpoint: &Path) -> Result<Checked, String> {
                 w.display()
             ));
         }
+        let mut ours = vec![
+            ("upperdir", u.as_path(), ust),
+            ("workdir", w.as_path(), wst),
+        ];
+        // fuse-overlayfs holds WORKDIR/work open, not WORKDIR.
+        if let Ok(st) = rustix::fs::stat(w.join(WORK_DIR)) {
+            ours.push(("workdir", w.as_path(), st));
+        }
+        if let Some(e) = used_by_another_overlay(&ours) {
+            return Err(e);
+        }
         upperdir = Some(std::fs::canonicalize(u).unwrap_or_else(|_| absolute(u)));
         workdir = Some(std::fs::canonicalize(w).unwrap_or_else(|_| absolute(w)));
     }
@@ -194,6 +206,104 @@ fn in_use(workdir: &Path) -> bool {
         Ok(()) => false,
         Err(_) => true,
     }
+}
+
+/// The error for a directory of `dirs` (role, path as given, stat) that a
+/// live overlay other than rovl uses as its upper or work directory (rovl
+/// mounts hold a lock instead, see [`in_use`]). Mounting over it would let
+/// two filesystems rewrite one upper layer, and rovl's cleaning of the work
+/// directory would delete the other's temporary files.
+///
+/// Kernel overlayfs mounts are found by the `upperdir=` and `workdir=`
+/// options /proc/self/mountinfo shows: they are the paths given at mount
+/// time, so one given as a relative path cannot be found. fuse-overlayfs
+/// daemons are found by the directories they hold open, whatever path
+/// they were given.
+fn used_by_another_overlay(dirs: &[(&str, &Path, sys::Stat)]) -> Option<String> {
+    let ours = |st: &sys::Stat| {
+        dirs.iter()
+            .find(|(_, _, d)| d.st_dev == st.st_dev && d.st_ino == st.st_ino)
+    };
+    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in info.lines() {
+            // "ID PARENT DEV ROOT MOUNTPOINT OPTS [OPTIONAL...] - TYPE SOURCE SUPER_OPTS"
+            let Some((head, tail)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mut t = tail.split(' ');
+            if t.next() != Some("overlay") {
+                continue;
+            }
+            // The kernel escapes commas in the paths, so splitting is safe.
+            for opt in t.nth(1).unwrap_or("").split(',') {
+                let Some((key, val)) = opt.split_once('=') else {
+                    continue;
+                };
+                if key != "upperdir" && key != "workdir" {
+                    continue;
+                }
+                let path = PathBuf::from(OsString::from_vec(unescape_mountinfo(val)));
+                if !path.is_absolute() {
+                    continue;
+                }
+                let Ok(st) = rustix::fs::stat(&path) else {
+                    continue;
+                };
+                if let Some((role, p, _)) = ours(&st) {
+                    let at = head.split(' ').nth(4).unwrap_or("?");
+                    let at = PathBuf::from(OsString::from_vec(unescape_mountinfo(at)));
+                    return Some(format!(
+                        "{role} {} is in use as the {key} of a live kernel overlayfs mount at {}",
+                        p.display(),
+                        at.display()
+                    ));
+                }
+            }
+        }
+    }
+    let me = std::process::id().to_string();
+    let procs = std::fs::read_dir("/proc").ok()?;
+    for e in procs.flatten() {
+        let pid = e.file_name();
+        if pid.as_bytes().is_empty()
+            || !pid.as_bytes().iter().all(u8::is_ascii_digit)
+            || *pid == *me
+        {
+            continue;
+        }
+        let dir = e.path();
+        match std::fs::read(dir.join("comm")) {
+            Ok(c) if c.trim_ascii_end() == b"fuse-overlayfs" => {}
+            _ => continue,
+        }
+        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            // Cached attributes only: a descriptor on a stuck FUSE mount
+            // must not hang the check.
+            let Ok(st) = rustix::fs::statx(
+                rustix::fs::CWD,
+                fd.path(),
+                rustix::fs::AtFlags::STATX_DONT_SYNC,
+                rustix::fs::StatxFlags::INO,
+            ) else {
+                continue;
+            };
+            let dev = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor);
+            let hit = dirs
+                .iter()
+                .find(|(_, _, d)| d.st_dev == dev && d.st_ino == st.stx_ino);
+            if let Some((role, p, _)) = hit {
+                return Some(format!(
+                    "{role} {} is in use by a live fuse-overlayfs mount (process {})",
+                    p.display(),
+                    pid.to_string_lossy()
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// Creates `dir/name` as a directory unless it exists.

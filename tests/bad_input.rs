@@ -390,6 +390,73 @@ fn a_refused_mount_leaves_a_stack_that_mounts_fine_afterwards() {
     assert_eq!(names(&st.mnt), vec!["low", "top", "up"]);
 }
 
+/// The upper or work directory of a live kernel overlayfs mount: refused
+/// before rovl touches the work directory the kernel is using (SPEC §4).
+#[test]
+fn upper_or_work_of_a_live_kernel_overlay_is_refused() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let k = mount_kernel(&st, "");
+    put(&k.path().join("k"), "through the kernel");
+    let (other_upper, other_work) = (s.mkdir("upper2").unwrap(), s.mkdir("work2").unwrap());
+    let mnt = s.mkdir("mnt2").unwrap();
+    let l = st.lower_opts();
+    let cases = [
+        ("upperdir", &st.upper, &st.work),
+        ("upperdir", &st.upper, &other_work),
+        ("workdir", &other_upper, &st.work),
+    ];
+    for (role, u, w) in cases {
+        let opts = format!("{l},upperdir={},workdir={}", esc(u), esc(w));
+        let line = refused(
+            &["-o", &opts, p(&mnt)],
+            &mnt,
+            s.path(),
+            &["in use", "live kernel overlayfs mount", role],
+        );
+        assert!(line.contains(p(k.path())), "{line}");
+    }
+    assert_eq!(get(&k.path().join("k")), "through the kernel");
+    k.unmount().unwrap();
+    // Free again: mounts.
+    let _m = mount_rovl(&st, "");
+    assert_eq!(get(&st.m("k")), "through the kernel");
+}
+
+/// The same for fuse-overlayfs, found by the directories its daemon holds
+/// open: given relative paths, which no mount table would resolve.
+#[test]
+fn upper_or_work_of_a_live_fuse_overlayfs_is_refused() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let mut cmd = Command::new("fuse-overlayfs");
+    cmd.current_dir(s.path())
+        .arg("-o")
+        .arg("lowerdir=l0:l1,upperdir=upper,workdir=work")
+        .arg("mnt");
+    let f = FuseMount::spawn(cmd, &st.mnt).unwrap();
+    put(&st.m("f"), "through fuse-overlayfs");
+    let (other_upper, other_work) = (s.mkdir("upper2").unwrap(), s.mkdir("work2").unwrap());
+    let mnt = s.mkdir("mnt2").unwrap();
+    let l = st.lower_opts();
+    for (role, u, w) in [
+        ("upperdir", &st.upper, &other_work),
+        ("workdir", &other_upper, &st.work),
+    ] {
+        let opts = format!("{l},upperdir={},workdir={}", esc(u), esc(w));
+        refused(
+            &["-o", &opts, p(&mnt)],
+            &mnt,
+            s.path(),
+            &["in use", "live fuse-overlayfs mount", role],
+        );
+    }
+    assert_eq!(get(&st.m("f")), "through fuse-overlayfs");
+    f.unmount().unwrap();
+    let _m = mount_rovl(&st, "");
+    assert_eq!(get(&st.m("f")), "through fuse-overlayfs");
+}
+
 /// `rovl sync` and `rovl status` on paths that are not rovl mounts: one
 /// line per path (`PATH: reason`), exit 1.
 #[test]
