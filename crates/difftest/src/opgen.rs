@@ -224,8 +224,16 @@ impl OpGen {
                 // XATTR_CREATE/REPLACE only where they succeed: the kernel
                 // copies up before it checks them, so a failing one still
                 // breaks hard links and changes directory link counts; rovl
-                // checks first (FINDINGS: kernel quirks).
-                let has = view.objs.get(&path).map(|o| o.xattrs.contains_key(&name));
+                // checks first (FINDINGS: kernel quirks). Through a symlink
+                // when following.
+                let target = if follow {
+                    view.resolve(&path)
+                } else {
+                    view.resolve_parent(&path)
+                };
+                let has = target
+                    .and_then(|t| view.objs.get(&t))
+                    .map(|o| o.xattrs.contains_key(&name));
                 let flag = match (has, self.rng.below(4)) {
                     (Some(false), 0) => XFlag::Create,
                     (Some(true), 0) => XFlag::Replace,
@@ -409,12 +417,18 @@ impl OpGen {
 ///   group-executable setgid file (EPERM in the kernel, a successful no-op
 ///   in rovl) is made by root.
 fn avoid_documented_divergences(view: &Snapshot, op: Op, user: bool) -> (Op, bool) {
+    // What a path names, through symlinks (the last one too if `follow`).
+    let obj = |path: &str, follow: bool| {
+        let p = if follow {
+            view.resolve(path)
+        } else {
+            view.resolve_parent(path)
+        };
+        p.and_then(|p| view.objs.get(&p))
+    };
     match op {
         Op::Open { slot, ref path, .. }
-            if view
-                .objs
-                .get(path)
-                .is_some_and(|o| o.kind != 'd' && o.nlink > 1) =>
+            if obj(path, true).is_some_and(|o| o.kind != 'd' && o.nlink > 1) =>
         {
             (Op::FdStat { slot }, false)
         }
@@ -422,9 +436,9 @@ fn avoid_documented_divergences(view: &Snapshot, op: Op, user: bool) -> (Op, boo
             ref path,
             uid: u32::MAX,
             gid: u32::MAX,
-            ..
+            follow,
         } if user
-            && view.objs.get(path).is_some_and(|o| {
+            && obj(path, follow).is_some_and(|o| {
                 o.kind != 'd'
                     && o.uid != crate::ops::USER.0
                     && (o.perm & 0o4000 != 0 || o.perm & 0o2010 == 0o2010)
@@ -432,6 +446,46 @@ fn avoid_documented_divergences(view: &Snapshot, op: Op, user: bool) -> (Op, boo
         {
             (op, false)
         }
+        // Two names of one file (K3): the generator's fresh name may be
+        // another name of it again; take the first name in the target's
+        // directory that is not.
+        Op::Rename { from, to, mode } if same_file(view, &from, &to) => {
+            let dir = to.rfind('/').map_or("", |i| &to[..i]);
+            let other = NEWNAMES
+                .iter()
+                .chain(NAMES.iter())
+                .map(|n| {
+                    if dir.is_empty() {
+                        n.to_string()
+                    } else {
+                        format!("{dir}/{n}")
+                    }
+                })
+                .find(|c| !same_file(view, &from, c));
+            match other {
+                Some(to) => (Op::Rename { from, to, mode }, user),
+                None => (
+                    Op::Rename {
+                        from: to.clone(),
+                        to,
+                        mode,
+                    },
+                    user,
+                ),
+            }
+        }
         op => (op, user),
     }
+}
+
+/// True when `a` and `b` name one non-directory (without following a last
+/// symlink, as rename does).
+fn same_file(view: &Snapshot, a: &str, b: &str) -> bool {
+    let ino = |p: &str| {
+        view.resolve_parent(p)
+            .and_then(|p| view.objs.get(&p))
+            .filter(|o| o.kind != 'd' && o.kind != '?')
+            .map(|o| o.ino)
+    };
+    ino(a).is_some() && ino(a) == ino(b)
 }

@@ -302,6 +302,61 @@ impl Snapshot {
         Snapshot { objs, classes }
     }
 
+    /// The object `path` reaches when every symlink on the way, the last
+    /// one included, is followed (relative targets within the tree; None:
+    /// missing, absolute, or a loop).
+    pub fn resolve(&self, path: &str) -> Option<String> {
+        self.walk_to(path, true)
+    }
+
+    /// The object `path` names, following symlinks on the way but not a
+    /// last one (what rename, unlink and lstat act on).
+    pub fn resolve_parent(&self, path: &str) -> Option<String> {
+        self.walk_to(path, false)
+    }
+
+    fn walk_to(&self, path: &str, follow_last: bool) -> Option<String> {
+        let mut todo: std::collections::VecDeque<String> = path
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .map(str::to_string)
+            .collect();
+        let mut here = String::new();
+        let mut hops = 0;
+        while let Some(name) = todo.pop_front() {
+            let next = if here.is_empty() {
+                name
+            } else {
+                format!("{here}/{name}")
+            };
+            let o = self.objs.get(&next)?;
+            if o.kind == 'l' && (follow_last || !todo.is_empty()) {
+                hops += 1;
+                let t = o.target.as_deref()?;
+                if hops > 40 || t.starts_with('/') || t.split('/').any(|c| c == "..") {
+                    return None;
+                }
+                for c in t.split('/').rev().filter(|c| !c.is_empty() && *c != ".") {
+                    todo.push_front(c.to_string());
+                }
+            } else {
+                here = next;
+            }
+        }
+        Some(here)
+    }
+
+    /// True when `dir` (a path of this snapshot, symlinks resolved) is a
+    /// directory the walk listed and found empty.
+    pub fn is_empty_dir(&self, dir: &str) -> bool {
+        let listed = dir.split('/').filter(|c| !c.is_empty()).count() <= MAX_DEPTH;
+        let prefix = format!("{dir}/");
+        listed
+            && !dir.is_empty()
+            && self.objs.get(dir).is_some_and(|o| o.kind == 'd')
+            && !self.objs.keys().any(|k| k.starts_with(&prefix))
+    }
+
     /// Paths of regular files.
     pub fn files(&self) -> impl Iterator<Item = &String> {
         self.objs
@@ -462,4 +517,63 @@ pub fn diff(k: &Snapshot, r: &Snapshot, ignore: &[String]) -> Vec<Diff> {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(kind: char, target: Option<&str>) -> Obj {
+        let mut o = Obj::unreadable(Vec::new());
+        o.kind = kind;
+        o.target = target.map(str::to_string);
+        o
+    }
+
+    fn snap(entries: &[(&str, char, Option<&str>)]) -> Snapshot {
+        let mut objs = BTreeMap::new();
+        objs.insert(String::new(), obj('d', None));
+        for (p, k, t) in entries {
+            objs.insert(p.to_string(), obj(*k, *t));
+        }
+        Snapshot {
+            objs,
+            classes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn resolve_follows_symlinks_on_the_way_and_at_the_end_when_asked() {
+        let s = snap(&[
+            ("d", 'd', None),
+            ("d/f", 'f', None),
+            ("d/l", 'l', Some("f")),
+            ("d/ll", 'l', Some("l")),
+            ("to_d", 'l', Some("d")),
+            ("loop", 'l', Some("loop")),
+            ("abs", 'l', Some("/etc")),
+            ("up", 'l', Some("../d")),
+        ]);
+        assert_eq!(s.resolve("d/ll").as_deref(), Some("d/f"));
+        assert_eq!(s.resolve_parent("d/ll").as_deref(), Some("d/ll"));
+        assert_eq!(s.resolve("to_d/l").as_deref(), Some("d/f"));
+        assert_eq!(s.resolve_parent("to_d/l").as_deref(), Some("d/l"));
+        assert_eq!(s.resolve("d/missing"), None);
+        assert_eq!(s.resolve("loop"), None);
+        assert_eq!(s.resolve("abs"), None);
+        assert_eq!(s.resolve("up"), None);
+        assert_eq!(s.resolve_parent("loop").as_deref(), Some("loop"));
+    }
+
+    #[test]
+    fn an_empty_dir_is_one_the_walk_listed_with_nothing_in_it() {
+        let s = snap(&[("d", 'd', None), ("e", 'd', None), ("e/x", 'f', None)]);
+        assert!(s.is_empty_dir("d"));
+        assert!(!s.is_empty_dir("e"));
+        assert!(!s.is_empty_dir("e/x"));
+        assert!(!s.is_empty_dir("missing"));
+        let deep = vec!["d"; MAX_DEPTH + 1].join("/");
+        let s = snap(&[(&deep, 'd', None)]);
+        assert!(!s.is_empty_dir(&deep), "not listed: unknown");
+    }
 }

@@ -786,27 +786,45 @@ fn redirect_origins(out: &mut Vec<Entry>, below: &View, rng: &mut Rng) {
     // Whiteouts only in directories that merge something below: the kernel
     // lists those of other directories as entries nobody can stat
     // (FINDINGS: kernel quirks).
-    let merged = |dir: &str, out: &[Entry]| -> bool {
-        match out.iter().find(|e| e.path == dir) {
-            Some(Entry {
-                kind: Kind::Dir {
-                    opaque, redirect, ..
-                },
-                ..
-            }) => redirect.is_some() || (opaque.is_none() && below.get(dir) == Some(&VKind::Dir)),
-            Some(_) => false,
-            None => below.get(dir) == Some(&VKind::Dir),
-        }
-    };
     let keep: Vec<bool> = out
         .iter()
-        .map(|e| !matches!(e.kind, Kind::Whiteout(_)) || merged(parent_of(&e.path), out))
+        .map(|e| {
+            !matches!(e.kind, Kind::Whiteout(_)) || continues_below(parent_of(&e.path), out, below)
+        })
         .collect();
     let mut i = 0;
     out.retain(|_| {
         i += 1;
         keep[i - 1]
     });
+}
+
+/// True when directory `dir` of a layer (`out`) merges a directory of the
+/// layers below (`below`): following the layer's directories from the root,
+/// an opaque one ends the merge and a redirect moves it, as the kernel's
+/// lookup does. (A redirect dropped by [`redirect_origins`] leaves a plain
+/// directory whose contents were generated for the redirect's target.)
+fn continues_below(dir: &str, out: &[Entry], below: &View) -> bool {
+    let mut here = String::new();
+    let mut there = String::new();
+    for name in dir.split('/').filter(|n| !n.is_empty()) {
+        here = join(&here, name);
+        there = join(&there, name);
+        match out.iter().find(|e| e.path == here).map(|e| &e.kind) {
+            Some(Kind::Dir {
+                opaque: Some(_), ..
+            }) => return false,
+            Some(Kind::Dir {
+                redirect: Some(r), ..
+            }) => there = r.trim_start_matches('/').to_string(),
+            Some(Kind::Dir { .. }) | None => {}
+            Some(_) => return false,
+        }
+        if below.get(&there) != Some(&VKind::Dir) {
+            return false;
+        }
+    }
+    below.get(&there) == Some(&VKind::Dir)
 }
 
 /// Applies layer `entries` over the merged view `below`.
@@ -929,6 +947,33 @@ mod tests {
         ] {
             assert!(forms.contains(f), "no {f} in 200 seeds");
         }
+    }
+
+    #[test]
+    fn a_directory_merges_below_unless_an_opaque_one_is_on_the_way() {
+        let mut below = View::new();
+        for d in ["", "b", "b/c", "x", "x/c"] {
+            below.insert(d.to_string(), VKind::Dir);
+        }
+        let plain = [Entry::dir(0, "b"), Entry::dir(0, "b/c")];
+        assert!(continues_below("b/c", &plain, &below));
+        assert!(continues_below("", &plain, &below));
+        let opaque = [
+            Entry::dir(0, "b").opaque(Opaque::UserOverlay),
+            Entry::dir(0, "b/c"),
+        ];
+        assert!(!continues_below("b/c", &opaque, &below));
+        assert!(!continues_below("b", &opaque, &below));
+        let moved = [
+            Entry::dir(0, "m").redirect("/x", false),
+            Entry::dir(0, "m/c"),
+        ];
+        assert!(continues_below("m/c", &moved, &below));
+        assert!(!continues_below("m/d", &moved, &below));
+        // Seed 621524187982: a dropped redirect under an opaque directory
+        // kept a whiteout the kernel then listed (K1).
+        let l = generate(621524187982);
+        assert!(l.entries.iter().all(|e| e.path != "b/c/b"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! difftest [--seeds N] [--first S] [--seed S] [--steps M] [--long DURATION]
 //!          [--jobs J] [--rovl PATH] [--interchange-every K] [--ignore FIELD]...
 //!          [--no-known] [--no-shrink] [--shrink-budget SECS] [--verbose]
+//! difftest --layers S
 //! ```
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ const USAGE: &str =
     "usage: difftest [--seeds N] [--first S] [--seed S] [--steps M] [--long DURATION]
                 [--jobs J] [--rovl PATH] [--interchange-every K] [--ignore FIELD]...
                 [--no-known] [--no-shrink] [--shrink-budget SECS] [--verbose]
+       difftest --layers S
 
   --seeds N              run seeds FIRST..FIRST+N (default 200)
   --first S              first seed (default 0)
@@ -31,7 +33,8 @@ const USAGE: &str =
   --no-known             do not skip the known divergences listed in FINDINGS.md
   --no-shrink            report divergences without shrinking them
   --shrink-budget SECS   time to shrink each distinct divergence (default 120)
-  --verbose              print every seed";
+  --verbose              print every seed
+  --layers S             print the lower layers seed S generates (as Rust) and exit";
 
 /// Parses `30s`, `10m`, `2h`, `1d` or plain seconds.
 fn duration(s: &str) -> Option<Duration> {
@@ -107,6 +110,13 @@ fn main() -> ExitCode {
                     batch.shrink_budget = Duration::from_secs(v);
                 }
                 "--verbose" | "-v" => batch.verbose = true,
+                "--layers" => {
+                    let seed: u64 = val()?.parse().map_err(|e| format!("--layers: {e}"))?;
+                    for e in difftest::spec::generate(seed).entries {
+                        println!("{},", e.to_rust());
+                    }
+                    std::process::exit(0);
+                }
                 "--help" | "-h" => return Err(String::new()),
                 _ => return Err(format!("unknown argument {a}")),
             }
