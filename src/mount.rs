@@ -220,9 +220,9 @@ fn in_use(workdir: &Path) -> bool {
 /// daemons are found by the directories they hold open, whatever path
 /// they were given.
 fn used_by_another_overlay(dirs: &[(&str, &Path, sys::Stat)]) -> Option<String> {
-    let ours = |st: &sys::Stat| {
+    let ours = |dev: u64, ino: u64| {
         dirs.iter()
-            .find(|(_, _, d)| d.st_dev == st.st_dev && d.st_ino == st.st_ino)
+            .find(|(_, _, d)| d.st_dev == dev && d.st_ino == ino)
     };
     if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
         for line in info.lines() {
@@ -249,7 +249,7 @@ fn used_by_another_overlay(dirs: &[(&str, &Path, sys::Stat)]) -> Option<String> 
                 let Ok(st) = rustix::fs::stat(&path) else {
                     continue;
                 };
-                if let Some((role, p, _)) = ours(&st) {
+                if let Some((role, p, _)) = ours(st.st_dev, st.st_ino) {
                     let at = head.split(' ').nth(4).unwrap_or("?");
                     let at = PathBuf::from(OsString::from_vec(unescape_mountinfo(at)));
                     return Some(format!(
@@ -291,10 +291,7 @@ fn used_by_another_overlay(dirs: &[(&str, &Path, sys::Stat)]) -> Option<String> 
                 continue;
             };
             let dev = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor);
-            let hit = dirs
-                .iter()
-                .find(|(_, _, d)| d.st_dev == dev && d.st_ino == st.stx_ino);
-            if let Some((role, p, _)) = hit {
+            if let Some((role, p, _)) = ours(dev, st.stx_ino) {
                 return Some(format!(
                     "{role} {} is in use by a live fuse-overlayfs mount (process {})",
                     p.display(),
