@@ -603,7 +603,6 @@ fn kernel_quirk(
         && ko == ro
         && diff(r_before, r_after, &cfg.ignore).is_empty()
         && diff(k_after, r_after, &cfg.ignore).iter().all(copy_up_only)
-        && diff(k_before, r_before, &cfg.ignore).is_empty()
     {
         return Some("K2/K7");
     }
