@@ -6,7 +6,7 @@
 use crate::ops::{NodeKind, Op, OpenMode, Outcome, RenameMode, SLOTS, Step, TimeArg, XFlag};
 use crate::rng::Rng;
 use crate::snap::Snapshot;
-use crate::spec::{NAMES, T0, gen_target};
+use crate::spec::{NAMES, T0, gen_target, join, parent_of};
 
 /// Generates the steps of one sequence.
 #[derive(Debug)]
@@ -226,13 +226,8 @@ impl OpGen {
                 // breaks hard links and changes directory link counts; rovl
                 // checks first (FINDINGS: kernel quirks). Through a symlink
                 // when following.
-                let target = if follow {
-                    view.resolve(&path)
-                } else {
-                    view.resolve_parent(&path)
-                };
-                let has = target
-                    .and_then(|t| view.objs.get(&t))
+                let has = view
+                    .object(&path, follow)
                     .map(|o| o.xattrs.contains_key(&name));
                 let flag = match (has, self.rng.below(4)) {
                     (Some(false), 0) => XFlag::Create,
@@ -417,18 +412,11 @@ impl OpGen {
 ///   group-executable setgid file (EPERM in the kernel, a successful no-op
 ///   in rovl) is made by root.
 fn avoid_documented_divergences(view: &Snapshot, op: Op, user: bool) -> (Op, bool) {
-    // What a path names, through symlinks (the last one too if `follow`).
-    let obj = |path: &str, follow: bool| {
-        let p = if follow {
-            view.resolve(path)
-        } else {
-            view.resolve_parent(path)
-        };
-        p.and_then(|p| view.objs.get(&p))
-    };
     match op {
         Op::Open { slot, ref path, .. }
-            if obj(path, true).is_some_and(|o| o.kind != 'd' && o.nlink > 1) =>
+            if view
+                .object(path, true)
+                .is_some_and(|o| o.kind != 'd' && o.nlink > 1) =>
         {
             (Op::FdStat { slot }, false)
         }
@@ -438,7 +426,7 @@ fn avoid_documented_divergences(view: &Snapshot, op: Op, user: bool) -> (Op, boo
             gid: u32::MAX,
             follow,
         } if user
-            && obj(path, follow).is_some_and(|o| {
+            && view.object(path, follow).is_some_and(|o| {
                 o.kind != 'd'
                     && o.uid != crate::ops::USER.0
                     && (o.perm & 0o4000 != 0 || o.perm & 0o2010 == 0o2010)
@@ -450,17 +438,11 @@ fn avoid_documented_divergences(view: &Snapshot, op: Op, user: bool) -> (Op, boo
         // another name of it again; take the first name in the target's
         // directory that is not.
         Op::Rename { from, to, mode } if same_file(view, &from, &to) => {
-            let dir = to.rfind('/').map_or("", |i| &to[..i]);
+            let dir = parent_of(&to);
             let other = NEWNAMES
                 .iter()
                 .chain(NAMES.iter())
-                .map(|n| {
-                    if dir.is_empty() {
-                        n.to_string()
-                    } else {
-                        format!("{dir}/{n}")
-                    }
-                })
+                .map(|n| join(dir, n))
                 .find(|c| !same_file(view, &from, c));
             match other {
                 Some(to) => (Op::Rename { from, to, mode }, user),
@@ -482,8 +464,7 @@ fn avoid_documented_divergences(view: &Snapshot, op: Op, user: bool) -> (Op, boo
 /// symlink, as rename does).
 fn same_file(view: &Snapshot, a: &str, b: &str) -> bool {
     let ino = |p: &str| {
-        view.resolve_parent(p)
-            .and_then(|p| view.objs.get(&p))
+        view.object(p, false)
             .filter(|o| o.kind != 'd' && o.kind != '?')
             .map(|o| o.ino)
     };

@@ -315,6 +315,13 @@ impl Snapshot {
         self.walk_to(path, false)
     }
 
+    /// The object a call on `path` acts on: [`resolve`](Self::resolve)
+    /// when it follows a last symlink, else
+    /// [`resolve_parent`](Self::resolve_parent).
+    pub fn object(&self, path: &str, follow: bool) -> Option<&Obj> {
+        self.walk_to(path, follow).and_then(|p| self.objs.get(&p))
+    }
+
     fn walk_to(&self, path: &str, follow_last: bool) -> Option<String> {
         let mut todo: std::collections::VecDeque<String> = path
             .split('/')
