@@ -138,7 +138,14 @@ fn fuse_daemon_is_found_by_its_connection_without_the_env_marker() {
     let mut c = Command::new("env");
     c.arg("-i").arg(inner.get_program()).args(inner.get_args());
     let mut m = FuseMount::spawn(c, &merged).unwrap();
-    let pids = m.daemon_pids();
+    // The mount shows up before the foreground parent of the daemonizing
+    // program has exited; give it a moment to leave only the daemon.
+    let t = Instant::now();
+    let mut pids = m.daemon_pids();
+    while pids.len() > 1 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+        pids = m.daemon_pids();
+    }
     assert_eq!(pids.len(), 1, "{pids:?}");
     let env = fs::read(format!("/proc/{}/environ", pids[0])).unwrap();
     assert!(!String::from_utf8_lossy(&env).contains(OWNER_ENV));
