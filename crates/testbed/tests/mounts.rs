@@ -22,6 +22,20 @@ fn layers(s: &Scratch) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     )
 }
 
+/// The one daemon of a daemonizing fuse-overlayfs mount. The mount shows
+/// up before the program's foreground parent has exited, and the guard
+/// rightly lists that parent while it runs; wait (up to 5 s) for it to go.
+fn lone_daemon(m: &mut FuseMount) -> Vec<u32> {
+    let t = Instant::now();
+    let mut pids = m.daemon_pids();
+    while pids.len() > 1 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+        pids = m.daemon_pids();
+    }
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    pids
+}
+
 fn fuse_overlayfs(
     lower: &Path,
     upper: &Path,
@@ -138,15 +152,7 @@ fn fuse_daemon_is_found_by_its_connection_without_the_env_marker() {
     let mut c = Command::new("env");
     c.arg("-i").arg(inner.get_program()).args(inner.get_args());
     let mut m = FuseMount::spawn(c, &merged).unwrap();
-    // The mount shows up before the foreground parent of the daemonizing
-    // program has exited; give it a moment to leave only the daemon.
-    let t = Instant::now();
-    let mut pids = m.daemon_pids();
-    while pids.len() > 1 && t.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(10));
-        pids = m.daemon_pids();
-    }
-    assert_eq!(pids.len(), 1, "{pids:?}");
+    let pids = lone_daemon(&mut m);
     let env = fs::read(format!("/proc/{}/environ", pids[0])).unwrap();
     assert!(!String::from_utf8_lossy(&env).contains(OWNER_ENV));
     drop(m);
@@ -332,6 +338,19 @@ fn sweeper_removes_resources_of_a_dead_owner() {
         .env(OWNER_ENV, &name)
         .spawn()
         .unwrap();
+    // spawn returns once the child has begun exec, which can be before
+    // the kernel has set up its environment: until then /proc shows an
+    // empty environ and no sweeper could tell whose daemon it is.
+    let marker = format!("{OWNER_ENV}={name}");
+    let t = Instant::now();
+    while !fs::read(format!("/proc/{}/environ", daemon.id()))
+        .unwrap()
+        .split(|&b| b == 0)
+        .any(|v| v == marker.as_bytes())
+    {
+        assert!(t.elapsed() < Duration::from_secs(5), "no environment yet");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let dir = root.join(&name);
     fs::rename(&staging, &dir).unwrap();
     assert_eq!(mounted_under(&dir).len(), 2);
@@ -417,7 +436,7 @@ fn a_guard_whose_mount_is_gone_leaves_the_next_mount_on_its_number_alone() {
     if second.connection() != Some(number) {
         eprintln!("note: the second mount got another connection number");
     }
-    let theirs = second.daemon_pids();
+    let theirs = lone_daemon(&mut second);
     first.abort().unwrap();
     assert!(
         first.daemon_pids().iter().all(|p| !theirs.contains(p)),
