@@ -90,11 +90,11 @@ pub fn copy_up_with(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) ->
 }
 
 fn copy_up_one(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysResult<()> {
-    let _g = node.copy_up_lock.lock();
+    let _g = node.lock_copy_up();
     if node.has_upper() {
         return Ok(());
     }
-    if node.lower_pinned.load(std::sync::atomic::Ordering::Acquire) {
+    if node.lower_pinned() {
         return Err(Errno::BUSY);
     }
     let (parent_id, name, lower) = {

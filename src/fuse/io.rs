@@ -21,7 +21,6 @@
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fuser::{BackingId, FileAttr, FileHandle, FopenFlags, Generation, ReplyCreate, ReplyOpen};
@@ -207,7 +206,7 @@ impl IoModes {
         if !big {
             return Mode::Cached;
         }
-        let _g = of.node.copy_up_lock.lock();
+        let _g = of.node.lock_copy_up();
         if of.node.upper().is_some() {
             // Copied up since this open began: it reads the upper copy
             // through the daemon.
@@ -215,7 +214,7 @@ impl IoModes {
         }
         match reply.backing(fd.as_fd()) {
             Ok(b) => {
-                of.node.lower_pinned.store(true, Ordering::Release);
+                of.node.set_lower_pinned(true);
                 Mode::Passthrough {
                     backing: Arc::new(b),
                     upper: false,
@@ -243,8 +242,8 @@ impl IoModes {
                     ..
                 }) = nodes.remove(&of.node.id())
                 {
-                    let _g = of.node.copy_up_lock.lock();
-                    of.node.lower_pinned.store(false, Ordering::Release);
+                    let _g = of.node.lock_copy_up();
+                    of.node.set_lower_pinned(false);
                 }
             }
         }

@@ -118,7 +118,7 @@ impl Overlay {
                 false,
             ),
         );
-        root.lookups.store(1, Ordering::Release);
+        root.set_lookups(1);
         let mut table = NodeTable::new(slab.clone());
         table.insert(&root, ROOT_ID, OsStr::new(""));
         drop(root);
@@ -446,7 +446,7 @@ impl Overlay {
     pub(crate) fn copy_up_node(&self, node: &NodeRef, data: crate::copy_up::Data) -> SysResult<()> {
         self.needs_split(node)?;
         match crate::copy_up::copy_up(self, node, data) {
-            Err(Errno::BUSY) if node.lower_pinned.load(Ordering::Acquire) => {
+            Err(Errno::BUSY) if node.lower_pinned() => {
                 // Passthrough readers hold the lower file through this
                 // node's FUSE inode: give the name a new node instead (its
                 // own inode number; no origin, so it keeps that number

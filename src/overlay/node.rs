@@ -18,12 +18,12 @@ use std::ffi::{OsStr, OsString};
 use std::hash::{BuildHasher, Hasher};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
 use hashbrown::HashTable;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::layers::lookup::DirLayers;
@@ -399,40 +399,43 @@ impl NodeState {
 /// node (id, generation, type) is set when the slot is taken.
 #[derive(Debug)]
 pub struct Node {
-    /// References ([`NodeRef`]s and the table's) to this slot's node.
-    refs: AtomicU32,
-    /// File type (`S_IFMT` bits >> 12; never changes for a node).
-    kind: AtomicU8,
-    /// The kernel reads this node's lower file directly (FUSE passthrough)
-    /// for some open file. Its FUSE inode is then tied to that lower file,
-    /// so the node must never be copied up in place: a writer sharing the
-    /// inode would reach the lower file through mmap. Set and cleared under
-    /// `copy_up_lock`.
-    pub lower_pinned: AtomicBool,
-    /// Serializes copy-up of this node.
-    pub copy_up_lock: Mutex<()>,
+    /// Two counts in one word, so that a node is 96 bytes: in the low
+    /// half the references ([`NodeRef`]s and the table's) to this slot's
+    /// node; in the high half the kernel's lookup count, changed only
+    /// under the table's lock, which keeps what exceeds 32 bits aside
+    /// (`NodeTable::spilled`).
+    counts: AtomicU64,
     /// FUSE node id and inode number.
     id: AtomicU64,
-    /// FUSE generation: distinguishes objects that reuse an id over time
-    /// (unique to each node of the slab, so it also tells the nodes a
-    /// slot held apart).
-    generation: AtomicU64,
-    /// Kernel lookup count.
-    pub lookups: AtomicU64,
+    /// From bit 8 up, the FUSE generation: distinguishes objects that
+    /// reuse an id over time (unique to each node of the slab, so it also
+    /// tells the nodes a slot held apart; 56 bits last 2,000 years at a
+    /// million new nodes a second). Bits 0–3: the file type (`S_IFMT` >>
+    /// 12), fixed for the node. Bit 4: [`PINNED`].
+    ident: AtomicU64,
     /// Everything that changes.
     pub state: RwLock<NodeState>,
 }
 
+/// The references half of [`Node::counts`].
+const REFS: u64 = u32::MAX as u64;
+/// The file type bits of [`Node::ident`].
+const KIND: u64 = 0xf;
+/// In [`Node::ident`]: the kernel reads this node's lower file directly
+/// (FUSE passthrough) for some open file. Its FUSE inode is then tied to
+/// that lower file, so the node must never be copied up in place: a
+/// writer sharing the inode would reach the lower file through mmap. Set
+/// and cleared under the node's copy-up lock ([`NodeRef::lock_copy_up`]).
+const PINNED: u64 = 1 << 4;
+/// Where the generation starts in [`Node::ident`].
+const GENERATION_SHIFT: u32 = 8;
+
 impl Node {
     fn vacant() -> Node {
         Node {
-            refs: AtomicU32::new(0),
-            kind: AtomicU8::new(0),
-            lower_pinned: AtomicBool::new(false),
-            copy_up_lock: Mutex::new(()),
+            counts: AtomicU64::new(0),
             id: AtomicU64::new(0),
-            generation: AtomicU64::new(0),
-            lookups: AtomicU64::new(0),
+            ident: AtomicU64::new(0),
             state: RwLock::new(NodeState::vacant()),
         }
     }
@@ -444,12 +447,44 @@ impl Node {
 
     /// FUSE generation.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Relaxed)
+        self.ident.load(Ordering::Relaxed) >> GENERATION_SHIFT
     }
 
     /// File type (never changes for a node).
     pub fn kind(&self) -> FileType {
-        FileType::from_raw_mode(u32::from(self.kind.load(Ordering::Relaxed)) << 12)
+        FileType::from_raw_mode(((self.ident.load(Ordering::Relaxed) & KIND) as u32) << 12)
+    }
+
+    /// True while passthrough readers hold this node's lower file (see
+    /// [`PINNED`]).
+    pub fn lower_pinned(&self) -> bool {
+        self.ident.load(Ordering::Acquire) & PINNED != 0
+    }
+
+    /// Marks or unmarks the lower file as held by passthrough readers;
+    /// the caller holds the node's copy-up lock.
+    pub fn set_lower_pinned(&self, pinned: bool) {
+        if pinned {
+            self.ident.fetch_or(PINNED, Ordering::Release);
+        } else {
+            self.ident.fetch_and(!PINNED, Ordering::Release);
+        }
+    }
+
+    /// The kernel's lookup count as far as the node keeps it (the table
+    /// keeps any excess over `u32::MAX`).
+    fn lookups32(&self) -> u32 {
+        (self.counts.load(Ordering::Acquire) >> 32) as u32
+    }
+
+    /// Sets the node's part of the kernel's lookup count. Only the table
+    /// (under its lock) and the making of the root call this.
+    pub fn set_lookups(&self, n: u32) {
+        let _ = self
+            .counts
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                Some((c & REFS) | (u64::from(n) << 32))
+            });
     }
 
     /// The inode number users see.
@@ -506,6 +541,11 @@ pub struct Chunk {
     pool: Option<Arc<Objects>>,
     /// The mount's per-node writeback state.
     wbs: Option<Arc<NodeWbs>>,
+    /// Slots of this chunk whose node is being copied up (or pinned):
+    /// each node's copy-up lock, kept here rather than in every node.
+    copying: Mutex<Vec<u32>>,
+    /// Signalled when a slot leaves `copying`.
+    copied: Condvar,
 }
 
 impl Chunk {
@@ -526,8 +566,9 @@ impl Chunk {
         if let Some(w) = &self.wbs {
             w.remove(n.generation());
         }
-        n.lookups.store(0, Ordering::Relaxed);
-        n.lower_pinned.store(false, Ordering::Relaxed);
+        // No reference is left, so no one else changes the counts: clear
+        // the lookups the table may have left.
+        n.counts.store(0, Ordering::Relaxed);
         drop(old);
         if let Some(s) = self.slab.upgrade() {
             s.inner.lock().free.push(idx);
@@ -603,6 +644,8 @@ impl Slab {
                             slab: Arc::downgrade(&self.0),
                             pool: self.0.pool.clone(),
                             wbs: self.0.wbs.clone(),
+                            copying: Mutex::new(Vec::new()),
+                            copied: Condvar::new(),
                         }));
                     }
                     // Indices are u32: 4 billion live nodes is beyond any
@@ -615,13 +658,12 @@ impl Slab {
         };
         let n = chunk.slot(idx);
         n.id.store(id, Ordering::Relaxed);
-        n.generation.store(generation, Ordering::Relaxed);
-        let k = (kind.as_raw_mode() >> 12) as u8;
-        n.kind.store(k, Ordering::Relaxed);
-        n.lookups.store(0, Ordering::Relaxed);
-        n.lower_pinned.store(false, Ordering::Relaxed);
+        let k = u64::from(kind.as_raw_mode() >> 12) & KIND;
+        n.ident
+            .store((generation << GENERATION_SHIFT) | k, Ordering::Relaxed);
         *n.state.write() = state;
-        n.refs.store(1, Ordering::Release);
+        // One reference, no lookups yet.
+        n.counts.store(1, Ordering::Release);
         NodeRef { chunk, idx }
     }
 
@@ -668,6 +710,17 @@ impl NodeRef {
         self.open(&top)
     }
 
+    /// Takes this node's copy-up lock, which serializes copying the node
+    /// up with pinning its lower file for passthrough readers.
+    pub fn lock_copy_up(&self) -> CopyUpGuard<'_> {
+        let mut held = self.chunk.copying.lock();
+        while held.contains(&self.idx) {
+            self.chunk.copied.wait(&mut held);
+        }
+        held.push(self.idx);
+        CopyUpGuard { node: self }
+    }
+
     /// A reference that does not keep the node alive.
     pub fn downgrade(&self) -> WeakNode {
         WeakNode {
@@ -678,9 +731,24 @@ impl NodeRef {
     }
 }
 
+/// A node's copy-up lock, held (see [`NodeRef::lock_copy_up`]).
+#[must_use]
+pub struct CopyUpGuard<'a> {
+    node: &'a NodeRef,
+}
+
+impl Drop for CopyUpGuard<'_> {
+    fn drop(&mut self) {
+        let chunk = &self.node.chunk;
+        chunk.copying.lock().retain(|&i| i != self.node.idx);
+        chunk.copied.notify_all();
+    }
+}
+
 fn count_ref(n: &Node) {
-    // As `Arc`: far more references than could ever exist is a leak loop.
-    if n.refs.fetch_add(1, Ordering::Relaxed) > u32::MAX / 2 {
+    // As `Arc`: far more references than could ever exist is a leak loop
+    // (and here it would run into the lookup count).
+    if n.counts.fetch_add(1, Ordering::Relaxed) & REFS > REFS / 2 {
         std::process::abort();
     }
 }
@@ -697,7 +765,7 @@ impl Clone for NodeRef {
 
 impl Drop for NodeRef {
     fn drop(&mut self) {
-        if self.slot().refs.fetch_sub(1, Ordering::Release) != 1 {
+        if self.slot().counts.fetch_sub(1, Ordering::Release) & REFS != 1 {
             return;
         }
         std::sync::atomic::fence(Ordering::Acquire);
@@ -739,13 +807,13 @@ impl WeakNode {
     pub fn upgrade(&self) -> Option<NodeRef> {
         let chunk = self.chunk.upgrade()?;
         let n = chunk.slot(self.idx);
-        let mut c = n.refs.load(Ordering::Relaxed);
+        let mut c = n.counts.load(Ordering::Relaxed);
         loop {
-            if c == 0 {
+            if c & REFS == 0 {
                 return None;
             }
             match n
-                .refs
+                .counts
                 .compare_exchange_weak(c, c + 1, Ordering::Acquire, Ordering::Relaxed)
             {
                 Ok(_) => break,
@@ -858,6 +926,10 @@ pub struct NodeTable {
     names: HashTable<NameRef>,
     /// Further names of nodes with several links.
     aliases: HashMap<NodeId, Vec<(NodeId, OsString)>>,
+    /// By slot: what a node's kernel lookup count holds beyond the
+    /// `u32::MAX` the node itself keeps (the kernel counts in 64 bits, and
+    /// a name listed nonstop can pass 2^32 lookups in days).
+    spilled: HashMap<u32, u64>,
     next_fallback: NodeId,
 }
 
@@ -872,6 +944,7 @@ impl NodeTable {
             nodes: HashTable::new(),
             names: HashTable::new(),
             aliases: HashMap::default(),
+            spilled: HashMap::default(),
             next_fallback: FALLBACK_BASE,
         }
     }
@@ -900,7 +973,10 @@ impl NodeTable {
                 None
             }
         };
-        old.map(|s| self.slots.take(s))
+        old.map(|s| {
+            self.spilled.remove(&s);
+            self.slots.take(s)
+        })
     }
 
     /// Takes node `id` out of the table; returns the table's reference.
@@ -911,7 +987,24 @@ impl NodeTable {
             .find_entry(id_hash(id), |&s| slots.at(s).id() == id)
             .ok()?;
         let s = e.remove().0;
+        self.spilled.remove(&s);
         Some(self.slots.take(s))
+    }
+
+    /// The kernel's lookup count of the node at `slot`.
+    fn lookups(&self, slot: u32) -> u64 {
+        u64::from(self.slots.at(slot).lookups32()) + self.spilled.get(&slot).copied().unwrap_or(0)
+    }
+
+    /// Sets the kernel's lookup count of the node at `slot`.
+    fn set_lookups(&mut self, slot: u32, n: u64) {
+        let kept = u32::try_from(n).unwrap_or(u32::MAX);
+        self.slots.at(slot).set_lookups(kept);
+        if n > u64::from(kept) {
+            self.spilled.insert(slot, n - u64::from(kept));
+        } else {
+            self.spilled.remove(&slot);
+        }
     }
 
     /// The slot the name `parent/name` leads to in the index.
@@ -1140,7 +1233,9 @@ impl NodeTable {
                 node.clone()
             }
         };
-        n.lookups.fetch_add(1, Ordering::AcqRel);
+        let slot = n.idx;
+        let count = self.lookups(slot);
+        self.set_lookups(slot, count.saturating_add(1));
         n
     }
 
@@ -1151,16 +1246,12 @@ impl NodeTable {
             return None;
         }
         let slot = self.slot_of(id)?;
-        let node = self.slots.at(slot);
-        let prev = node
-            .lookups
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
-                Some(c.saturating_sub(n))
-            })
-            .unwrap_or(0);
+        let prev = self.lookups(slot);
+        self.set_lookups(slot, prev.saturating_sub(n));
         if prev > n {
             return None;
         }
+        let node = self.slots.at(slot);
         let (parent, name) = {
             let st = node.state.read();
             (st.parent, st.name.clone())
@@ -1219,10 +1310,91 @@ mod tests {
     fn nodes_stay_small() {
         // The kernel holds one per entry it has seen.
         assert!(
-            std::mem::size_of::<Node>() <= 104,
+            std::mem::size_of::<Node>() <= 96,
             "{}",
             std::mem::size_of::<Node>()
         );
+    }
+
+    #[test]
+    fn lookup_counts_past_32_bits_are_kept_and_leave_references_alone() {
+        let slab = Slab::new(None, None);
+        let mut t = NodeTable::new(slab.clone());
+        let a = mk(&slab, 10, ROOT_ID, "a");
+        t.insert(&a, ROOT_ID, OsStr::new("a"));
+        let refs = a.counts.load(Ordering::Relaxed) & REFS;
+        a.set_lookups(u32::MAX - 1);
+        for _ in 0..3 {
+            drop(t.take_ref(&a, ROOT_ID, OsStr::new("a")));
+        }
+        let slot = a.idx;
+        assert_eq!(t.lookups(slot), u64::from(u32::MAX) + 2);
+        assert_eq!(a.lookups32(), u32::MAX);
+        assert_eq!(t.spilled.get(&slot), Some(&2));
+        assert_eq!(a.counts.load(Ordering::Relaxed) & REFS, refs);
+        // Forgetting all but one keeps the node; the excess is gone.
+        assert!(t.forget(10, u64::from(u32::MAX) + 1).is_none());
+        assert_eq!(t.lookups(slot), 1);
+        assert!(t.spilled.is_empty());
+        assert_eq!(t.child(ROOT_ID, OsStr::new("a")).map(|n| n.id()), Some(10));
+        // A count past 32 bits forgotten at once removes the node.
+        a.set_lookups(u32::MAX);
+        drop(t.take_ref(&a, ROOT_ID, OsStr::new("a")));
+        assert_eq!(t.spilled.len(), 1);
+        assert!(t.forget(10, u64::from(u32::MAX) + 1).is_some());
+        assert!(t.spilled.is_empty());
+        assert!(t.child(ROOT_ID, OsStr::new("a")).is_none());
+        assert_eq!(a.counts.load(Ordering::Relaxed) & REFS, 1);
+    }
+
+    #[test]
+    fn type_generation_and_pin_share_a_word_without_mixing() {
+        let slab = Slab::new(None, None);
+        let a = slab.alloc(
+            10,
+            FileType::Directory,
+            NodeState::new(ROOT_ID, OsStr::new("d"), Layers::Nothing, (1, 10), false),
+        );
+        let g = a.generation();
+        assert!(!a.lower_pinned());
+        a.set_lower_pinned(true);
+        assert!(a.lower_pinned());
+        assert_eq!((a.generation(), a.kind()), (g, FileType::Directory));
+        a.set_lower_pinned(false);
+        assert!(!a.lower_pinned());
+        assert_eq!((a.generation(), a.kind()), (g, FileType::Directory));
+        // A reused slot starts unpinned.
+        a.set_lower_pinned(true);
+        let idx = a.idx;
+        drop(a);
+        let b = mk(&slab, 11, ROOT_ID, "b");
+        assert_eq!(b.idx, idx);
+        assert!(!b.lower_pinned());
+        assert_eq!(b.kind(), FileType::RegularFile);
+    }
+
+    #[test]
+    fn copy_up_locks_exclude_per_node_only() {
+        use std::sync::atomic::AtomicBool;
+        let slab = Slab::new(None, None);
+        let a = mk(&slab, 10, ROOT_ID, "a");
+        let b = mk(&slab, 11, ROOT_ID, "b");
+        let held = a.lock_copy_up();
+        // Another node of the same chunk is not held up.
+        drop(b.lock_copy_up());
+        let entered = Arc::new(AtomicBool::new(false));
+        let a2 = a.clone();
+        let e2 = entered.clone();
+        let th = std::thread::spawn(move || {
+            let _g = a2.lock_copy_up();
+            e2.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!entered.load(Ordering::SeqCst), "the lock excludes");
+        drop(held);
+        th.join().unwrap();
+        assert!(entered.load(Ordering::SeqCst));
+        assert!(a.chunk.copying.lock().is_empty());
     }
 
     fn mk(slab: &Slab, id: NodeId, parent: NodeId, name: &str) -> NodeRef {
@@ -1253,7 +1425,7 @@ mod tests {
         let l = mk(&slab, 11, 5, &long);
         t.insert(&l, 5, OsStr::new(&long));
         assert_eq!(t.child(5, OsStr::new(&long)).map(|n| n.id()), Some(11));
-        a.lookups.store(1, Ordering::Release);
+        a.set_lookups(1);
         assert!(t.forget(10, 1).is_some());
         assert!(t.child(5, OsStr::new("b")).is_none());
         for i in 0..5000u64 {
@@ -1301,7 +1473,7 @@ mod tests {
         let a = mk(&slab, 10, ROOT_ID, "a");
         let weak = a.downgrade();
         t.insert(&a, ROOT_ID, OsStr::new("a"));
-        a.lookups.store(1, Ordering::Release);
+        a.set_lookups(1);
         let removed = t.forget(10, 1);
         assert!(removed.is_some());
         drop(removed);
