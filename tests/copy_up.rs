@@ -325,6 +325,44 @@ fn writes_after_copy_up_drop_file_capabilities_like_the_kernel() {
     });
 }
 
+/// A file made through the overlay has no file capability (rovl answers
+/// that without asking the upper filesystem), until one is set; a write or
+/// a chown then drops it, as under the kernel.
+#[test]
+fn file_capabilities_of_new_files_behave_like_the_kernel() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    lower_objects(&st);
+    oracle(&s, &st, |r| {
+        let mut l = Log::default();
+        let f = r.join("a/b/c/new");
+        l.r("create", write(&f, b"new file"));
+        l.r("caps of new", lget(&f, "security.capability"));
+        l.r("write", {
+            let o = open(&f, libc::O_WRONLY).unwrap();
+            o.write_all_at(b"N", 0)
+        });
+        l.r(
+            "set caps",
+            lset(&f, "security.capability", &CAP_NET_RAW_EP, 0),
+        );
+        l.r("caps after set", lget(&f, "security.capability"));
+        l.r("write again", {
+            let o = open(&f, libc::O_WRONLY).unwrap();
+            o.write_all_at(b"M", 1)
+        });
+        l.r("caps after write", lget(&f, "security.capability"));
+        l.r(
+            "set caps again",
+            lset(&f, "security.capability", &CAP_NET_RAW_EP, 0),
+        );
+        l.r("chown", lchown(&f, 7, 7));
+        l.r("caps after chown", lget(&f, "security.capability"));
+        l.r("list", llist(&f));
+        l
+    });
+}
+
 #[test]
 fn copy_up_keeps_many_and_large_xattrs_like_the_kernel() {
     let s = Scratch::new().unwrap();
