@@ -92,6 +92,13 @@ impl Report {
         for (sig, seeds) in &by_sig {
             let _ = writeln!(s, "{sig}: seeds {seeds:?}");
         }
+        if self.repros.is_empty() {
+            // Nothing was shrunk: say at least what each divergence was
+            // (a note such as a failed unmount has no other trace).
+            for (c, f) in self.failures.iter().take(5) {
+                let _ = write!(s, "seed {}: {}", c.seed, f.describe(&c.steps));
+            }
+        }
         for r in &self.repros {
             let _ = writeln!(s, "\n{r}");
         }
@@ -222,5 +229,39 @@ impl Batch {
             out.push(text);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::Phase;
+    use crate::spec::Layers;
+
+    #[test]
+    fn an_unshrunk_divergence_is_described_with_its_note() {
+        let case = Case {
+            seed: 42,
+            layers: Layers::default(),
+            steps: Vec::new(),
+        };
+        let failure = Failure {
+            phase: Phase::Unmount,
+            step: None,
+            result: None,
+            diffs: Vec::new(),
+            note: "rovl umount: exit status: 1 busy".to_string(),
+        };
+        let report = Report {
+            ran: 1,
+            failures: vec![(case, failure)],
+            ..Report::default()
+        };
+        let text = report.text();
+        assert!(text.contains("Unmount: note: seeds [42]"), "{text}");
+        assert!(
+            text.contains("seed 42: Unmount\n  rovl umount: exit status: 1 busy"),
+            "{text}"
+        );
     }
 }
