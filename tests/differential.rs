@@ -59,7 +59,12 @@ fn seeds_that_met_known_kernel_quirks_pass() {
         steps: 50,
         jobs: 2,
         interchange_every: 1,
-        known: Known::default(),
+        // As the 200 seeds above: a seed that diverges once but not on two
+        // replays is reported as FLAKY, with its description, not fatal.
+        known: Known {
+            retry_flaky: true,
+            ..Known::default()
+        },
         ignore: vec!["atime".to_string()],
         shrink_budget: Duration::ZERO,
         shrink_max: 0,
