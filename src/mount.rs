@@ -226,16 +226,14 @@ fn used_by_another_overlay(dirs: &[(&str, &Path, sys::Stat)]) -> Option<String> 
     };
     if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
         for line in info.lines() {
-            // "ID PARENT DEV ROOT MOUNTPOINT OPTS [OPTIONAL...] - TYPE SOURCE SUPER_OPTS"
-            let Some((head, tail)) = line.split_once(" - ") else {
+            let Some(m) = MountInfoLine::parse(line) else {
                 continue;
             };
-            let mut t = tail.split(' ');
-            if t.next() != Some("overlay") {
+            if m.fstype != "overlay" {
                 continue;
             }
             // The kernel escapes commas in the paths, so splitting is safe.
-            for opt in t.nth(1).unwrap_or("").split(',') {
+            for opt in m.super_opts.split(',') {
                 let Some((key, val)) = opt.split_once('=') else {
                     continue;
                 };
@@ -250,8 +248,7 @@ fn used_by_another_overlay(dirs: &[(&str, &Path, sys::Stat)]) -> Option<String> 
                     continue;
                 };
                 if let Some((role, p, _)) = ours(st.st_dev, st.st_ino) {
-                    let at = head.split(' ').nth(4).unwrap_or("?");
-                    let at = PathBuf::from(OsString::from_vec(unescape_mountinfo(at)));
+                    let at = PathBuf::from(OsString::from_vec(unescape_mountinfo(m.mountpoint)));
                     return Some(format!(
                         "{role} {} is in use as the {key} of a live kernel overlayfs mount at {}",
                         p.display(),
@@ -442,18 +439,47 @@ fn mountinfo_at(mountpoint: &Path) -> Option<(String, String)> {
     let want = mountpoint.as_os_str().as_encoded_bytes();
     let mut found = None;
     for line in info.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        if f.len() < 5 || unescape_mountinfo(f[4]) != want {
+        let Some(m) = MountInfoLine::parse(line) else {
+            continue;
+        };
+        if unescape_mountinfo(m.mountpoint) != want {
             continue;
         }
-        // After the optional fields, " - FSTYPE SOURCE OPTIONS".
-        let ty = f.iter().position(|x| *x == "-").and_then(|i| f.get(i + 1));
-        found = Some((
-            f[2].to_string(),
-            ty.map_or(String::new(), |t| t.to_string()),
-        ));
+        found = Some((m.dev.to_string(), m.fstype.to_string()));
     }
     found
+}
+
+/// The fields rovl reads of one line of /proc/self/mountinfo:
+/// `ID PARENT DEV ROOT MOUNTPOINT OPTS [OPTIONAL...] - TYPE SOURCE SUPER_OPTS`.
+struct MountInfoLine<'a> {
+    /// `MAJOR:MINOR`.
+    dev: &'a str,
+    /// Escaped (see [`unescape_mountinfo`]).
+    mountpoint: &'a str,
+    /// Empty when the line has no ` - ` part.
+    fstype: &'a str,
+    /// The superblock options, paths in them escaped.
+    super_opts: &'a str,
+}
+
+impl<'a> MountInfoLine<'a> {
+    /// `None` for a line too short to name a mount point.
+    fn parse(line: &'a str) -> Option<MountInfoLine<'a>> {
+        let (head, tail) = line.split_once(" - ").unwrap_or((line, ""));
+        let mut h = head.split(' ');
+        let dev = h.nth(2)?;
+        let mountpoint = h.nth(1)?;
+        let mut t = tail.split(' ');
+        let fstype = t.next().unwrap_or("");
+        let super_opts = t.nth(1).unwrap_or("");
+        Some(MountInfoLine {
+            dev,
+            mountpoint,
+            fstype,
+            super_opts,
+        })
+    }
 }
 
 /// The FUSE connection number (the device minor) of the mount at
@@ -542,4 +568,23 @@ pub fn daemonize() -> Result<Ready, String> {
 /// Keeps the volatile-mode choice visible in one place.
 pub fn is_volatile(opts: &MountOptions) -> bool {
     opts.sync_mode == SyncMode::Volatile
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_give_device_place_type_and_options() {
+        let l = "41 29 0:38 / /run/a\\040b rw,relatime shared:20 - overlay overlay \
+                 rw,lowerdir=/l,upperdir=/u\\054x,workdir=/w";
+        let m = MountInfoLine::parse(l).unwrap();
+        assert_eq!(m.dev, "0:38");
+        assert_eq!(unescape_mountinfo(m.mountpoint), b"/run/a b");
+        assert_eq!(m.fstype, "overlay");
+        assert_eq!(m.super_opts, "rw,lowerdir=/l,upperdir=/u\\054x,workdir=/w");
+        let bare = MountInfoLine::parse("1 2 8:1 / /x rw").unwrap();
+        assert_eq!((bare.dev, bare.mountpoint, bare.fstype), ("8:1", "/x", ""));
+        assert!(MountInfoLine::parse("1 2 8:1 /").is_none());
+    }
 }
