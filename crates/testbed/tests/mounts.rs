@@ -26,12 +26,11 @@ fn layers(s: &Scratch) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
 /// up before the program's foreground parent has exited, and the guard
 /// rightly lists that parent while it runs; wait (up to 5 s) for it to go.
 fn lone_daemon(m: &mut FuseMount) -> Vec<u32> {
-    let t = Instant::now();
-    let mut pids = m.daemon_pids();
-    while pids.len() > 1 && t.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(10));
+    let mut pids = Vec::new();
+    wait_until(Duration::from_secs(5), || {
         pids = m.daemon_pids();
-    }
+        pids.len() <= 1
+    });
     assert_eq!(pids.len(), 1, "{pids:?}");
     pids
 }
@@ -70,15 +69,21 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-fn wait_gone(pids: &[u32], timeout: Duration) -> bool {
+/// Polls `cond` every 10 ms until it holds (true) or `timeout` passes
+/// (false).
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let t = Instant::now();
-    while pids.iter().any(|&p| alive(p)) {
+    while !cond() {
         if t.elapsed() > timeout {
             return false;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     true
+}
+
+fn wait_gone(pids: &[u32], timeout: Duration) -> bool {
+    wait_until(timeout, || pids.iter().all(|&p| !alive(p)))
 }
 
 fn loop_backing(dev: &Path) -> Option<String> {
@@ -342,15 +347,14 @@ fn sweeper_removes_resources_of_a_dead_owner() {
     // the kernel has set up its environment: until then /proc shows an
     // empty environ and no sweeper could tell whose daemon it is.
     let marker = format!("{OWNER_ENV}={name}");
-    let t = Instant::now();
-    while !fs::read(format!("/proc/{}/environ", daemon.id()))
-        .unwrap()
-        .split(|&b| b == 0)
-        .any(|v| v == marker.as_bytes())
-    {
-        assert!(t.elapsed() < Duration::from_secs(5), "no environment yet");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let environ = format!("/proc/{}/environ", daemon.id());
+    assert!(
+        wait_until(Duration::from_secs(5), || fs::read(&environ)
+            .unwrap()
+            .split(|&b| b == 0)
+            .any(|v| v == marker.as_bytes())),
+        "no environment yet"
+    );
     let dir = root.join(&name);
     fs::rename(&staging, &dir).unwrap();
     assert_eq!(mounted_under(&dir).len(), 2);
