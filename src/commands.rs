@@ -101,7 +101,10 @@ pub fn umount(mnt: &Path) -> i32 {
             eprintln!("rovl: {}: {msg}", mnt.display());
             1
         }
-        (Err(Errno::NOTCONN), _) => {
+        // ENOTCONN once the daemon's device is closed; ECONNABORTED when
+        // the question was already queued as the kernel tore the
+        // connection down (the daemon dying as it was asked).
+        (Err(Errno::NOTCONN | Errno::CONNABORTED), _) => {
             eprintln!(
                 "rovl: umount {}: unmounted, but its daemon had exited (killed or crashed): \
                  its unmount work (final sync, session record) did not run; see \
