@@ -45,7 +45,9 @@ fn describe(e: Errno) -> String {
 fn check_dir(what: &str, p: &Path) -> Result<sys::Stat, String> {
     let st = rustix::fs::stat(p).map_err(|e| match e {
         Errno::NOENT => format!("{what} {}: does not exist", p.display()),
-        Errno::NOTCONN => format!(
+        // ECONNABORTED: the connection was aborted while our stat was
+        // in flight (its daemon is dying): dead all the same.
+        Errno::NOTCONN | Errno::CONNABORTED => format!(
             "{what} {}: a dead FUSE mount (transport endpoint is not connected)",
             p.display()
         ),
