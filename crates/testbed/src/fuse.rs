@@ -219,8 +219,10 @@ impl FuseMount {
             c.wait()?;
         }
         let daemons = self.daemons.clone();
+        // Dead means every thread gone, so that the device is closed and
+        // the mount reports ENOTCONN, not a connection still being aborted.
         if !sys::wait_until(Duration::from_secs(10), || {
-            daemons.iter().all(|p| !p.alive())
+            daemons.iter().all(|p| p.exited())
         }) {
             return Err(io::Error::other("daemon survived SIGKILL for 10 s"));
         }

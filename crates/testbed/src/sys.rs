@@ -718,6 +718,18 @@ impl Proc {
         matches!(proc_stat(self.pid), Some((st, start)) if start == self.start && st != 'Z' && st != 'X')
     }
 
+    /// Exited with all its threads: a killed process's leader is a zombie
+    /// at once, while its other threads may still be exiting (and holding
+    /// descriptors such as /dev/fuse).
+    pub fn exited(&self) -> bool {
+        if self.alive() {
+            return false;
+        }
+        std::fs::read_dir(format!("/proc/{}/task", self.pid))
+            .map(|d| d.count() <= 1)
+            .unwrap_or(true)
+    }
+
     pub fn signal(&self, sig: libc::c_int) {
         if self.alive() {
             // SAFETY: plain kill(2).
