@@ -101,10 +101,7 @@ pub fn umount(mnt: &Path) -> i32 {
             eprintln!("rovl: {}: {msg}", mnt.display());
             1
         }
-        // ENOTCONN once the daemon's device is closed; ECONNABORTED when
-        // the question was already queued as the kernel tore the
-        // connection down (the daemon dying as it was asked).
-        (Err(Errno::NOTCONN | Errno::CONNABORTED), _) => {
+        (Err(e), _) if crate::mount::daemon_gone(e) => {
             eprintln!(
                 "rovl: umount {}: unmounted, but its daemon had exited (killed or crashed): \
                  its unmount work (final sync, session record) did not run; see \

@@ -42,12 +42,18 @@ fn describe(e: Errno) -> String {
     std::io::Error::from(e).to_string()
 }
 
+/// Whether `e`, from a call on a FUSE mount, means its daemon is gone:
+/// ENOTCONN once the daemon's device is closed, ECONNABORTED for a call
+/// already queued when the kernel tore the connection down (the daemon
+/// dying as it was asked).
+pub fn daemon_gone(e: Errno) -> bool {
+    matches!(e, Errno::NOTCONN | Errno::CONNABORTED)
+}
+
 fn check_dir(what: &str, p: &Path) -> Result<sys::Stat, String> {
     let st = rustix::fs::stat(p).map_err(|e| match e {
         Errno::NOENT => format!("{what} {}: does not exist", p.display()),
-        // ECONNABORTED: the connection was aborted while our stat was
-        // in flight (its daemon is dying): dead all the same.
-        Errno::NOTCONN | Errno::CONNABORTED => format!(
+        e if daemon_gone(e) => format!(
             "{what} {}: a dead FUSE mount (transport endpoint is not connected)",
             p.display()
         ),
