@@ -722,12 +722,15 @@ impl Proc {
     /// at once, while its other threads may still be exiting (and holding
     /// descriptors such as /dev/fuse).
     pub fn exited(&self) -> bool {
-        if self.alive() {
-            return false;
+        match proc_stat(self.pid) {
+            Some((st, start)) if start == self.start && (st == 'Z' || st == 'X') => {
+                std::fs::read_dir(format!("/proc/{}/task", self.pid))
+                    .map_or(true, |d| d.count() <= 1)
+            }
+            Some((_, start)) if start == self.start => false,
+            // Reaped, or the pid now belongs to another process.
+            _ => true,
         }
-        std::fs::read_dir(format!("/proc/{}/task", self.pid))
-            .map(|d| d.count() <= 1)
-            .unwrap_or(true)
     }
 
     pub fn signal(&self, sig: libc::c_int) {
