@@ -135,8 +135,13 @@ fn copy_up_one(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysR
     // The copy is published: record it before anything else can fail.
     let ust = sys::stat_fd(copy.as_fd())?;
     let copy_fd = sys::dup(copy.as_fd())?;
-    let obj = ov.stack.objs.adopt(0, copy);
-    if node.kind() == FileType::Directory {
+    let dir = node.kind() == FileType::Directory;
+    let obj = if dir {
+        ov.stack.objs.adopt_dir(0, copy)
+    } else {
+        ov.stack.objs.adopt(0, copy)
+    };
+    if dir {
         // Made empty by rovl: no `.wh.` names in it, now or later.
         obj.set_wh_names(false);
     }

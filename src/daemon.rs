@@ -30,6 +30,11 @@ const BACKGROUND_PERIOD: Duration = Duration::from_secs(1);
 /// limit (with a hard limit of 2^20 that was 65,536 descriptors and
 /// 5 MiB per mount).
 const OBJECT_CACHE: usize = 1024;
+/// Most directory descriptors the cache keeps open, beside the others:
+/// the directories of a container image (a few thousand) stay open
+/// through a walk of the files in them, which would otherwise evict them
+/// and make each directory's next GETATTR or lookup a reopen by handle.
+const DIR_OBJECT_CACHE: usize = 4096;
 
 /// What the parent of a daemonized mount is waiting for.
 pub enum Notify {
@@ -292,7 +297,10 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
         Ok(s) => s,
         Err(e) => return notify.fail(&e),
     };
-    stack.objs.set_capacity(budget.min(OBJECT_CACHE));
+    let files = (budget / 2).min(OBJECT_CACHE);
+    stack
+        .objs
+        .set_capacity(files, (budget - files).min(DIR_OBJECT_CACHE));
     let adopt = match adopt_list(&c, &stack) {
         Ok(a) => a,
         Err(e) => return notify.fail(&e),

@@ -47,31 +47,31 @@ struct Inner {
     kind: i32,
     layer: u16,
     len: u8,
-    /// For a directory: whether it holds `.wh.` names ([`WH_UNKNOWN`],
-    /// [`WH_NONE`], [`WH_SOME`]).
-    wh: AtomicU8,
+    /// [`DIR`] for a directory, and then whether it holds `.wh.` names
+    /// ([`WH_UNKNOWN`], [`WH_NONE`], [`WH_SOME`] in the low bits).
+    marks: AtomicU8,
     bytes: [u8; SMALL_HANDLE],
 }
 
 impl Inner {
-    fn new(pool: &Arc<Objects>, layer: LayerId, extra: Option<Extra>) -> Inner {
+    fn new(pool: &Arc<Objects>, layer: LayerId, extra: Option<Extra>, dir: bool) -> Inner {
         Inner {
             pool: pool.clone(),
             extra: extra.map(Box::new),
             kind: 0,
             layer: u16::try_from(layer).unwrap_or(u16::MAX),
             len: 0,
-            wh: AtomicU8::new(WH_UNKNOWN),
+            marks: AtomicU8::new(if dir { DIR | WH_UNKNOWN } else { WH_UNKNOWN }),
             bytes: [0; SMALL_HANDLE],
         }
     }
 
     /// An object found again by handle `h`.
-    fn with_handle(pool: &Arc<Objects>, layer: LayerId, h: FileHandle) -> Inner {
+    fn with_handle(pool: &Arc<Objects>, layer: LayerId, h: FileHandle, dir: bool) -> Inner {
         if h.bytes.len() > SMALL_HANDLE {
-            return Inner::new(pool, layer, Some(Extra::LongHandle(h)));
+            return Inner::new(pool, layer, Some(Extra::LongHandle(h)), dir);
         }
-        let mut inner = Inner::new(pool, layer, None);
+        let mut inner = Inner::new(pool, layer, None, dir);
         inner.kind = h.kind;
         inner.len = h.bytes.len() as u8;
         inner.bytes[..h.bytes.len()].copy_from_slice(&h.bytes);
@@ -80,6 +80,10 @@ impl Inner {
 
     fn key(&self) -> u64 {
         self as *const Inner as u64
+    }
+
+    fn is_dir(&self) -> bool {
+        self.marks.load(Ordering::Relaxed) & DIR != 0
     }
 
     fn pinned(&self) -> Option<&Arc<OwnedFd>> {
@@ -107,11 +111,13 @@ const WH_UNKNOWN: u8 = 0;
 const WH_NONE: u8 = 1;
 /// The directory holds `.wh.` names.
 const WH_SOME: u8 = 2;
+/// The object is a directory (never changes).
+const DIR: u8 = 0x80;
 
 impl Drop for Inner {
     fn drop(&mut self) {
         // Before the address can be reused by another object.
-        self.pool.forget(self.key());
+        self.pool.forget(self.key(), self.is_dir());
     }
 }
 
@@ -277,7 +283,7 @@ impl Obj {
     /// name (so no `.wh.NAME` whiteout need be looked for in it), `Some(true)`
     /// when it holds some, `None` when not known.
     pub fn has_wh_names(&self) -> Option<bool> {
-        match self.0.wh.load(Ordering::Relaxed) {
+        match self.0.marks.load(Ordering::Relaxed) & !DIR {
             WH_NONE => Some(false),
             WH_SOME => Some(true),
             _ => None,
@@ -289,7 +295,8 @@ impl Obj {
     /// `.wh.` name itself).
     pub fn set_wh_names(&self, some: bool) {
         let v = if some { WH_SOME } else { WH_NONE };
-        self.0.wh.store(v, Ordering::Relaxed);
+        let dir = self.0.marks.load(Ordering::Relaxed) & DIR;
+        self.0.marks.store(dir | v, Ordering::Relaxed);
     }
 
     /// True when both refer to the same object reference (not merely the
@@ -305,20 +312,101 @@ struct Slot {
     used: AtomicBool,
 }
 
-/// The cache: descriptors by object key, evicted in second-chance order.
+/// A cache: descriptors by object key, evicted in second-chance order.
 #[derive(Debug, Default)]
 struct Cache {
     slots: HashMap<u64, Slot>,
     order: VecDeque<u64>,
 }
 
+impl Cache {
+    fn get(&self, key: u64) -> Option<Arc<OwnedFd>> {
+        let s = self.slots.get(&key)?;
+        s.used.store(true, Ordering::Relaxed);
+        Some(s.fd.clone())
+    }
+
+    /// Keeps `fd` under `key`, evicting to stay under `cap` descriptors.
+    fn insert(&mut self, key: u64, fd: Arc<OwnedFd>, cap: usize) {
+        if self.slots.contains_key(&key) {
+            return;
+        }
+        // Second chance: a slot used since it was last passed over stays.
+        let mut budget = self.order.len();
+        while self.slots.len() >= cap && budget > 0 {
+            budget -= 1;
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            let keep = self
+                .slots
+                .get(&old)
+                .is_some_and(|s| s.used.swap(false, Ordering::Relaxed));
+            if keep {
+                self.order.push_back(old);
+            } else {
+                self.slots.remove(&old);
+            }
+        }
+        while self.slots.len() >= cap {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.slots.remove(&old);
+        }
+        self.slots.insert(
+            key,
+            Slot {
+                fd,
+                used: AtomicBool::new(false),
+            },
+        );
+        self.order.push_back(key);
+    }
+
+    fn remove(&mut self, key: u64) {
+        if self.slots.remove(&key).is_some() {
+            // `order` keeps the stale key; it is skipped when it comes up.
+            if self.order.len() > 2 * self.slots.len() + 64 {
+                let slots = &self.slots;
+                let order: VecDeque<u64> = self
+                    .order
+                    .iter()
+                    .copied()
+                    .filter(|k| slots.contains_key(k))
+                    .collect();
+                self.order = order;
+            }
+        }
+    }
+
+    /// Drops the older half.
+    fn halve(&mut self) {
+        let n = self.slots.len() / 2;
+        for _ in 0..n {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.slots.remove(&old);
+        }
+    }
+}
+
 /// The objects of one stack: layer roots (to reopen handles on) and the
-/// bounded descriptor cache.
+/// bounded descriptor caches.
+///
+/// Directories have a cache of their own: every lookup, create and
+/// listing in a directory goes through its descriptor, and a walk of a
+/// tree touches twenty-odd files per directory, which would otherwise
+/// push the directories out of a shared cache long before they are used
+/// again.
 #[derive(Debug)]
 pub struct Objects {
     roots: Vec<Arc<OwnedFd>>,
     cache: Mutex<Cache>,
     capacity: AtomicUsize,
+    dirs: Mutex<Cache>,
+    dir_capacity: AtomicUsize,
     /// Which layer the lookups in recently listed directories find each
     /// name in (see [`ListingHints`]).
     hints: Mutex<VecDeque<(u64, Arc<ListingHints>)>>,
@@ -387,6 +475,8 @@ impl Objects {
             roots,
             cache: Mutex::new(Cache::default()),
             capacity: AtomicUsize::new(4096),
+            dirs: Mutex::new(Cache::default()),
+            dir_capacity: AtomicUsize::new(4096),
             hints: Mutex::new(VecDeque::new()),
         })
     }
@@ -436,29 +526,42 @@ impl Objects {
             .map(|(_, v)| v.clone())
     }
 
-    /// Sets how many descriptors the cache may hold.
-    pub fn set_capacity(&self, n: usize) {
-        self.capacity.store(n.max(16), Ordering::Release);
+    /// Sets how many descriptors the caches may hold: `files` for
+    /// non-directories, `dirs` for directories.
+    pub fn set_capacity(&self, files: usize, dirs: usize) {
+        self.capacity.store(files.max(16), Ordering::Release);
+        self.dir_capacity.store(dirs.max(16), Ordering::Release);
     }
 
     /// Descriptors cached right now.
     pub fn cached(&self) -> usize {
-        self.cache.lock().slots.len()
+        self.cache.lock().slots.len() + self.dirs.lock().slots.len()
     }
 
-    /// Makes an [`Obj`] of the object `fd` (an `O_PATH` descriptor, which
-    /// the cache keeps while it has room) in layer `layer`.
+    /// Makes an [`Obj`] of the non-directory `fd` (an `O_PATH` descriptor,
+    /// which the cache keeps while it has room) in layer `layer`.
     pub fn adopt(self: &Arc<Self>, layer: LayerId, fd: OwnedFd) -> Obj {
+        self.adopt_as(layer, fd, false)
+    }
+
+    /// Makes an [`Obj`] of the directory `fd` (an `O_PATH` descriptor) in
+    /// layer `layer`.
+    pub fn adopt_dir(self: &Arc<Self>, layer: LayerId, fd: OwnedFd) -> Obj {
+        self.adopt_as(layer, fd, true)
+    }
+
+    fn adopt_as(self: &Arc<Self>, layer: LayerId, fd: OwnedFd, dir: bool) -> Obj {
         match sys::name_to_handle(fd.as_fd()) {
             Ok(h) => {
-                let inner = Arc::new(Inner::with_handle(self, layer, h));
-                self.insert(inner.key(), Arc::new(fd));
+                let inner = Arc::new(Inner::with_handle(self, layer, h, dir));
+                self.insert(inner.key(), Arc::new(fd), dir);
                 Obj(inner)
             }
             Err(_) => Obj(Arc::new(Inner::new(
                 self,
                 layer,
                 Some(Extra::Pinned(Arc::new(fd))),
+                dir,
             ))),
         }
     }
@@ -476,8 +579,8 @@ impl Objects {
             Ok(h) => match SmallHandle::of(layer, &h) {
                 Some(small) => (LowerObj::Small(small), Some(fd)),
                 None => {
-                    let inner = Arc::new(Inner::with_handle(self, layer, h));
-                    self.insert(inner.key(), Arc::new(fd));
+                    let inner = Arc::new(Inner::with_handle(self, layer, h, false));
+                    self.insert(inner.key(), Arc::new(fd), false);
                     (LowerObj::Shared(Obj(inner)), None)
                 }
             },
@@ -486,6 +589,7 @@ impl Objects {
                     self,
                     layer,
                     Some(Extra::Pinned(Arc::new(fd))),
+                    false,
                 )))),
                 None,
             ),
@@ -494,42 +598,50 @@ impl Objects {
 
     /// Caches `fd` as the descriptor of the small object with key `key`.
     pub fn cache_small(&self, key: u64, fd: OwnedFd) {
-        self.insert(key, Arc::new(fd));
+        self.insert(key, Arc::new(fd), false);
     }
 
     /// The descriptor of the small object `h` with key `key`.
     fn open_small(&self, key: u64, h: &SmallHandle) -> SysResult<Arc<OwnedFd>> {
-        if let Some(s) = self.cache.lock().slots.get(&key) {
-            s.used.store(true, Ordering::Relaxed);
-            return Ok(s.fd.clone());
+        if let Some(fd) = self.cache.lock().get(key) {
+            return Ok(fd);
         }
         let fd = self.open_handle(h.layer(), &h.handle())?;
-        self.insert(key, fd.clone());
+        self.insert(key, fd.clone(), false);
         Ok(fd)
     }
 
     /// The node holding the small object with key `key` is gone: its
     /// descriptor goes too.
     pub fn forget_small(&self, key: u64) {
-        self.forget(key);
+        self.forget(key, false);
     }
 
     /// Makes an [`Obj`] that keeps `fd` (for layer roots and objects that
     /// must not be reopened).
     pub fn pin(self: &Arc<Self>, layer: LayerId, fd: Arc<OwnedFd>) -> Obj {
-        Obj(Arc::new(Inner::new(self, layer, Some(Extra::Pinned(fd)))))
+        Obj(Arc::new(Inner::new(
+            self,
+            layer,
+            Some(Extra::Pinned(fd)),
+            false,
+        )))
     }
 
     fn open(&self, obj: &Inner) -> SysResult<Arc<OwnedFd>> {
         let key = obj.key();
-        if let Some(s) = self.cache.lock().slots.get(&key) {
-            s.used.store(true, Ordering::Relaxed);
-            return Ok(s.fd.clone());
+        let dir = obj.is_dir();
+        if let Some(fd) = self.cache_of(dir).lock().get(key) {
+            return Ok(fd);
         }
         let h = &obj.handle().ok_or(Errno::STALE)?;
         let fd = self.open_handle(usize::from(obj.layer), h)?;
-        self.insert(key, fd.clone());
+        self.insert(key, fd.clone(), dir);
         Ok(fd)
+    }
+
+    fn cache_of(&self, dir: bool) -> &Mutex<Cache> {
+        if dir { &self.dirs } else { &self.cache }
     }
 
     /// Opens handle `h` on layer `layer` (not cached).
@@ -545,78 +657,30 @@ impl Objects {
         Ok(Arc::new(fd))
     }
 
-    fn insert(&self, key: u64, fd: Arc<OwnedFd>) {
-        let cap = self.capacity.load(Ordering::Acquire);
-        let mut c = self.cache.lock();
-        if c.slots.contains_key(&key) {
-            return;
-        }
-        // Second chance: a slot used since it was last passed over stays.
-        let mut budget = c.order.len();
-        while c.slots.len() >= cap && budget > 0 {
-            budget -= 1;
-            let Some(old) = c.order.pop_front() else {
-                break;
-            };
-            let keep = c
-                .slots
-                .get(&old)
-                .is_some_and(|s| s.used.swap(false, Ordering::Relaxed));
-            if keep {
-                c.order.push_back(old);
-            } else {
-                c.slots.remove(&old);
-            }
-        }
-        while c.slots.len() >= cap {
-            let Some(old) = c.order.pop_front() else {
-                break;
-            };
-            c.slots.remove(&old);
-        }
-        c.slots.insert(
-            key,
-            Slot {
-                fd,
-                used: AtomicBool::new(false),
-            },
-        );
-        c.order.push_back(key);
+    fn insert(&self, key: u64, fd: Arc<OwnedFd>, dir: bool) {
+        let cap = if dir {
+            &self.dir_capacity
+        } else {
+            &self.capacity
+        };
+        let cap = cap.load(Ordering::Acquire);
+        self.cache_of(dir).lock().insert(key, fd, cap);
     }
 
-    fn forget(&self, key: u64) {
+    fn forget(&self, key: u64, dir: bool) {
         {
             let mut h = self.hints.lock();
             if h.iter().any(|(k, _)| *k == key) {
                 h.retain(|(k, _)| *k != key);
             }
         }
-        let mut c = self.cache.lock();
-        if c.slots.remove(&key).is_some() {
-            // `order` keeps the stale key; it is skipped when it comes up.
-            if c.order.len() > 2 * c.slots.len() + 64 {
-                let slots = &c.slots;
-                let order: VecDeque<u64> = c
-                    .order
-                    .iter()
-                    .copied()
-                    .filter(|k| slots.contains_key(k))
-                    .collect();
-                c.order = order;
-            }
-        }
+        self.cache_of(dir).lock().remove(key);
     }
 
-    /// Out of descriptors: drops half of the cache.
+    /// Out of descriptors: drops half of each cache.
     pub fn shrink(&self) {
-        let mut c = self.cache.lock();
-        let n = c.slots.len() / 2;
-        for _ in 0..n {
-            let Some(old) = c.order.pop_front() else {
-                break;
-            };
-            c.slots.remove(&old);
-        }
+        self.cache.lock().halve();
+        self.dirs.lock().halve();
     }
 }
 
@@ -674,7 +738,7 @@ mod tests {
     #[test]
     fn objects_reopen_after_eviction_and_follow_renames() {
         let (d, pool) = dir();
-        pool.set_capacity(16);
+        pool.set_capacity(16, 16);
         let mut objs = Vec::new();
         for i in 0..100 {
             let p = d.0.join(format!("f{i}"));
@@ -698,5 +762,44 @@ mod tests {
         );
         drop(objs);
         assert_eq!(pool.cached(), 0, "dropping objects frees their descriptors");
+    }
+
+    #[test]
+    fn directories_keep_their_descriptors_through_a_flood_of_files() {
+        let (d, pool) = dir();
+        pool.set_capacity(16, 32);
+        let open = |p: &std::path::Path| {
+            rustix::fs::open(p, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap()
+        };
+        let mut dirs = Vec::new();
+        for i in 0..20 {
+            let p = d.0.join(format!("d{i}"));
+            std::fs::create_dir(&p).unwrap();
+            let o = pool.adopt_dir(0, open(&p));
+            let fd = o.fd().unwrap();
+            dirs.push((o, fd));
+        }
+        let mut files = Vec::new();
+        for i in 0..200 {
+            let p = d.0.join(format!("f{i}"));
+            std::fs::write(&p, b"x").unwrap();
+            let o = pool.adopt(0, open(&p));
+            o.fd().unwrap();
+            files.push(o);
+        }
+        assert_eq!(pool.cached(), 16 + 20, "files bounded, directories kept");
+        for (o, fd) in &dirs {
+            assert!(Arc::ptr_eq(&o.fd().unwrap(), fd), "not reopened");
+        }
+        // Directories are bounded too.
+        for i in 20..100 {
+            let p = d.0.join(format!("d{i}"));
+            std::fs::create_dir(&p).unwrap();
+            dirs.push((pool.adopt_dir(0, open(&p)), Arc::new(open(&p))));
+        }
+        assert_eq!(pool.cached(), 16 + 32);
+        drop(files);
+        drop(dirs);
+        assert_eq!(pool.cached(), 0);
     }
 }

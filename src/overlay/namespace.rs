@@ -219,8 +219,13 @@ impl Overlay {
             Some(st) => st,
             None => sys::stat_fd(obj.as_fd())?,
         };
-        let obj = self.stack.objs.adopt(0, obj);
-        let layers = if ftype == FileType::Directory {
+        let dir = ftype == FileType::Directory;
+        let obj = if dir {
+            self.stack.objs.adopt_dir(0, obj)
+        } else {
+            self.stack.objs.adopt(0, obj)
+        };
+        let layers = if dir {
             Layers::Dir(Arc::new(DirLayers {
                 upper: Some(obj),
                 ..Default::default()
