@@ -282,11 +282,10 @@ fn real_main() -> Result<bool, String> {
     }
     'runs: for run in 0..runs {
         for job in &jobs {
-            // Rotate the order of the systems from run to run so that none
-            // always goes first after a job change.
-            let mut order = systems.clone();
-            let k = run % order.len();
-            order.rotate_left(k);
+            let order: Vec<System> = run_order(systems.len(), run)
+                .into_iter()
+                .map(|i| systems[i])
+                .collect();
             for sys in order {
                 if STOP.load(Ordering::SeqCst) {
                     results.failures.push("interrupted".into());
@@ -379,6 +378,32 @@ fn real_main() -> Result<bool, String> {
 
 /// Waits (5 s at most) until no loop device is backed by a deleted file
 /// of the testbed.
+/// The order of `n` systems in run `run`: a Williams design (a balanced
+/// Latin square). Over `n` runs (`2n` when `n` is odd) every system goes
+/// first once and follows every other system equally often. A measurement
+/// inherits some of what the one before it left behind (the host still
+/// writing back a slow writer's data, a cache it filled); with a plain
+/// rotation each system always follows the same neighbour.
+fn run_order(n: usize, run: usize) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
+    }
+    // First row 0, 1, n-1, 2, n-2, …; row r adds r to every entry.
+    let first = (0..n).map(|j| {
+        if j % 2 == 1 {
+            j.div_ceil(2)
+        } else {
+            (n - j / 2) % n
+        }
+    });
+    let row = run % n;
+    let mut order: Vec<usize> = first.map(|x| (x + row) % n).collect();
+    if n % 2 == 1 && (run / n) % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
 fn wait_loops_released() {
     let root = testbed::root();
     let root = root.to_string_lossy();
@@ -425,4 +450,36 @@ fn measure(
         eprintln!("[warning] {} {}: {e}", job.name(), sys.name());
     }
     Ok(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_order;
+    use std::collections::HashMap;
+
+    #[test]
+    fn run_orders_are_balanced_for_first_place_and_neighbours() {
+        for n in 1..=6 {
+            let rounds = if n % 2 == 0 { n } else { 2 * n };
+            let mut first = vec![0; n];
+            let mut follows: HashMap<(usize, usize), usize> = HashMap::new();
+            for run in 0..rounds {
+                let o = run_order(n, run);
+                let mut sorted = o.clone();
+                sorted.sort();
+                assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "n={n} run={run}: {o:?}");
+                first[o[0]] += 1;
+                for w in o.windows(2) {
+                    *follows.entry((w[0], w[1])).or_default() += 1;
+                }
+            }
+            let want_first = rounds / n;
+            assert!(first.iter().all(|&c| c == want_first), "n={n}: {first:?}");
+            if n > 1 {
+                assert_eq!(follows.len(), n * (n - 1), "n={n}: every ordered pair");
+                let want = rounds / n;
+                assert!(follows.values().all(|&c| c == want), "n={n}: {follows:?}");
+            }
+        }
+    }
 }
