@@ -279,8 +279,9 @@ pub fn install_panic_hook() {
 pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
     sys::limit_malloc_arenas(1);
     // Descriptors: a quarter of the limit each for cached layer objects
-    // (at most OBJECT_CACHE), dirty files' tracking and open files; the
-    // rest for everything else.
+    // (at most OBJECT_CACHE non-directories and DIR_OBJECT_CACHE
+    // directories), dirty files' tracking and open files; the rest for
+    // everything else.
     let nofile = sys::raise_nofile_limit() as usize;
     let budget = (nofile / 4).clamp(64, 1 << 16);
     rustix::process::umask(sys::Mode::empty());
