@@ -136,11 +136,7 @@ fn copy_up_one(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysR
     let ust = sys::stat_fd(copy.as_fd())?;
     let copy_fd = sys::dup(copy.as_fd())?;
     let dir = node.kind() == FileType::Directory;
-    let obj = if dir {
-        ov.stack.objs.adopt_dir(0, copy)
-    } else {
-        ov.stack.objs.adopt(0, copy)
-    };
+    let obj = ov.stack.objs.adopt(0, copy, dir);
     if dir {
         // Made empty by rovl: no `.wh.` names in it, now or later.
         obj.set_wh_names(false);

@@ -181,7 +181,7 @@ impl Found {
             .into_iter()
             .map(|(layer, real, marks)| LayerDir {
                 layer,
-                obj: stack.objs.adopt_dir(layer, real.fd),
+                obj: stack.objs.adopt(layer, real.fd, true),
                 xwhiteouts: marks.xwhiteouts,
             })
             .collect();
@@ -189,7 +189,7 @@ impl Found {
         // the directory keeps this for as long as the kernel holds it.
         lowers.shrink_to_fit();
         DirLayers {
-            upper: self.upper.map(|u| stack.objs.adopt_dir(0, u.fd)),
+            upper: self.upper.map(|u| stack.objs.adopt(0, u.fd, true)),
             upper_xwhiteouts: self.upper_marks.xwhiteouts,
             lowers,
             lower_path: self.lower_path,

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap as HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use parking_lot::Mutex;
 
@@ -312,25 +312,36 @@ struct Slot {
     used: AtomicBool,
 }
 
-/// A cache: descriptors by object key, evicted in second-chance order.
-#[derive(Debug, Default)]
+/// A cache: at most `cap` descriptors by object key, evicted in
+/// second-chance order.
+#[derive(Debug)]
 struct Cache {
     slots: HashMap<u64, Slot>,
     order: VecDeque<u64>,
+    cap: usize,
 }
 
 impl Cache {
+    fn new(cap: usize) -> Cache {
+        Cache {
+            slots: HashMap::default(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
     fn get(&self, key: u64) -> Option<Arc<OwnedFd>> {
         let s = self.slots.get(&key)?;
         s.used.store(true, Ordering::Relaxed);
         Some(s.fd.clone())
     }
 
-    /// Keeps `fd` under `key`, evicting to stay under `cap` descriptors.
-    fn insert(&mut self, key: u64, fd: Arc<OwnedFd>, cap: usize) {
+    /// Keeps `fd` under `key`, evicting to stay within the capacity.
+    fn insert(&mut self, key: u64, fd: Arc<OwnedFd>) {
         if self.slots.contains_key(&key) {
             return;
         }
+        let cap = self.cap;
         // Second chance: a slot used since it was last passed over stays.
         let mut budget = self.order.len();
         while self.slots.len() >= cap && budget > 0 {
@@ -404,9 +415,7 @@ impl Cache {
 pub struct Objects {
     roots: Vec<Arc<OwnedFd>>,
     cache: Mutex<Cache>,
-    capacity: AtomicUsize,
     dirs: Mutex<Cache>,
-    dir_capacity: AtomicUsize,
     /// Which layer the lookups in recently listed directories find each
     /// name in (see [`ListingHints`]).
     hints: Mutex<VecDeque<(u64, Arc<ListingHints>)>>,
@@ -473,10 +482,8 @@ impl Objects {
     pub fn new(roots: Vec<Arc<OwnedFd>>) -> Arc<Objects> {
         Arc::new(Objects {
             roots,
-            cache: Mutex::new(Cache::default()),
-            capacity: AtomicUsize::new(4096),
-            dirs: Mutex::new(Cache::default()),
-            dir_capacity: AtomicUsize::new(4096),
+            cache: Mutex::new(Cache::new(4096)),
+            dirs: Mutex::new(Cache::new(4096)),
             hints: Mutex::new(VecDeque::new()),
         })
     }
@@ -529,8 +536,8 @@ impl Objects {
     /// Sets how many descriptors the caches may hold: `files` for
     /// non-directories, `dirs` for directories.
     pub fn set_capacity(&self, files: usize, dirs: usize) {
-        self.capacity.store(files.max(16), Ordering::Release);
-        self.dir_capacity.store(dirs.max(16), Ordering::Release);
+        self.cache.lock().cap = files.max(16);
+        self.dirs.lock().cap = dirs.max(16);
     }
 
     /// Descriptors cached right now.
@@ -538,19 +545,10 @@ impl Objects {
         self.cache.lock().slots.len() + self.dirs.lock().slots.len()
     }
 
-    /// Makes an [`Obj`] of the non-directory `fd` (an `O_PATH` descriptor,
-    /// which the cache keeps while it has room) in layer `layer`.
-    pub fn adopt(self: &Arc<Self>, layer: LayerId, fd: OwnedFd) -> Obj {
-        self.adopt_as(layer, fd, false)
-    }
-
-    /// Makes an [`Obj`] of the directory `fd` (an `O_PATH` descriptor) in
-    /// layer `layer`.
-    pub fn adopt_dir(self: &Arc<Self>, layer: LayerId, fd: OwnedFd) -> Obj {
-        self.adopt_as(layer, fd, true)
-    }
-
-    fn adopt_as(self: &Arc<Self>, layer: LayerId, fd: OwnedFd, dir: bool) -> Obj {
+    /// Makes an [`Obj`] of the object `fd` (an `O_PATH` descriptor, which
+    /// the directory or the other cache, as `dir` says, keeps while it has
+    /// room) in layer `layer`.
+    pub fn adopt(self: &Arc<Self>, layer: LayerId, fd: OwnedFd, dir: bool) -> Obj {
         match sys::name_to_handle(fd.as_fd()) {
             Ok(h) => {
                 let inner = Arc::new(Inner::with_handle(self, layer, h, dir));
@@ -658,13 +656,7 @@ impl Objects {
     }
 
     fn insert(&self, key: u64, fd: Arc<OwnedFd>, dir: bool) {
-        let cap = if dir {
-            &self.dir_capacity
-        } else {
-            &self.capacity
-        };
-        let cap = cap.load(Ordering::Acquire);
-        self.cache_of(dir).lock().insert(key, fd, cap);
+        self.cache_of(dir).lock().insert(key, fd);
     }
 
     fn forget(&self, key: u64, dir: bool) {
@@ -745,7 +737,7 @@ mod tests {
             std::fs::write(&p, format!("{i}")).unwrap();
             let fd =
                 rustix::fs::open(&p, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
-            objs.push((i, pool.adopt(0, fd)));
+            objs.push((i, pool.adopt(0, fd, false)));
         }
         assert!(pool.cached() <= 16, "bounded: {}", pool.cached());
         std::fs::rename(d.0.join("f7"), d.0.join("renamed")).unwrap();
@@ -775,7 +767,7 @@ mod tests {
         for i in 0..20 {
             let p = d.0.join(format!("d{i}"));
             std::fs::create_dir(&p).unwrap();
-            let o = pool.adopt_dir(0, open(&p));
+            let o = pool.adopt(0, open(&p), true);
             let fd = o.fd().unwrap();
             dirs.push((o, fd));
         }
@@ -783,7 +775,7 @@ mod tests {
         for i in 0..200 {
             let p = d.0.join(format!("f{i}"));
             std::fs::write(&p, b"x").unwrap();
-            let o = pool.adopt(0, open(&p));
+            let o = pool.adopt(0, open(&p), false);
             o.fd().unwrap();
             files.push(o);
         }
@@ -795,7 +787,7 @@ mod tests {
         for i in 20..100 {
             let p = d.0.join(format!("d{i}"));
             std::fs::create_dir(&p).unwrap();
-            dirs.push((pool.adopt_dir(0, open(&p)), Arc::new(open(&p))));
+            dirs.push((pool.adopt(0, open(&p), true), Arc::new(open(&p))));
         }
         assert_eq!(pool.cached(), 16 + 32);
         drop(files);

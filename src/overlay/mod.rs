@@ -349,7 +349,7 @@ impl Overlay {
         let layers = if kind == FileType::Directory {
             Layers::Dir(Arc::new(found.into_dir_layers(&self.stack)))
         } else {
-            let upper = found.upper.map(|u| self.stack.objs.adopt(0, u.fd));
+            let upper = found.upper.map(|u| self.stack.objs.adopt(0, u.fd, false));
             let lower = match found.lowers.into_iter().next() {
                 Some((l, r, _)) => {
                     let (obj, fd) = self.stack.objs.adopt_lower(l, r.fd);

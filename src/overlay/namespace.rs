@@ -220,11 +220,7 @@ impl Overlay {
             None => sys::stat_fd(obj.as_fd())?,
         };
         let dir = ftype == FileType::Directory;
-        let obj = if dir {
-            self.stack.objs.adopt_dir(0, obj)
-        } else {
-            self.stack.objs.adopt(0, obj)
-        };
+        let obj = self.stack.objs.adopt(0, obj, dir);
         let layers = if dir {
             Layers::Dir(Arc::new(DirLayers {
                 upper: Some(obj),
