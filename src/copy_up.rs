@@ -14,7 +14,9 @@ use crate::layers::markers;
 use crate::layers::object::ObjRef;
 use crate::overlay::Overlay;
 use crate::overlay::node::{Layers, Node, NodeRef, ROOT_ID};
-use crate::sys::{self, Errno, FileType, Mode, OFlags, RenameFlags, Stat, SysResult, Time, xattr};
+use crate::sys::{
+    self, Errno, FileType, IFlags, Mode, OFlags, RenameFlags, Stat, SysResult, Time, xattr,
+};
 
 /// What to copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +156,7 @@ fn copy_up_one(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysR
         Time::At(pstat.st_mtime, pstat.st_mtime_nsec as i64),
     );
     mark_impure(&parent, pup.as_fd());
+    copy_inode_flags(ov, node.kind(), lower.as_fd(), copy.as_fd());
     if node.id() != 0 {
         ov.attributes_changed(node.id());
     }
@@ -166,6 +169,45 @@ fn copy_up_one(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysR
         Ok(())
     } else {
         ov.wb.sync_dir_now(ov, &parent, pup.as_fd())
+    }
+}
+
+/// The inode flags a copy-up of a directory keeps, as kernel overlayfs
+/// does: sync and noatime (`chattr`'s S and A).
+const COPIED_DIR_FLAGS: u32 = IFlags::SYNC.bits() | IFlags::NOATIME.bits();
+
+/// What a copy-up of a regular file keeps: those and, as the kernel does,
+/// append-only and immutable (a and i).
+const COPIED_FILE_FLAGS: u32 = COPIED_DIR_FLAGS | IFlags::APPEND.bits() | IFlags::IMMUTABLE.bits();
+
+/// Gives the published copy `copy` of `lower` the lower object's inode
+/// flags that a copy-up keeps. After the rename, because an immutable or
+/// append-only copy could not be renamed into place; on the copy itself,
+/// where the upper filesystem enforces them on every change rovl makes.
+/// Kernel overlayfs keeps a and i in an xattr instead and enforces them
+/// itself, which also lets it copy up the entries of an immutable
+/// directory: rovl leaves those two off directories. Best effort: a layer
+/// without inode flags has none to keep.
+fn copy_inode_flags(ov: &Overlay, kind: FileType, lower: BorrowedFd<'_>, copy: BorrowedFd<'_>) {
+    let mask = match kind {
+        FileType::RegularFile => COPIED_FILE_FLAGS,
+        FileType::Directory => COPIED_DIR_FLAGS,
+        _ => return,
+    };
+    let open = |fd| ov.open_for_fileattr(kind, fd);
+    let Ok(want) = open(lower).and_then(|f| sys::inode_flags(f.as_fd())) else {
+        return;
+    };
+    let want = want & mask;
+    if want == 0 {
+        return;
+    }
+    let r = open(copy).and_then(|f| {
+        let flags = sys::inode_flags(f.as_fd())?;
+        sys::set_inode_flags(f.as_fd(), (flags & !mask) | want)
+    });
+    if let Err(e) = r {
+        tracing::warn!(%e, "copy-up could not keep the inode flags {want:#x}");
     }
 }
 

@@ -10,7 +10,7 @@ use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-pub use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
+pub use rustix::fs::{AtFlags, FileType, IFlags, Mode, OFlags, RenameFlags, Stat};
 pub use rustix::io::Errno;
 
 /// Result of a system call: the value, or the errno it failed with.
@@ -1185,6 +1185,74 @@ pub fn ioctl_rovl_status(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
     let n = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     buf.truncate(n);
     Ok(buf)
+}
+
+/// `FS_IOC_GETFLAGS`: the inode flags (`chattr`'s letters) of the regular
+/// file or directory `fd` is open on.
+pub fn inode_flags(fd: BorrowedFd<'_>) -> SysResult<u32> {
+    rustix::fs::ioctl_getflags(fd).map(|f| f.bits())
+}
+
+/// `FS_IOC_SETFLAGS`: sets the inode flags of what `fd` is open on.
+pub fn set_inode_flags(fd: BorrowedFd<'_>, flags: u32) -> SysResult<()> {
+    rustix::fs::ioctl_setflags(fd, IFlags::from_bits_retain(flags))
+}
+
+/// Whether the object `fd` holds (`O_PATH` will do) is immutable or
+/// append-only (`chattr +i`, `+a`), in that order, from `statx`'s
+/// attributes: no open and no ioctl.
+pub fn immutable_or_append(fd: BorrowedFd<'_>) -> SysResult<(bool, bool)> {
+    use rustix::fs::{StatxAttributes, StatxFlags};
+    let st = rustix::fs::statx(fd, c"", AtFlags::EMPTY_PATH, StatxFlags::empty())?;
+    let attrs = st.stx_attributes;
+    Ok((
+        attrs.contains(StatxAttributes::IMMUTABLE),
+        attrs.contains(StatxAttributes::APPEND),
+    ))
+}
+
+/// Size of `struct fsxattr`, the argument of `FS_IOC_FSGETXATTR` and
+/// `FS_IOC_FSSETXATTR`.
+pub const FSXATTR_SIZE: usize = 28;
+
+/// `FS_IOC_FSGETXATTR` (`_IOR('X', 31, struct fsxattr)`).
+pub const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+
+/// `FS_IOC_FSSETXATTR` (`_IOW('X', 32, struct fsxattr)`).
+pub const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
+
+/// `FS_IOC_FSGETXATTR`: the extended attributes (xflags, extent size,
+/// project id) of what `fd` is open on, as the raw `struct fsxattr`.
+pub fn fsxattr(fd: BorrowedFd<'_>) -> SysResult<[u8; FSXATTR_SIZE]> {
+    let mut v = [0u8; FSXATTR_SIZE];
+    // SAFETY: the ioctl writes exactly _IOC_SIZE(cmd) == v.len() bytes.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            FS_IOC_FSGETXATTR as libc::c_ulong,
+            v.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+    }
+    Ok(v)
+}
+
+/// `FS_IOC_FSSETXATTR`: sets them from the raw `struct fsxattr` `v`.
+pub fn set_fsxattr(fd: BorrowedFd<'_>, v: &[u8; FSXATTR_SIZE]) -> SysResult<()> {
+    // SAFETY: the ioctl reads exactly _IOC_SIZE(cmd) == v.len() bytes.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            FS_IOC_FSSETXATTR as libc::c_ulong,
+            v.as_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+    }
+    Ok(())
 }
 
 /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and the threads

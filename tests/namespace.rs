@@ -1490,3 +1490,227 @@ fn default_acls_are_inherited_like_under_the_kernel() {
         l
     });
 }
+
+// ------------------------------------------------------------ inode flags
+
+const SYNC_FL: u32 = 0x8;
+const IMMUTABLE_FL: u32 = 0x10;
+const APPEND_FL: u32 = 0x20;
+const NODUMP_FL: u32 = 0x40;
+const NOATIME_FL: u32 = 0x80;
+/// `FS_XFLAG_NOATIME` in `struct fsxattr`'s `fsx_xflags`.
+const XFLAG_NOATIME: u32 = 0x40;
+
+/// `lsattr`: the inode flags of `p` (a regular file or directory).
+fn iflags(p: &Path) -> std::io::Result<u32> {
+    let f = open(p, libc::O_RDONLY | libc::O_NONBLOCK)?;
+    Ok(rustix::fs::ioctl_getflags(&f)?.bits())
+}
+
+/// `chattr`: sets the inode flags of `p`.
+fn set_iflags(p: &Path, flags: u32) -> std::io::Result<()> {
+    let f = open(p, libc::O_RDONLY | libc::O_NONBLOCK)?;
+    rustix::fs::ioctl_setflags(&f, rustix::fs::IFlags::from_bits_retain(flags))?;
+    Ok(())
+}
+
+/// `chattr +/-`: adds `on` and removes `off` from the flags of `p`.
+fn chattr(p: &Path, on: u32, off: u32) -> std::io::Result<()> {
+    set_iflags(p, (iflags(p)? | on) & !off)
+}
+
+/// `FS_IOC_FSGETXATTR` (`true`) or `FS_IOC_FSSETXATTR` of `p` on `v`, the
+/// `struct fsxattr` as seven words (xflags first).
+fn fsxattr_ioctl(p: &Path, get: bool, v: &mut [u32; 7]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = open(p, libc::O_RDONLY | libc::O_NONBLOCK)?;
+    let cmd: libc::c_ulong = if get { 0x801c_581f } else { 0x401c_5820 };
+    // SAFETY: both ioctls move exactly 28 bytes, the size of `v`.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), cmd, v.as_mut_ptr()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn setxattr_try(p: &Path, name: &str) -> std::io::Result<()> {
+    rustix::fs::lsetxattr(p, name, b"1", rustix::fs::XattrFlags::empty())?;
+    Ok(())
+}
+
+/// Takes the immutable and append-only flags off everything below a
+/// directory when dropped, so that the scratch directory can go.
+struct ClearsProtectedFlags(std::path::PathBuf);
+
+impl Drop for ClearsProtectedFlags {
+    fn drop(&mut self) {
+        fn walk(p: &Path) {
+            if let Ok(f) = iflags(p) {
+                if f & (IMMUTABLE_FL | APPEND_FL) != 0 {
+                    let _ = set_iflags(p, f & !(IMMUTABLE_FL | APPEND_FL));
+                }
+            }
+            if lstat(p).map(|m| m.is_dir()).unwrap_or(false) {
+                for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                    walk(&e.path());
+                }
+            }
+        }
+        walk(&self.0);
+    }
+}
+
+/// `lsattr`/`chattr` and `FS_IOC_FS[GS]ETXATTR` through the mount: reads
+/// show the real inode's flags, a change copies the object up and leaves
+/// the lower one alone, a copy-up keeps S, A, a and i (not d), and what
+/// immutable and append-only forbid is refused, lower or upper.
+#[test]
+fn inode_flags_are_read_set_kept_and_enforced_like_the_kernel() {
+    let s = Scratch::new().unwrap();
+    let _clear = ClearsProtectedFlags(s.path().to_path_buf());
+    let st = setup(&s);
+    for (name, flags) in [
+        ("sa", SYNC_FL | NOATIME_FL),
+        ("nd", NODUMP_FL),
+        ("imm", IMMUTABLE_FL),
+        ("app", APPEND_FL),
+        ("imm2", IMMUTABLE_FL),
+        ("app2", APPEND_FL),
+    ] {
+        put(&st.lower(1, name), name);
+        chattr(&st.lower(1, name), flags, 0).unwrap();
+    }
+    let log = oracle(&s, &st, |r| {
+        let p = |x: &str| r.join(x);
+        let mut l = Log::default();
+        let lsattr = |l: &mut Log, name: &str| {
+            let f = iflags(&p(name)).map(|f| format!("{f:#x}"));
+            l.v(format!("lsattr {name}"), f.map_err(|e| e.raw_os_error()));
+        };
+        for name in ["sa", "nd", "imm", "app", "f", "d"] {
+            lsattr(&mut l, name);
+        }
+        l.r("copy up sa", setxattr_try(&p("sa"), "user.x"));
+        l.r("copy up nd", setxattr_try(&p("nd"), "user.x"));
+        lsattr(&mut l, "sa");
+        lsattr(&mut l, "nd");
+
+        // Lower files marked immutable and append-only.
+        l.r("write imm", open(&p("imm"), libc::O_WRONLY));
+        l.r("chmod imm", chmod(&p("imm"), 0o600));
+        l.r("xattr imm", setxattr_try(&p("imm"), "user.x"));
+        lsattr(&mut l, "imm");
+        l.r("write app", open(&p("app"), libc::O_WRONLY));
+        l.r(
+            "append app",
+            open(&p("app"), libc::O_WRONLY | libc::O_APPEND).and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(b"+more")
+            }),
+        );
+        l.r(
+            "truncate app",
+            open(&p("app"), libc::O_WRONLY | libc::O_APPEND | libc::O_TRUNC),
+        );
+        l.v("app", std::fs::read_to_string(p("app")).ok());
+
+        // chattr of a lower file and of a merged directory.
+        let ctime = |x: &str| lstat(&p(x)).map(|m| (m.ctime(), m.ctime_nsec())).ok();
+        let before = ctime("f");
+        l.r("chattr +A f", chattr(&p("f"), NOATIME_FL, 0));
+        lsattr(&mut l, "f");
+        l.v("ctime of f moved", ctime("f") != before);
+        l.r("chattr +S d", chattr(&p("d"), SYNC_FL, 0));
+        lsattr(&mut l, "d");
+
+        // Immutable, set through the mount.
+        put(&p("new"), "new");
+        l.r("chattr +i new", chattr(&p("new"), IMMUTABLE_FL, 0));
+        lsattr(&mut l, "new");
+        l.r("write new", open(&p("new"), libc::O_WRONLY));
+        l.r("unlink new", std::fs::remove_file(p("new")));
+        l.r("rename new", std::fs::rename(p("new"), p("new2")));
+        l.r("link new", std::fs::hard_link(p("new"), p("new3")));
+        l.r("chmod new", chmod(&p("new"), 0o600));
+        l.r("xattr new", setxattr_try(&p("new"), "user.x"));
+        l.r("chattr -i new", chattr(&p("new"), 0, IMMUTABLE_FL));
+        l.r("unlink new after", std::fs::remove_file(p("new")));
+
+        // Append-only, set through the mount, and the fsxattr interface.
+        put(&p("log"), "1");
+        l.r("chattr +a log", chattr(&p("log"), APPEND_FL, 0));
+        l.r("write log", open(&p("log"), libc::O_WRONLY));
+        l.r(
+            "append log",
+            open(&p("log"), libc::O_WRONLY | libc::O_APPEND).map(|_| ()),
+        );
+        l.r("unlink log", std::fs::remove_file(p("log")));
+        l.r("chattr -a log", chattr(&p("log"), 0, APPEND_FL));
+        let mut fsx = [0u32; 7];
+        l.r("fsgetxattr sa", fsxattr_ioctl(&p("sa"), true, &mut fsx));
+        l.v("xflags sa", format!("{:#x}", fsx[0]));
+        let mut fsx = [0u32; 7];
+        l.r("fsgetxattr log", fsxattr_ioctl(&p("log"), true, &mut fsx));
+        fsx[0] |= XFLAG_NOATIME;
+        l.r("fssetxattr log", fsxattr_ioctl(&p("log"), false, &mut fsx));
+        lsattr(&mut l, "log");
+
+        // Removing what the flags protect, never copied up.
+        l.r("unlink imm2", std::fs::remove_file(p("imm2")));
+        l.r("unlink app2", std::fs::remove_file(p("app2")));
+        l.r("chattr +a m", chattr(&p("m"), APPEND_FL, 0));
+        l.r("unlink m/one", std::fs::remove_file(p("m/one")));
+        l.r("create in m", std::fs::write(p("m/new"), "n"));
+        l.r("unlink m/new", std::fs::remove_file(p("m/new")));
+        l.r("chattr -a m", chattr(&p("m"), 0, APPEND_FL));
+        l.r("unlink m/one after", std::fs::remove_file(p("m/one")));
+
+        // Off again, so that both trees can be compared and removed.
+        l.r("chattr -i imm", chattr(&p("imm"), 0, IMMUTABLE_FL));
+        l.r("chattr -a app", chattr(&p("app"), 0, APPEND_FL));
+        l
+    });
+    for step in [
+        "write imm",
+        "chmod imm",
+        "xattr imm",
+        "write app",
+        "truncate app",
+        "write new",
+        "unlink new",
+        "rename new",
+        "link new",
+        "chmod new",
+        "xattr new",
+        "write log",
+        "unlink log",
+        "unlink imm2",
+        "unlink app2",
+        "unlink m/one",
+        "unlink m/new",
+    ] {
+        assert_eq!(log.errno(step), libc::EPERM, "{step}");
+    }
+    for step in [
+        "append app",
+        "chattr +A f",
+        "chattr +i new",
+        "fssetxattr log",
+        "create in m",
+        "unlink m/one after",
+    ] {
+        assert_eq!(log.errno(step), 0, "{step}");
+    }
+    assert!(log.0.iter().any(|(w, _)| w == "ctime of f moved = true"));
+    assert!(log.0.iter().any(|(w, _)| w
+        == &format!("lsattr sa = Ok(\"{:#x}\")", {
+            iflags(&st.lower(1, "sa")).unwrap()
+        })));
+    // The lower layer kept its own flags.
+    assert_eq!(iflags(&st.lower(1, "f")).unwrap() & NOATIME_FL, 0);
+    assert_eq!(iflags(&st.lower(1, "d")).unwrap() & SYNC_FL, 0);
+    assert_eq!(
+        iflags(&st.lower(1, "imm")).unwrap() & IMMUTABLE_FL,
+        IMMUTABLE_FL
+    );
+}

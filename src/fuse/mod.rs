@@ -25,9 +25,9 @@ use tracing::{debug, warn};
 
 use self::handles::Handles;
 use self::io::IoModes;
-use crate::overlay::files::ListEntry;
+use crate::overlay::files::{Fileattr, ListEntry};
 use crate::overlay::{Attr, Caller, NewKind, OpenFile, Overlay, SetAttr, SetTime};
-use crate::sys::{Errno, FileType, OFlags, RenameFlags};
+use crate::sys::{self, Errno, FileType, OFlags, RenameFlags};
 
 /// `_IO(0xE5, 1)`: make everything this mount wrote durable; report
 /// writeback errors (SPEC E2).
@@ -35,6 +35,12 @@ pub const ROVL_IOC_SYNCFS: u32 = 0xE501;
 /// `_IOR(0xE5, 2, char[16383])`: the mount's status as NUL-terminated JSON
 /// (`rovl status`, and `rovl umount` to find the daemon).
 pub const ROVL_IOC_STATUS: u32 = 0xBFFF_E502;
+
+/// `FS_IOC_GETFLAGS` (`_IOR('f', 1, long)`); the kernel forwards it from
+/// `lsattr` with a 4-byte argument.
+const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
+/// `FS_IOC_SETFLAGS` (`_IOW('f', 2, long)`), from `chattr`, 4 bytes.
+const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
 
 /// Anything that carries an observer's cursors (open files, directories).
 trait ObserverOf: Send + Sync {
@@ -841,11 +847,11 @@ impl Filesystem for RovlFs {
     fn ioctl(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: IoctlFlags,
         cmd: u32,
-        _in_data: &[u8],
+        in_data: &[u8],
         out_size: u32,
         reply: ReplyIoctl,
     ) {
@@ -890,6 +896,27 @@ impl Filesystem for RovlFs {
                 } else {
                     v.resize(out_size as usize, 0);
                     reply.ioctl(0, &v);
+                }
+            }
+            FS_IOC_GETFLAGS | sys::FS_IOC_FSGETXATTR => {
+                match self.ov.fileattr_get(ino.0, cmd == sys::FS_IOC_FSGETXATTR) {
+                    Ok(a) => {
+                        let bytes = a.to_bytes();
+                        if bytes.len() > out_size as usize {
+                            reply.error(FErrno::EINVAL);
+                        } else {
+                            reply.ioctl(0, &bytes);
+                        }
+                    }
+                    Err(e) => reply.error(err(e)),
+                }
+            }
+            FS_IOC_SETFLAGS | sys::FS_IOC_FSSETXATTR => {
+                let attr = Fileattr::from_bytes(cmd == sys::FS_IOC_FSSETXATTR, in_data);
+                match attr.map(|a| self.ov.fileattr_set(ino.0, a)) {
+                    Some(Ok(())) => reply.ioctl(0, &[]),
+                    Some(Err(e)) => reply.error(err(e)),
+                    None => reply.error(FErrno::EINVAL),
                 }
             }
             _ => reply.error(FErrno::ENOTTY),

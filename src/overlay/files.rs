@@ -3,7 +3,7 @@
 //! directory listings.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use super::node::{Node, NodeId, NodeRef};
@@ -425,6 +425,61 @@ impl Overlay {
         r
     }
 
+    /// The file attributes (`lsattr`, `FS_IOC_FSGETXATTR`) of what
+    /// `node_id` shows: its upper object, else its top lower one, read from
+    /// the real inode as kernel overlayfs does.
+    pub fn fileattr_get(&self, node_id: NodeId, fsx: bool) -> SysResult<Fileattr> {
+        let node = self.node(node_id)?;
+        let top = node.top_fd()?;
+        let fd = self.open_for_fileattr(node.kind(), top.as_fd())?;
+        if fsx {
+            sys::fsxattr(fd.as_fd()).map(Fileattr::Fsx)
+        } else {
+            sys::inode_flags(fd.as_fd()).map(Fileattr::Flags)
+        }
+    }
+
+    /// Sets file attributes (`chattr`); copies the object up first. They
+    /// are set on the upper object itself, as fuse-overlayfs does, so the
+    /// upper filesystem enforces an immutable or append-only flag on every
+    /// change rovl makes there. (Kernel overlayfs keeps those two flags in
+    /// the `overlay.protattr` xattr and enforces them on its own inode.)
+    pub fn fileattr_set(&self, node_id: NodeId, attr: Fileattr) -> SysResult<()> {
+        if self.opts.readonly {
+            return Err(Errno::ROFS);
+        }
+        let node = self.node(node_id)?;
+        {
+            let _r = self.rename_lock.read();
+            self.copy_up_node(&node, Data::Full)?;
+        }
+        let up = node.upper_fd()?.ok_or(Errno::IO)?;
+        let fd = self.open_for_fileattr(node.kind(), up.as_fd())?;
+        let r = match attr {
+            Fileattr::Flags(flags) => sys::set_inode_flags(fd.as_fd(), flags),
+            Fileattr::Fsx(v) => sys::set_fsxattr(fd.as_fd(), &v),
+        };
+        // The change time moved.
+        self.attributes_changed(node.id());
+        r
+    }
+
+    /// Opens `obj`, the real object of a node of type `kind`, for a file
+    /// attribute ioctl (the kernel sends those for regular files and
+    /// directories only).
+    pub(crate) fn open_for_fileattr(
+        &self,
+        kind: FileType,
+        obj: BorrowedFd<'_>,
+    ) -> SysResult<OwnedFd> {
+        let flags = match kind {
+            FileType::Directory => OFlags::RDONLY | OFlags::DIRECTORY,
+            FileType::RegularFile => OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY,
+            _ => return Err(Errno::NOTTY),
+        };
+        self.stack.proc.reopen(obj, flags)
+    }
+
     /// The node the kernel knows by `name` in `parent`, if any.
     pub fn cached_child(&self, parent: NodeId, name: &OsStr) -> Option<NodeId> {
         self.table.lock().child(parent, name).map(|n| n.id())
@@ -585,6 +640,37 @@ impl Overlay {
         self.wb
             .sync(self, Some(obs))
             .map_err(crate::writeback::to_sys)
+    }
+}
+
+/// A file attribute value, as the kernel's fileattr requests carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fileattr {
+    /// Inode flags (`FS_IOC_GETFLAGS`, `FS_IOC_SETFLAGS`).
+    Flags(u32),
+    /// A raw `struct fsxattr` (`FS_IOC_FSGETXATTR`, `FS_IOC_FSSETXATTR`).
+    Fsx([u8; sys::FSXATTR_SIZE]),
+}
+
+impl Fileattr {
+    /// Reads a value from a request's argument bytes (native endian, as
+    /// the kernel passes it); `None` when they are too short.
+    pub fn from_bytes(fsx: bool, data: &[u8]) -> Option<Fileattr> {
+        if fsx {
+            let v = data.get(..sys::FSXATTR_SIZE)?;
+            Some(Fileattr::Fsx(v.try_into().ok()?))
+        } else {
+            let v = data.get(..4)?;
+            Some(Fileattr::Flags(u32::from_ne_bytes(v.try_into().ok()?)))
+        }
+    }
+
+    /// The value as reply bytes.
+    pub fn to_bytes(self) -> Vec<u8> {
+        match self {
+            Fileattr::Flags(f) => f.to_ne_bytes().to_vec(),
+            Fileattr::Fsx(v) => v.to_vec(),
+        }
     }
 }
 

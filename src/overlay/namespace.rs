@@ -349,7 +349,14 @@ impl Overlay {
                 }
             }
             UpperAt::Nothing | UpperAt::Whiteout => {
-                // Lower only (the whiteout case cannot be visible).
+                // Lower only (the whiteout case cannot be visible). The
+                // upper filesystem would take the whiteout even where
+                // the lower object or the directory forbids the removal:
+                // refuse it as the kernel does.
+                let (immutable, append) = sys::immutable_or_append(node.top_fd()?.as_fd())?;
+                if immutable || append || sys::immutable_or_append(pup)?.1 {
+                    return Err(Errno::PERM);
+                }
                 sys::mknod_whiteout(pup, name)?;
             }
         }
