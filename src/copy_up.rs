@@ -109,6 +109,14 @@ fn copy_up_one(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysR
     };
     let layer = lower.layer();
     let lower = node.open(&lower)?;
+    if data == Data::Truncated {
+        // The truncation that follows is refused on an immutable or
+        // append-only file: do not leave an empty copy behind.
+        let (immutable, append) = sys::immutable_or_append(lower.as_fd())?;
+        if immutable || append {
+            return Err(Errno::PERM);
+        }
+    }
     let parent = ov.node(parent_id)?;
     let pup = parent.upper_fd()?.ok_or(Errno::IO)?;
     let work = ov.work()?;

@@ -1533,6 +1533,17 @@ fn fsxattr_ioctl(p: &Path, get: bool, v: &mut [u32; 7]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `truncate(p, 0)`: a size change by path, no open.
+fn truncate_path(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::truncate(c.as_ptr(), 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn setxattr_try(p: &Path, name: &str) -> std::io::Result<()> {
     rustix::fs::lsetxattr(p, name, b"1", rustix::fs::XattrFlags::empty())?;
     Ok(())
@@ -1576,6 +1587,8 @@ fn inode_flags_are_read_set_kept_and_enforced_like_the_kernel() {
         ("app", APPEND_FL),
         ("imm2", IMMUTABLE_FL),
         ("app2", APPEND_FL),
+        ("imm3", IMMUTABLE_FL),
+        ("app3", APPEND_FL),
     ] {
         put(&st.lower(1, name), name);
         chattr(&st.lower(1, name), flags, 0).unwrap();
@@ -1655,6 +1668,16 @@ fn inode_flags_are_read_set_kept_and_enforced_like_the_kernel() {
         l.r("fssetxattr log", fsxattr_ioctl(&p("log"), false, &mut fsx));
         lsattr(&mut l, "log");
 
+        // Truncating them before anything copied them up.
+        for name in ["imm3", "app3"] {
+            l.r(
+                format!("open trunc {name}"),
+                open(&p(name), libc::O_WRONLY | libc::O_TRUNC),
+            );
+            l.r(format!("truncate {name}"), truncate_path(&p(name)));
+            l.v(name, std::fs::read_to_string(p(name)).ok());
+        }
+
         // Removing what the flags protect, never copied up.
         l.r("unlink imm2", std::fs::remove_file(p("imm2")));
         l.r("unlink app2", std::fs::remove_file(p("app2")));
@@ -1688,6 +1711,10 @@ fn inode_flags_are_read_set_kept_and_enforced_like_the_kernel() {
         "unlink app2",
         "unlink m/one",
         "unlink m/new",
+        "open trunc imm3",
+        "truncate imm3",
+        "open trunc app3",
+        "truncate app3",
     ] {
         assert_eq!(log.errno(step), libc::EPERM, "{step}");
     }
