@@ -185,7 +185,7 @@ pub mod xattr {
         if r >= 0 {
             return Some(Ok(r as usize));
         }
-        let e = Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO);
+        let e = last_errno();
         if e == Errno::NOSYS {
             NO_GETXATTRAT.store(true, Ordering::Relaxed);
             return None;
@@ -349,11 +349,7 @@ fn sync_range(fd: BorrowedFd<'_>, off: u64, len: u64, flags: libc::c_uint) -> Sy
     );
     // SAFETY: plain syscall on a valid fd with integer arguments.
     let r = unsafe { libc::sync_file_range(fd.as_raw_fd(), off, len, flags) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO))
-    }
+    if r == 0 { Ok(()) } else { Err(last_errno()) }
 }
 
 /// `sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_AFTER)`: waits for
@@ -420,7 +416,7 @@ pub fn cachestat(fd: BorrowedFd<'_>) -> SysResult<CacheStat> {
             writeback: out.nr_writeback,
         })
     } else {
-        Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO))
+        Err(last_errno())
     }
 }
 
@@ -463,7 +459,7 @@ pub fn name_to_handle(fd: BorrowedFd<'_>) -> SysResult<FileHandle> {
         )
     };
     if r != 0 {
-        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+        return Err(last_errno());
     }
     let n = (h.bytes as usize).min(128);
     Ok(FileHandle {
@@ -494,7 +490,7 @@ pub fn open_by_handle(mount_fd: BorrowedFd<'_>, handle: &FileHandle) -> SysResul
         )
     };
     if r < 0 {
-        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+        return Err(last_errno());
     }
     // SAFETY: the kernel just returned this fd to us and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
@@ -1059,7 +1055,7 @@ pub fn truncate_obj(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
     // SAFETY: a valid NUL-terminated path; no pointers kept.
     let r = unsafe { libc::truncate(path.as_ptr(), size) };
     if r != 0 {
-        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+        return Err(last_errno());
     }
     Ok(())
 }
@@ -1136,7 +1132,7 @@ pub fn fork() -> SysResult<Option<i32>> {
     // child inherits a consistent address space.
     let pid = unsafe { libc::fork() };
     match pid {
-        -1 => Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO)),
+        -1 => Err(last_errno()),
         0 => Ok(None),
         p => Ok(Some(p)),
     }
@@ -1157,11 +1153,7 @@ pub fn stdio_to_null() {
 pub fn ioctl_rovl_sync(fd: BorrowedFd<'_>) -> SysResult<()> {
     // SAFETY: an _IO ioctl carries no argument.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), 0xE501 as libc::c_ulong) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO))
-    }
+    if r == 0 { Ok(()) } else { Err(last_errno()) }
 }
 
 /// Size of the `ROVL_IOC_STATUS` buffer (the largest an `_IOR` can encode).
@@ -1180,7 +1172,7 @@ pub fn ioctl_rovl_status(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
         )
     };
     if r != 0 {
-        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+        return Err(last_errno());
     }
     let n = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     buf.truncate(n);
@@ -1225,34 +1217,27 @@ pub const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
 /// project id) of what `fd` is open on, as the raw `struct fsxattr`.
 pub fn fsxattr(fd: BorrowedFd<'_>) -> SysResult<[u8; FSXATTR_SIZE]> {
     let mut v = [0u8; FSXATTR_SIZE];
-    // SAFETY: the ioctl writes exactly _IOC_SIZE(cmd) == v.len() bytes.
-    let r = unsafe {
-        libc::ioctl(
-            fd.as_raw_fd(),
-            FS_IOC_FSGETXATTR as libc::c_ulong,
-            v.as_mut_ptr(),
-        )
-    };
-    if r != 0 {
-        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
-    }
+    fsxattr_ioctl(fd, FS_IOC_FSGETXATTR, &mut v)?;
     Ok(v)
 }
 
 /// `FS_IOC_FSSETXATTR`: sets them from the raw `struct fsxattr` `v`.
 pub fn set_fsxattr(fd: BorrowedFd<'_>, v: &[u8; FSXATTR_SIZE]) -> SysResult<()> {
-    // SAFETY: the ioctl reads exactly _IOC_SIZE(cmd) == v.len() bytes.
-    let r = unsafe {
-        libc::ioctl(
-            fd.as_raw_fd(),
-            FS_IOC_FSSETXATTR as libc::c_ulong,
-            v.as_ptr(),
-        )
-    };
+    fsxattr_ioctl(fd, FS_IOC_FSSETXATTR, &mut v.clone())
+}
+
+fn fsxattr_ioctl(fd: BorrowedFd<'_>, cmd: u32, v: &mut [u8; FSXATTR_SIZE]) -> SysResult<()> {
+    // SAFETY: both commands move exactly _IOC_SIZE(cmd) == v.len() bytes.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), cmd as libc::c_ulong, v.as_mut_ptr()) };
     if r != 0 {
-        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+        return Err(last_errno());
     }
     Ok(())
+}
+
+/// The calling thread's errno after a failed libc call.
+fn last_errno() -> Errno {
+    Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO)
 }
 
 /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and the threads
@@ -1341,7 +1326,7 @@ pub fn private_clone(path: &std::path::Path, readonly: bool) -> SysResult<OwnedF
         )
     };
     if r != 0 {
-        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+        return Err(last_errno());
     }
     // open_tree gives an O_PATH descriptor, which open_by_handle_at and
     // ioctls refuse; a regular one keeps the detached mount alive as well.
