@@ -212,11 +212,11 @@ fn through_private_clone(upper: &Path, workdir: &Path, direct: &UpperWork) -> Op
     (same(&uw.upper, &direct.upper) && same(&uw.workdir, &direct.workdir)).then_some(uw)
 }
 
-/// Sets up logging: stderr in the foreground, else WORKDIR/rovl/rovl.log.
-pub fn init_logging(debug: bool, to: Option<&Path>) {
+/// Sets up logging to the file `to`, else to stderr, of what `level`
+/// (`debug`, `info`, `warn`) lets through, unless `ROVL_LOG` says otherwise.
+pub fn init_logging(level: &str, to: Option<&Path>) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("ROVL_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(if debug { "debug" } else { "info" }));
+    let filter = EnvFilter::try_from_env("ROVL_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false);
@@ -316,7 +316,16 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
             .workdir
             .as_ref()
             .map(|w| w.join(STATE_DIR).join("rovl.log"));
-        init_logging(debug, log.as_deref());
+        // Without a workdir (a stack of lowers) there is no log file, and
+        // stderr is the caller's until the mount is up: only warnings go
+        // there, so that a mount that works says nothing, as
+        // fuse-overlayfs does.
+        let level = match (debug, &log) {
+            (true, _) => "debug",
+            (false, Some(_)) => "info",
+            (false, None) => "warn",
+        };
+        init_logging(level, log.as_deref());
     }
     install_panic_hook();
     let work = match open_work(&c, wd.as_ref().map(|w| w.as_fd())) {
@@ -554,7 +563,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rovl-panic-hook-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("rovl.log");
-        init_logging(false, Some(&log));
+        init_logging("info", Some(&log));
         install_panic_hook();
         let r = std::thread::Builder::new()
             .name("rovl-test-panicker".into())

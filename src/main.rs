@@ -64,7 +64,7 @@ fn mount_cmd(cli: &Cli) -> i32 {
     };
     let foreground = cli.foreground || cli.debug;
     if foreground {
-        daemon::init_logging(cli.debug, None);
+        daemon::init_logging(if cli.debug { "debug" } else { "info" }, None);
         return daemon::run(checked, daemon::Notify::Foreground, false, cli.debug);
     }
     match mount::daemonize() {

@@ -163,6 +163,25 @@ fn the_podman_command_line_with_relative_symlinked_layers() {
     assert!(lstat(&g.join("l/AAA")).unwrap().is_symlink());
 }
 
+/// What `podman image mount` runs: lowers only, no upper or workdir. A
+/// mount that works prints nothing, as fuse-overlayfs does (there is no
+/// log file then, and until the mount is up stderr is the caller's).
+#[test]
+fn a_mount_of_lowers_only_says_nothing() {
+    let s = Scratch::new().unwrap();
+    let l0 = s.mkdir("l0").unwrap();
+    let l1 = s.mkdir("l1").unwrap();
+    let mnt = s.mkdir("mnt").unwrap();
+    put(&l0.join("a"), "a");
+    put(&l1.join("b"), "b");
+    let opts = format!("lowerdir={}:{}", esc(&l0), esc(&l1));
+    let (code, out, err) = run_rovl(["-o", &opts, mnt.to_str().unwrap()]);
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
+    assert_eq!(names(&mnt), vec!["a", "b"]);
+    let (code, _out, err) = run_rovl([Path::new("umount"), &mnt]);
+    assert_eq!(code, 0, "{err}");
+}
+
 /// `rovl` returns once the mount is live: the first command after it sees
 /// the mount and its content.
 #[test]
