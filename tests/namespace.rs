@@ -1589,10 +1589,13 @@ fn inode_flags_are_read_set_kept_and_enforced_like_the_kernel() {
         ("app2", APPEND_FL),
         ("imm3", IMMUTABLE_FL),
         ("app3", APPEND_FL),
+        ("imm4", IMMUTABLE_FL),
+        ("idir/inner", 0),
     ] {
         put(&st.lower(1, name), name);
         chattr(&st.lower(1, name), flags, 0).unwrap();
     }
+    chattr(&st.lower(1, "idir"), IMMUTABLE_FL, 0).unwrap();
     let log = oracle(&s, &st, |r| {
         let p = |x: &str| r.join(x);
         let mut l = Log::default();
@@ -1681,6 +1684,9 @@ fn inode_flags_are_read_set_kept_and_enforced_like_the_kernel() {
         // Removing what the flags protect, never copied up.
         l.r("unlink imm2", std::fs::remove_file(p("imm2")));
         l.r("unlink app2", std::fs::remove_file(p("app2")));
+        l.r("rename imm4", std::fs::rename(p("imm4"), p("imm4b")));
+        l.r("rename over imm4", std::fs::rename(p("f"), p("imm4")));
+        l.r("rename idir", std::fs::rename(p("idir"), p("idir2")));
         l.r("chattr +a m", chattr(&p("m"), APPEND_FL, 0));
         l.r("unlink m/one", std::fs::remove_file(p("m/one")));
         l.r("create in m", std::fs::write(p("m/new"), "n"));
@@ -1709,6 +1715,9 @@ fn inode_flags_are_read_set_kept_and_enforced_like_the_kernel() {
         "unlink log",
         "unlink imm2",
         "unlink app2",
+        "rename imm4",
+        "rename over imm4",
+        "rename idir",
         "unlink m/one",
         "unlink m/new",
         "open trunc imm3",

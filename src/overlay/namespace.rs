@@ -353,8 +353,8 @@ impl Overlay {
                 // upper filesystem would take the whiteout even where
                 // the lower object or the directory forbids the removal:
                 // refuse it as the kernel does.
-                let (immutable, append) = sys::immutable_or_append(node.top_fd()?.as_fd())?;
-                if immutable || append || sys::immutable_or_append(pup)?.1 {
+                refuse_protected_lower(&node)?;
+                if sys::immutable_or_append(pup)?.1 {
                     return Err(Errno::PERM);
                 }
                 sys::mknod_whiteout(pup, name)?;
@@ -427,6 +427,10 @@ impl Overlay {
             let src_split = self.needs_split(&src);
             let dst_split = dst.as_ref().map_or(Ok(()), |d| self.needs_split(d));
             src_split.and(dst_split)?;
+        }
+        refuse_protected_lower(&src)?;
+        if let Some(d) = &dst {
+            refuse_protected_lower(d)?;
         }
         self.copy_up_node(&src, Data::Full)?;
         if exchange {
@@ -667,4 +671,20 @@ pub(crate) fn adapt_access(ov: &Overlay, mut f: OFlags) -> OFlags {
         f &= !OFlags::APPEND;
     }
     f
+}
+
+/// EPERM for an object only a lower layer holds that is marked immutable
+/// or append-only (`statx`, no open): removing or renaming it changes only
+/// the upper layer, which never sees those flags, so rovl refuses what the
+/// kernel refuses. An upper object carries its own flags, and the upper
+/// filesystem enforces them.
+fn refuse_protected_lower(node: &NodeRef) -> SysResult<()> {
+    if node.has_upper() {
+        return Ok(());
+    }
+    let (immutable, append) = sys::immutable_or_append(node.top_fd()?.as_fd())?;
+    if immutable || append {
+        return Err(Errno::PERM);
+    }
+    Ok(())
 }
