@@ -1222,8 +1222,8 @@ pub fn fsxattr(fd: BorrowedFd<'_>) -> SysResult<[u8; FSXATTR_SIZE]> {
 }
 
 /// `FS_IOC_FSSETXATTR`: sets them from the raw `struct fsxattr` `v`.
-pub fn set_fsxattr(fd: BorrowedFd<'_>, v: &[u8; FSXATTR_SIZE]) -> SysResult<()> {
-    fsxattr_ioctl(fd, FS_IOC_FSSETXATTR, &mut v.clone())
+pub fn set_fsxattr(fd: BorrowedFd<'_>, mut v: [u8; FSXATTR_SIZE]) -> SysResult<()> {
+    fsxattr_ioctl(fd, FS_IOC_FSSETXATTR, &mut v)
 }
 
 fn fsxattr_ioctl(fd: BorrowedFd<'_>, cmd: u32, v: &mut [u8; FSXATTR_SIZE]) -> SysResult<()> {

@@ -457,7 +457,7 @@ impl Overlay {
         let fd = self.open_for_fileattr(node.kind(), up.as_fd())?;
         let r = match attr {
             Fileattr::Flags(flags) => sys::set_inode_flags(fd.as_fd(), flags),
-            Fileattr::Fsx(v) => sys::set_fsxattr(fd.as_fd(), &v),
+            Fileattr::Fsx(v) => sys::set_fsxattr(fd.as_fd(), v),
         };
         // The change time moved.
         self.attributes_changed(node.id());
