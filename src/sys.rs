@@ -794,12 +794,50 @@ pub fn copy_file_data(
     rustix::fs::ftruncate(dst, size)
 }
 
+/// A scratch path for unit tests, removed (file or tree) when it drops,
+/// so a failing assertion leaves nothing behind.
+#[cfg(test)]
+struct Scratch(std::path::PathBuf);
+
+#[cfg(test)]
+impl Scratch {
+    fn new(dir: &str, tag: &str) -> Self {
+        let p = std::path::Path::new(dir).join(format!("rovl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        let _ = std::fs::remove_file(&p);
+        Scratch(p)
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod copy_tests {
     use super::*;
 
-    fn tmp(dir: &str, tag: &str) -> std::path::PathBuf {
-        std::path::Path::new(dir).join(format!("rovl-copy-{tag}-{}", std::process::id()))
+    fn tmp(dir: &str, tag: &str) -> Scratch {
+        Scratch::new(dir, &format!("copy-{tag}"))
     }
 
     fn open_rw(p: &std::path::Path) -> OwnedFd {
@@ -836,8 +874,6 @@ mod copy_tests {
         assert!(got[a.len()..32 << 20].iter().all(|x| *x == 0));
         assert_eq!(&got[32 << 20..(32 << 20) + b.len()], &b[..]);
         assert!(got[(32 << 20) + b.len()..].iter().all(|x| *x == 0));
-        let _ = std::fs::remove_file(&sp);
-        let _ = std::fs::remove_file(&dp);
     }
 
     /// A range in the middle lands at the same offset.
@@ -879,8 +915,6 @@ mod copy_tests {
         )
         .unwrap();
         assert_eq!(std::fs::metadata(&dp).unwrap().len(), 1_000_000);
-        let _ = std::fs::remove_file(&sp);
-        let _ = std::fs::remove_file(&dp);
     }
 
     /// A durable copy of 96 MiB arrives intact and leaves at most its
@@ -914,8 +948,6 @@ mod copy_tests {
                 cs.cache
             );
             assert_eq!(std::fs::read(&dp).unwrap(), data, "{tag}");
-            let _ = std::fs::remove_file(&sp);
-            let _ = std::fs::remove_file(&dp);
         }
     }
 }
@@ -929,10 +961,8 @@ mod xattr_tests {
     /// a value longer than the first buffer, absence, and the size query.
     #[test]
     fn get_reads_the_object_an_o_path_handle_holds() {
-        let root =
-            std::path::Path::new("/var/tmp").join(format!("rovl-xattr-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir(&root).unwrap();
+        let root = Scratch::new("/var/tmp", "xattr");
+        std::fs::create_dir(&*root).unwrap();
         std::fs::write(root.join("f"), b"x").unwrap();
         std::os::unix::fs::symlink("f", root.join("l")).unwrap();
         let long: Vec<u8> = (0..1000u32).map(|i| (i % 200) as u8 + 1).collect();
@@ -957,7 +987,6 @@ mod xattr_tests {
                 None
             );
         }
-        std::fs::remove_dir_all(&root).unwrap();
     }
 }
 
