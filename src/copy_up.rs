@@ -9,6 +9,7 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use crate::layers::markers;
 use crate::layers::object::ObjRef;
@@ -75,26 +76,81 @@ pub fn copy_up_with(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) ->
         }
         chain.push(p);
     }
+    let mut owed = Vec::new();
+    let mut made = Ok(());
     for n in chain.iter().rev() {
-        let d = if NodeRef::ptr_eq(n, node) {
-            data
+        let (d, o) = if NodeRef::ptr_eq(n, node) {
+            (data, origin)
         } else {
-            Data::Full
+            (Data::Full, Origin::Keep)
         };
-        let o = if NodeRef::ptr_eq(n, node) {
-            origin
-        } else {
-            Origin::Keep
-        };
-        copy_up_one(ov, n, d, o)?;
+        match copy_up_one(ov, n, d, o) {
+            Ok(u) => owed.extend(u),
+            Err(e) => {
+                made = Err(e);
+                break;
+            }
+        }
     }
-    Ok(())
+    // The deepest copy first: on a journaling filesystem its fsync commits
+    // the renames of every copy above it too, so that the whole chain costs
+    // one journal commit and the other fsyncs find nothing left to commit.
+    // Each copy is atomic on its own, so none has to be durable before the
+    // next is built. Owed even when a later copy failed.
+    let mut synced = Ok(());
+    for u in owed.into_iter().rev() {
+        synced = synced.and(u.sync(ov));
+    }
+    made.and(synced)
 }
 
-fn copy_up_one(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysResult<()> {
+/// A published copy that still has to be made durable (outside volatile
+/// mode), with its directory entry.
+struct Unsynced {
+    kind: FileType,
+    /// The copy: open for writing (a regular file), else an `O_PATH`
+    /// handle.
+    copy: OwnedFd,
+    parent: NodeRef,
+    parent_fd: Arc<OwnedFd>,
+}
+
+impl Unsynced {
+    /// The copy, then its directory entry. The copy's data is on the disk
+    /// already (`build`), so the copy's metadata, the rename and the
+    /// parent's changes can become durable together: on a journaling
+    /// filesystem the fsync of the copy commits them all in one journal
+    /// commit (ext4 puts everything since the last commit in the next), and
+    /// the directory's fsync finds nothing left to commit. Made durable
+    /// before the rename instead, each copy would cost two commits.
+    fn sync(self, ov: &Overlay) -> SysResult<()> {
+        match self.kind {
+            FileType::RegularFile => rustix::fs::fsync(&self.copy)?,
+            FileType::Directory => {
+                let d = ov
+                    .stack
+                    .proc
+                    .reopen(self.copy.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)?;
+                rustix::fs::fsync(&d)?;
+            }
+            _ => {}
+        }
+        ov.wb.sync_dir_now(ov, &self.parent, self.parent_fd.as_fd())
+    }
+}
+
+/// Copies `node` up under its parent, which has an upper copy. Returns
+/// what is owed to make the copy durable (nothing in volatile mode, or
+/// when another thread made the copy meanwhile).
+fn copy_up_one(
+    ov: &Overlay,
+    node: &NodeRef,
+    data: Data,
+    origin: Origin,
+) -> SysResult<Option<Unsynced>> {
     let _g = node.lock_copy_up();
     if node.has_upper() {
-        return Ok(());
+        return Ok(None);
     }
     if node.lower_pinned() {
         return Err(Errno::BUSY);
@@ -131,8 +187,8 @@ fn copy_up_one(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysR
         origin,
     };
     let built = build(ov, &src, work, &tmp, data);
-    let copy = match built {
-        Ok(fd) => fd,
+    let Built { path: copy, file } = match built {
+        Ok(b) => b,
         Err(e) => {
             remove_tmp(ov, work, &tmp);
             return Err(e);
@@ -144,8 +200,9 @@ fn copy_up_one(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysR
     }
     // The copy is published: record it before anything else can fail.
     let ust = sys::stat_fd(copy.as_fd())?;
+    let kind = node.kind();
     let copy_fd = sys::dup(copy.as_fd())?;
-    let dir = node.kind() == FileType::Directory;
+    let dir = kind == FileType::Directory;
     let obj = ov.stack.objs.adopt(0, copy, dir);
     if dir {
         // Made empty by rovl: no `.wh.` names in it, now or later.
@@ -164,20 +221,32 @@ fn copy_up_one(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysR
         Time::At(pstat.st_mtime, pstat.st_mtime_nsec as i64),
     );
     mark_impure(&parent, pup.as_fd());
-    copy_inode_flags(ov, node.kind(), lower.as_fd(), copy.as_fd());
+    copy_inode_flags(ov, kind, lower.as_fd(), copy.as_fd());
     if node.id() != 0 {
         ov.attributes_changed(node.id());
     }
     ov.attributes_changed(parent.id());
     if ov.opts.volatile {
         ov.wb.dir_changed(ov, &parent, pup.as_fd());
-        if node.kind() == FileType::RegularFile {
+        if kind == FileType::RegularFile {
             ov.wb.file_copied_up(ov, node, copy.as_fd());
         }
-        Ok(())
-    } else {
-        ov.wb.sync_dir_now(ov, &parent, pup.as_fd())
+        return Ok(None);
     }
+    Ok(Some(Unsynced {
+        kind,
+        copy: file.unwrap_or(copy),
+        parent,
+        parent_fd: pup,
+    }))
+}
+
+/// A copy built in the work directory, not yet published.
+struct Built {
+    /// `O_PATH` handle on the copy.
+    path: OwnedFd,
+    /// A regular file's copy open for writing, to fsync once published.
+    file: Option<OwnedFd>,
 }
 
 /// The inode flags a copy-up of a directory keeps, as kernel overlayfs
@@ -238,14 +307,17 @@ struct Source<'a> {
     origin: Origin,
 }
 
-/// Builds the copy as `work/tmp`; returns an `O_PATH` handle on it.
+/// Builds the copy as `work/tmp`. Outside volatile mode a regular file's
+/// data is written back before this returns, so that a writeback error
+/// fails the copy-up before anything is published, and so that the rename
+/// can never reach the disk ahead of the data it publishes.
 fn build(
     ov: &Overlay,
     src: &Source<'_>,
     work: BorrowedFd<'_>,
     tmp: &OsStr,
     data: Data,
-) -> SysResult<OwnedFd> {
+) -> SysResult<Built> {
     let st = &src.st;
     let kind = FileType::from_raw_mode(st.st_mode);
     let perm = st.st_mode & 0o7777;
@@ -266,12 +338,15 @@ fn build(
                     !ov.opts.volatile,
                 )?;
             }
+            if !ov.opts.volatile {
+                sys::write_back_and_wait(f.as_fd())?;
+            }
             let fd = sys::open_path_at(work, tmp)?;
             finish(ov, src, fd.as_fd(), true)?;
-            if !ov.opts.volatile {
-                rustix::fs::fsync(&f)?;
-            }
-            return Ok(fd);
+            return Ok(Built {
+                path: fd,
+                file: Some(f),
+            });
         }
         FileType::Directory => {
             rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?;
@@ -289,14 +364,10 @@ fn build(
         FileType::Unknown => return Err(Errno::IO),
     };
     finish(ov, src, fd.as_fd(), kind != FileType::Symlink)?;
-    if kind == FileType::Directory && !ov.opts.volatile {
-        let d = ov
-            .stack
-            .proc
-            .reopen(fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)?;
-        rustix::fs::fsync(&d)?;
-    }
-    Ok(fd)
+    Ok(Built {
+        path: fd,
+        file: None,
+    })
 }
 
 /// Owner, mode, xattrs, origin and times, in the order that keeps each:

@@ -284,16 +284,41 @@ fn copy_up_is_durable_before_returning() {
     let disk = FailingDisk::new().unwrap();
     let st = disk_stack(&disk, &s, "a");
     put(&st.lower(0, "d/e/big"), &"L".repeat(300_000));
+    put(&st.lower(0, "d/e/small"), "s");
+    std::os::unix::fs::symlink("small", st.lower(0, "d/e/link")).unwrap();
     let m = mount_rovl(&st, "");
+    std::fs::metadata(st.m("d/e/big")).unwrap();
+    let before = disk.journal_commits().unwrap();
     let f = OpenOptions::new()
         .write(true)
         .open(st.m("d/e/big"))
         .unwrap();
+    // Three copies (d, d/e, the file), made durable together: one journal
+    // commit (and perhaps ext4's own 5-second one), not one or two each.
+    let commits = disk.journal_commits().unwrap() - before;
+    assert!(
+        commits <= 2,
+        "{commits} journal commits for one copy-up of a file and its two directories"
+    );
     let cut = disk.power_cut().unwrap();
     assert_eq!(
         get(&cut.path().join("a/upper/d/e/big")),
         "L".repeat(300_000)
     );
+    drop(cut);
+    // A symlink's copy-up and a small file's (for a change of owner; the
+    // change itself is the caller's to fsync).
+    std::os::unix::fs::lchown(st.m("d/e/link"), Some(7), Some(7)).unwrap();
+    let cut = disk.power_cut().unwrap();
+    let up = cut.path().join("a/upper/d/e");
+    assert_eq!(
+        std::fs::read_link(up.join("link")).unwrap(),
+        Path::new("small")
+    );
+    drop(cut);
+    std::os::unix::fs::chown(st.m("d/e/small"), Some(8), Some(8)).unwrap();
+    let cut = disk.power_cut().unwrap();
+    assert_eq!(get(&cut.path().join("a/upper/d/e/small")), "s");
     drop((f, m));
 }
 

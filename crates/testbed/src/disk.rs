@@ -153,6 +153,23 @@ impl LoopExt4 {
                 .any(|o| o == "emergency_ro" || o == "shutdown")
     }
 
+    /// Transactions the ext4 journal has committed since the mount, from
+    /// `/proc/fs/jbd2/<dev>-8/info` ("N transactions (M requested), ...").
+    fn journal_commits(&self) -> io::Result<u64> {
+        let dev = self
+            .device()
+            .file_name()
+            .ok_or_else(|| io::Error::other("no loop device"))?;
+        let info = Path::new("/proc/fs/jbd2")
+            .join(format!("{}-8", dev.to_string_lossy()))
+            .join("info");
+        let text = fs::read_to_string(&info).map_err(|e| sys::ctx(e, info.display()))?;
+        text.split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("{}: unexpected {text:?}", info.display())))
+    }
+
     fn power_cut(&self) -> io::Result<PowerCut> {
         let scratch = Scratch::new()?;
         let image = scratch.join("disk.img");
@@ -397,6 +414,13 @@ impl FailingDisk {
     /// this instant. See [`PowerCut`].
     pub fn power_cut(&self) -> io::Result<PowerCut> {
         self.fs.power_cut()
+    }
+
+    /// How many transactions ext4's journal has committed on this disk
+    /// since it was mounted: each fsync that finds uncommitted metadata
+    /// costs one, and ext4 commits on its own every 5 seconds.
+    pub fn journal_commits(&self) -> io::Result<u64> {
+        self.fs.journal_commits()
     }
 
     /// The scratch directory holding everything.
