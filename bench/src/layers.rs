@@ -97,6 +97,9 @@ pub struct Layers {
     pub tar: PathBuf,
     /// Entries a full walk of the merged view must find (without the root).
     pub merged_entries: u64,
+    /// The rootfs subtree the chown workload changes (merged path), and
+    /// its merged entries, itself included.
+    pub chown: (String, u64),
     /// What it was generated for.
     pub scale: Scale,
 }
@@ -200,10 +203,11 @@ pub fn prepare(cache: &Path, scale: &Scale) -> io::Result<Layers> {
         lowers: (0..3).map(|i| dir.join(format!("l{i}"))).collect(),
         tar: dir.join("untar.tar"),
         merged_entries: merged_entries(scale),
+        chown: (String::new(), 0),
         scale: *scale,
     };
     if ready.exists() {
-        return Ok(layers);
+        return with_chown_tree(layers);
     }
     if dir.exists() {
         eprintln!(
@@ -231,7 +235,62 @@ pub fn prepare(cache: &Path, scale: &Scale) -> io::Result<Layers> {
     crate::workloads::syncfs_of(&[&dir]);
     fs::write(&ready, format!("{scale:?}\n"))?;
     eprintln!("rovl-bench: layers ready in {:.1?}", t.elapsed());
-    Ok(layers)
+    with_chown_tree(layers)
+}
+
+/// Picks the chown workload's subtree: the largest directory right under
+/// `usr/` whose merged tree has at most `files / 6` entries (4,493 of the
+/// full set's `usr/locale-8`).
+fn with_chown_tree(mut l: Layers) -> io::Result<Layers> {
+    let most = (l.scale.files / 6) as u64;
+    let mut best = (String::new(), 0);
+    for e in fs::read_dir(l.lowers[2].join("usr"))? {
+        let e = e?;
+        if !e.file_type()?.is_dir() {
+            continue;
+        }
+        let rel = format!("usr/{}", e.file_name().to_string_lossy());
+        let n = merged_subtree(&l.lowers, &rel)?;
+        if n <= most && (n, &rel) > (best.1, &best.0) {
+            best = (rel, n);
+        }
+    }
+    if best.1 == 0 {
+        return Err(io::Error::other("no subtree for the chown workload"));
+    }
+    l.chown = best;
+    Ok(l)
+}
+
+/// Entries of the merged tree at `rel` (itself included), from the lowers
+/// (top first): the union of their entries less the whited-out ones.
+fn merged_subtree(lowers: &[PathBuf], rel: &str) -> io::Result<u64> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut gone = std::collections::HashSet::new();
+    for l in lowers {
+        let mut stack = vec![l.join(rel)];
+        while let Some(p) = stack.pop() {
+            let Ok(md) = fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let key = p.strip_prefix(l).map_err(io::Error::other)?.to_path_buf();
+            if gone.contains(&key) {
+                continue;
+            }
+            if md.file_type().is_char_device() {
+                gone.insert(key);
+                continue;
+            }
+            seen.insert(key);
+            if md.is_dir() {
+                for e in fs::read_dir(&p)? {
+                    stack.push(e?.path());
+                }
+            }
+        }
+    }
+    Ok(seen.len() as u64)
 }
 
 /// Entries of the merged tree (directories, files, symlinks), root

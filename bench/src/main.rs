@@ -31,7 +31,7 @@ struct Cli {
     #[arg(long)]
     runs: Option<usize>,
     /// Only these workloads (comma-separated): walk, readdir, create,
-    /// seqwrite, seqread, randread, copyup, untar, noisy.
+    /// seqwrite, seqread, randread, copyup, chown, untar, noisy.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these systems (comma-separated): native, kernel,

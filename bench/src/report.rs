@@ -91,6 +91,9 @@ impl Results {
                 None => parts.push(format!("{want}: n/a")),
             }
         }
+        if parts.is_empty() && m.unit() == Unit::Seconds {
+            parts.push("none (not one of the issue's workloads)".to_string());
+        }
         (parts.join("; "), all)
     }
 
@@ -119,7 +122,7 @@ impl Results {
             }
             for vs in [System::Kernel, System::FuseOverlayfs] {
                 let cell = match self.ratio(m, vs) {
-                    Some(r) if !m.targets().is_empty() => fmt_ratio(r),
+                    Some(r) if !m.targets().is_empty() || m.unit() == Unit::Seconds => fmt_ratio(r),
                     _ => "–".to_string(),
                 };
                 let _ = write!(out, " {cell} |");

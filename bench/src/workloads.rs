@@ -39,6 +39,8 @@ pub enum Metric {
     RandRead,
     /// Copy-up of the large lower file by appending one byte.
     CopyUp,
+    /// `chown -R` of a lower subtree: a copy-up of every entry.
+    Chown,
     /// Untar of small files.
     Untar,
     /// Sync of one mount holding one small dirty file while a neighbour
@@ -75,7 +77,7 @@ const fn t(vs: System, max_ratio: f64) -> Target {
 
 impl Metric {
     /// Every metric, in table order.
-    pub const ALL: [Metric; 12] = [
+    pub const ALL: [Metric; 13] = [
         Metric::WalkCold,
         Metric::WalkWarm,
         Metric::Readdir,
@@ -84,6 +86,7 @@ impl Metric {
         Metric::SeqRead,
         Metric::RandRead,
         Metric::CopyUp,
+        Metric::Chown,
         Metric::Untar,
         Metric::NoisySync,
         Metric::NoisyDirtyLeft,
@@ -101,6 +104,7 @@ impl Metric {
             Metric::SeqRead => "seq_read_cold",
             Metric::RandRead => "rand_read_4k",
             Metric::CopyUp => "copy_up",
+            Metric::Chown => "chown_tree",
             Metric::Untar => "untar",
             Metric::NoisySync => "noisy_sync",
             Metric::NoisyDirtyLeft => "noisy_dirty_left",
@@ -127,6 +131,7 @@ impl Metric {
             Metric::SeqRead => format!("sequential read {} lower file, cold", size(s.big)),
             Metric::RandRead => format!("{} random 4 KiB reads", s.rand_reads),
             Metric::CopyUp => format!("copy-up of the {} file (append 1 byte)", size(s.big)),
+            Metric::Chown => format!("chown -R of {} lower entries (a copy-up each)", l.chown.1),
             Metric::Untar => format!("untar {} small files", s.untar_files),
             Metric::NoisySync => {
                 format!("noisy-neighbour sync (neighbour: {} dirty)", size(s.write))
@@ -160,7 +165,9 @@ impl Metric {
             Metric::Untar => &UNTAR,
             Metric::NoisySync => &NOISY,
             Metric::Rss => &RSS,
-            Metric::NoisyDirtyLeft => &[],
+            // Not one of the workloads: no target (BENCHMARKS.md
+            // compares it with the kernel's durable copy-ups).
+            Metric::NoisyDirtyLeft | Metric::Chown => &[],
         }
     }
 }
@@ -182,6 +189,8 @@ pub enum Job {
     RandRead,
     /// Copy-up of the large file.
     CopyUp,
+    /// `chown -R` of a lower subtree.
+    Chown,
     /// Untar.
     Untar,
     /// Noisy-neighbour sync.
@@ -189,7 +198,7 @@ pub enum Job {
 }
 
 /// Every job, in run order.
-pub const JOBS: [Job; 9] = [
+pub const JOBS: [Job; 10] = [
     Job::Walk,
     Job::Readdir,
     Job::Create,
@@ -197,6 +206,7 @@ pub const JOBS: [Job; 9] = [
     Job::SeqRead,
     Job::RandRead,
     Job::CopyUp,
+    Job::Chown,
     Job::Untar,
     Job::Noisy,
 ];
@@ -220,6 +230,7 @@ impl Job {
             Job::SeqRead => "seqread",
             Job::RandRead => "randread",
             Job::CopyUp => "copyup",
+            Job::Chown => "chown",
             Job::Untar => "untar",
             Job::Noisy => "noisy",
         }
@@ -254,6 +265,7 @@ impl Job {
             Job::SeqRead => seq_read_job(env, l, ctx),
             Job::RandRead => rand_read_job(env, l, ctx),
             Job::CopyUp => copy_up_job(env, l, ctx),
+            Job::Chown => chown_job(env, l, ctx),
             Job::Untar => untar_job(env, l, ctx),
             Job::Noisy => noisy_job(env, l, ctx),
         }
@@ -625,6 +637,72 @@ fn copy_up_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric, 
         format!("{system}: size after append {len}")
     })?;
     Ok(vec![(Metric::CopyUp, secs)])
+}
+
+/// Reads every file under `p` (host cache warm for the copies).
+fn warm_tree(p: &Path) -> io::Result<()> {
+    let md = fs::symlink_metadata(p)?;
+    if md.is_dir() {
+        for e in fs::read_dir(p)? {
+            warm_tree(&e?.path())?;
+        }
+    } else if md.is_file() {
+        warm_file(p)?;
+    }
+    Ok(())
+}
+
+/// `chown -R -h` of a rootfs subtree to another owner: every entry is
+/// copied up (data included: no system here copies metadata only), and a
+/// copy-up is durable on rovl and the kernel. The native filesystem has
+/// nothing to copy up: no reference.
+fn chown_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric, f64)>> {
+    if env.system == System::Native {
+        return Ok(Vec::new());
+    }
+    let (rel, entries) = (&l.chown.0, l.chown.1);
+    for low in &l.lowers {
+        let p = low.join(rel);
+        if p.exists() {
+            warm_tree(&p)?;
+        }
+    }
+    let root = env.view(0).join(rel);
+    settle(env, l);
+    let (secs, out) = timed(env, ctx, "chown", || {
+        // -h: a symlink itself, never what it points to (the rootfs's
+        // links are absolute).
+        Command::new("chown")
+            .args(["-R", "-h", "1234:1234"])
+            .arg(&root)
+            .stdin(Stdio::null())
+            .output()
+    })?;
+    check(out.status.success(), || {
+        format!(
+            "{}: chown -R failed: {}",
+            env.system,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let mut changed = 0u64;
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        let md = fs::symlink_metadata(&p)?;
+        changed += u64::from(std::os::unix::fs::MetadataExt::uid(&md) == 1234);
+        if md.is_dir() {
+            for e in fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    check(changed == entries, || {
+        format!(
+            "{}: {changed} entries changed owner, expected {entries}",
+            env.system
+        )
+    })?;
+    Ok(vec![(Metric::Chown, secs)])
 }
 
 fn untar_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric, f64)>> {
