@@ -639,6 +639,19 @@ fn copy_up_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric, 
     Ok(vec![(Metric::CopyUp, secs)])
 }
 
+/// Runs `cmd` as the timed section `what`; fails unless it succeeds.
+fn timed_command(env: &mut Env, ctx: &Ctx, what: &str, cmd: &mut Command) -> io::Result<f64> {
+    let (secs, out) = timed(env, ctx, what, || cmd.stdin(Stdio::null()).output())?;
+    check(out.status.success(), || {
+        format!(
+            "{}: {what} failed: {}",
+            env.system,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok(secs)
+}
+
 /// Reads every file under `p` (host cache warm for the copies).
 fn warm_tree(p: &Path) -> io::Result<()> {
     let md = fs::symlink_metadata(p)?;
@@ -669,22 +682,11 @@ fn chown_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric, f6
     }
     let root = env.view(0).join(rel);
     settle(env, l);
-    let (secs, out) = timed(env, ctx, "chown", || {
-        // -h: a symlink itself, never what it points to (the rootfs's
-        // links are absolute).
-        Command::new("chown")
-            .args(["-R", "-h", "1234:1234"])
-            .arg(&root)
-            .stdin(Stdio::null())
-            .output()
-    })?;
-    check(out.status.success(), || {
-        format!(
-            "{}: chown -R failed: {}",
-            env.system,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
+    // -h: a symlink itself, never what it points to (the rootfs's links
+    // are absolute).
+    let mut chown = Command::new("chown");
+    chown.args(["-R", "-h", "1234:1234"]).arg(&root);
+    let secs = timed_command(env, ctx, "chown", &mut chown)?;
     let mut changed = 0u64;
     let mut stack = vec![root];
     while let Some(p) = stack.pop() {
@@ -710,22 +712,9 @@ fn untar_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric, f6
     let dest = env.view(0).join("untar");
     fs::create_dir(&dest)?;
     settle(env, l);
-    let (secs, out) = timed(env, ctx, "untar", || {
-        Command::new("tar")
-            .arg("-xf")
-            .arg(&l.tar)
-            .arg("-C")
-            .arg(&dest)
-            .stdin(Stdio::null())
-            .output()
-    })?;
-    check(out.status.success(), || {
-        format!(
-            "{}: tar -x failed: {}",
-            env.system,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
+    let mut tar = Command::new("tar");
+    tar.arg("-xf").arg(&l.tar).arg("-C").arg(&dest);
+    let secs = timed_command(env, ctx, "untar", &mut tar)?;
     let first = dest.join("pkg000/file00000.dat");
     check(first.exists(), || format!("{} missing", first.display()))?;
     Ok(vec![(Metric::Untar, secs)])
