@@ -276,8 +276,11 @@ fn real_main() -> Result<bool, String> {
         if STOP.load(Ordering::SeqCst) {
             break;
         }
-        if let Err(e) = measure(*job, systems[0], &tools, &layers, &ctx) {
-            eprintln!("[warm-up] {} {}: {e}", job.name(), systems[0].name());
+        let Some(first) = systems.iter().copied().find(|s| job.measures(*s)) else {
+            continue;
+        };
+        if let Err(e) = measure(*job, first, &tools, &layers, &ctx) {
+            eprintln!("[warm-up] {} {}: {e}", job.name(), first.name());
         }
     }
     'runs: for run in 0..runs {
@@ -286,7 +289,7 @@ fn real_main() -> Result<bool, String> {
                 .into_iter()
                 .map(|i| systems[i])
                 .collect();
-            for sys in order {
+            for sys in order.into_iter().filter(|s| job.measures(*s)) {
                 if STOP.load(Ordering::SeqCst) {
                     results.failures.push("interrupted".into());
                     break 'runs;

@@ -250,6 +250,12 @@ impl Job {
         }
     }
 
+    /// Whether it measures `system` (the chown has no native reference:
+    /// nothing to copy up).
+    pub fn measures(self, system: System) -> bool {
+        !(self == Job::Chown && system == System::Native)
+    }
+
     /// How many mounts it needs.
     pub fn mounts(self) -> usize {
         if self == Job::Noisy { 2 } else { 1 }
@@ -667,12 +673,9 @@ fn warm_tree(p: &Path) -> io::Result<()> {
 
 /// `chown -R -h` of a rootfs subtree to another owner: every entry is
 /// copied up (data included: no system here copies metadata only), and a
-/// copy-up is durable on rovl and the kernel. The native filesystem has
-/// nothing to copy up: no reference.
+/// copy-up is durable on rovl and the kernel. Not run on the native
+/// filesystem ([`Job::measures`]).
 fn chown_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric, f64)>> {
-    if env.system == System::Native {
-        return Ok(Vec::new());
-    }
     let (rel, entries) = (&l.chown.0, l.chown.1);
     for low in &l.lowers {
         let p = low.join(rel);
