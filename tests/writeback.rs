@@ -322,13 +322,21 @@ fn copy_up_is_durable_before_returning() {
     drop((f, m));
 }
 
-/// A copy-up whose data the disk cannot take (the copy writes back behind
-/// itself, so the failure comes during the copy) fails the open that
-/// asked for it with the writeback error and leaves nothing behind: no
-/// upper file, nothing in the work directory, the lower file still what
-/// the mount shows. Once the disk is healed the copy-up succeeds.
+/// A copy-up whose data the disk cannot take fails the open that asked
+/// for it with the writeback error and leaves nothing behind: no upper
+/// file, nothing in the work directory, the lower file still what the
+/// mount shows. Once the disk is healed the copy-up succeeds. A large file
+/// (the copy writes back behind itself, so the failure comes during the
+/// copy) and a small one (it comes from the wait for the copy's writeback
+/// before the rename).
 #[test]
 fn a_copy_up_that_cannot_be_written_back_fails_and_leaves_nothing() {
+    // Larger than the copy's write-behind window (5 x 8 MiB).
+    copy_up_on_a_full_disk(48 << 20);
+    copy_up_on_a_full_disk(64 << 10);
+}
+
+fn copy_up_on_a_full_disk(size: usize) {
     let s = Scratch::new().unwrap();
     // Room on the tmpfs for the failed attempt's blocks and the retry's.
     let mut disk = FailingDisk::with_options(DiskOptions {
@@ -338,8 +346,6 @@ fn a_copy_up_that_cannot_be_written_back_fails_and_leaves_nothing() {
     })
     .unwrap();
     let st = disk_stack(&disk, &s, "a");
-    // Larger than the copy's write-behind window (5 x 8 MiB).
-    let size = 48usize << 20;
     let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     std::fs::write(st.lower(0, "big"), &data).unwrap();
     let m = mount_rovl(&st, "");
