@@ -111,7 +111,6 @@ struct Unsynced {
     /// The copy: open for writing (a regular file), else an `O_PATH`
     /// handle.
     copy: OwnedFd,
-    parent: NodeRef,
     parent_fd: Arc<OwnedFd>,
 }
 
@@ -126,16 +125,10 @@ impl Unsynced {
     fn sync(self, ov: &Overlay) -> SysResult<()> {
         match self.kind {
             FileType::RegularFile => rustix::fs::fsync(&self.copy)?,
-            FileType::Directory => {
-                let d = ov
-                    .stack
-                    .proc
-                    .reopen(self.copy.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)?;
-                rustix::fs::fsync(&d)?;
-            }
+            FileType::Directory => ov.wb.sync_dir_now(ov, self.copy.as_fd())?,
             _ => {}
         }
-        ov.wb.sync_dir_now(ov, &self.parent, self.parent_fd.as_fd())
+        ov.wb.sync_dir_now(ov, self.parent_fd.as_fd())
     }
 }
 
@@ -236,7 +229,6 @@ fn copy_up_one(
     Ok(Some(Unsynced {
         kind,
         copy: file.unwrap_or(copy),
-        parent,
         parent_fd: pup,
     }))
 }

@@ -658,14 +658,10 @@ impl MountWb {
         );
     }
 
-    /// Makes upper directory `fd` durable now (a copy-up's entry outside
-    /// volatile mode). A failure fails the copy-up: it is the caller's.
-    pub fn sync_dir_now(
-        &self,
-        ov: &Overlay,
-        _dir: &NodeRef,
-        fd: BorrowedFd<'_>,
-    ) -> sys::SysResult<()> {
+    /// Makes upper directory `fd` durable now (a copied-up directory, or a
+    /// copy-up's entry, outside volatile mode). A failure fails the
+    /// copy-up: it is the caller's.
+    pub fn sync_dir_now(&self, ov: &Overlay, fd: BorrowedFd<'_>) -> sys::SysResult<()> {
         let d = ov
             .stack
             .proc
