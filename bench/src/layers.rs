@@ -269,28 +269,37 @@ fn merged_subtree(lowers: &[PathBuf], rel: &str) -> io::Result<u64> {
     let mut seen = std::collections::HashSet::new();
     let mut gone = std::collections::HashSet::new();
     for l in lowers {
-        let mut stack = vec![l.join(rel)];
-        while let Some(p) = stack.pop() {
-            let Ok(md) = fs::symlink_metadata(&p) else {
-                continue;
-            };
+        let root = l.join(rel);
+        if fs::symlink_metadata(&root).is_err() {
+            continue;
+        }
+        visit_tree(&root, &mut |p, md| {
             let key = p.strip_prefix(l).map_err(io::Error::other)?.to_path_buf();
-            if gone.contains(&key) {
-                continue;
-            }
             if md.file_type().is_char_device() {
                 gone.insert(key);
-                continue;
+            } else if !gone.contains(&key) {
+                seen.insert(key);
             }
-            seen.insert(key);
-            if md.is_dir() {
-                for e in fs::read_dir(&p)? {
-                    stack.push(e?.path());
-                }
-            }
-        }
+            Ok(())
+        })?;
     }
     Ok(seen.len() as u64)
+}
+
+/// Calls `f` with the path and `lstat` of `p` and of everything under it
+/// (symlinks not followed), parents before their entries.
+pub fn visit_tree(
+    p: &Path,
+    f: &mut impl FnMut(&Path, &fs::Metadata) -> io::Result<()>,
+) -> io::Result<()> {
+    let md = fs::symlink_metadata(p)?;
+    f(p, &md)?;
+    if md.is_dir() {
+        for e in fs::read_dir(p)? {
+            visit_tree(&e?.path(), f)?;
+        }
+    }
+    Ok(())
 }
 
 /// Entries of the merged tree (directories, files, symlinks), root

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::layers::{BIG, Layers, Rng, WIDE};
+use crate::layers::{BIG, Layers, Rng, WIDE, visit_tree};
 use crate::systems::{Env, System};
 
 const MIB: u64 = 1 << 20;
@@ -660,15 +660,12 @@ fn timed_command(env: &mut Env, ctx: &Ctx, what: &str, cmd: &mut Command) -> io:
 
 /// Reads every file under `p` (host cache warm for the copies).
 fn warm_tree(p: &Path) -> io::Result<()> {
-    let md = fs::symlink_metadata(p)?;
-    if md.is_dir() {
-        for e in fs::read_dir(p)? {
-            warm_tree(&e?.path())?;
+    visit_tree(p, &mut |p, md| {
+        if md.is_file() {
+            warm_file(p)?;
         }
-    } else if md.is_file() {
-        warm_file(p)?;
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// `chown -R -h` of a rootfs subtree to another owner: every entry is
@@ -691,16 +688,10 @@ fn chown_job(env: &mut Env, l: &Layers, ctx: &Ctx) -> io::Result<Vec<(Metric, f6
     chown.args(["-R", "-h", "1234:1234"]).arg(&root);
     let secs = timed_command(env, ctx, "chown", &mut chown)?;
     let mut changed = 0u64;
-    let mut stack = vec![root];
-    while let Some(p) = stack.pop() {
-        let md = fs::symlink_metadata(&p)?;
-        changed += u64::from(std::os::unix::fs::MetadataExt::uid(&md) == 1234);
-        if md.is_dir() {
-            for e in fs::read_dir(&p)? {
-                stack.push(e?.path());
-            }
-        }
-    }
+    visit_tree(&root, &mut |_, md| {
+        changed += u64::from(std::os::unix::fs::MetadataExt::uid(md) == 1234);
+        Ok(())
+    })?;
     check(changed == entries, || {
         format!(
             "{}: {changed} entries changed owner, expected {entries}",
