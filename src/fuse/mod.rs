@@ -640,35 +640,16 @@ impl Filesystem for RovlFs {
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let off = (i + 1) as u64;
-            let dot = e.name.as_bytes() == b"." || e.name.as_bytes() == b"..";
-            if dot {
-                let node = if e.name.as_bytes() == b"." {
-                    self.ov.node(ino.0)
-                } else {
-                    self.ov.node(e.ino)
-                };
-                let attr = node.and_then(|n| self.ov.getattr(&n));
-                let Ok(mut attr) = attr else {
-                    // The parent's node may be gone from our table: plain entry.
-                    if reply.add(
-                        INodeNo(0),
-                        off,
-                        &e.name,
-                        &Duration::ZERO,
-                        &zero_attr(e.ino),
-                        Generation(0),
-                    ) {
-                        break;
-                    }
-                    continue;
-                };
-                attr.ino = e.ino;
+            if e.name.as_bytes() == b"." || e.name.as_bytes() == b".." {
+                // The kernel takes only the name, inode number and type of
+                // these two (`fuse_direntplus_link` skips them before it
+                // looks at the attributes), so they cost no getattr.
                 if reply.add(
                     INodeNo(e.ino),
                     off,
                     &e.name,
                     &Duration::ZERO,
-                    &fattr(&attr),
+                    &zero_attr(e.ino),
                     Generation(0),
                 ) {
                     break;
@@ -989,6 +970,8 @@ impl Filesystem for RovlFs {
     }
 }
 
+/// Attributes for a `.` or `..` entry of READDIRPLUS: fuser takes the entry's
+/// inode number from `ino` and its type from the mode; the rest goes unread.
 fn zero_attr(ino: u64) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
