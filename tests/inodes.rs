@@ -299,6 +299,50 @@ fn readdir_d_ino_and_d_type_are_stats_in_merged_and_copied_up_directories() {
                     st_ino
                 );
             }
+            dot_entries_are_stats(root, dir);
         }
     }
+}
+
+/// `.` and `..` of `root/dir` as getdents reports them (std's `read_dir`
+/// leaves them out): directories, with the inode numbers stat gives. The
+/// mount root's `..` is left alone: it names a directory outside the mount.
+fn dot_entries_are_stats(root: &Path, dir: &str) {
+    let path = root.join(dir);
+    let fd = rustix::fs::open(
+        &path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    for e in rustix::fs::Dir::read_from(&fd).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_bytes().to_vec();
+        let target = match name.as_slice() {
+            b"." => path.clone(),
+            b".." if !dir.is_empty() => path.join(".."),
+            _ => continue,
+        };
+        assert_eq!(
+            e.file_type(),
+            rustix::fs::FileType::Directory,
+            "{}",
+            target.display()
+        );
+        assert_eq!(
+            e.ino(),
+            lstat(&target).unwrap().ino(),
+            "{}: d_ino differs from st_ino",
+            target.display()
+        );
+        seen.push(name);
+    }
+    let want = if dir.is_empty() { 1 } else { 2 };
+    assert_eq!(
+        seen.len(),
+        want,
+        "{}: . and .. in the listing",
+        path.display()
+    );
 }
