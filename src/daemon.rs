@@ -215,25 +215,47 @@ fn through_private_clone(upper: &Path, workdir: &Path, direct: &UpperWork) -> Op
 /// Sets up logging to the file `to`, else to stderr, of what `level`
 /// (`debug`, `info`, `warn`) lets through, unless `ROVL_LOG` says otherwise.
 pub fn init_logging(level: &str, to: Option<&Path>) {
+    match to.and_then(open_log) {
+        Some(f) => init_writer(level, Arc::new(f)),
+        None => init_writer(level, std::io::stderr),
+    }
+}
+
+/// A daemonized rovl logs to `file` (`WORKDIR/rovl/rovl.log`). Without one
+/// (a stack of lowers has no workdir) or when it cannot be opened, it logs
+/// to syslog; with no syslog listening either, only warnings go to stderr,
+/// which is the caller's until the mount is up, so that a mount that works
+/// says nothing there, as fuse-overlayfs does.
+fn init_daemon_logging(debug: bool, file: Option<&Path>) {
+    let level = if debug { "debug" } else { "info" };
+    if let Some(f) = file.and_then(open_log) {
+        init_writer(level, Arc::new(f));
+    } else if let Some(s) = crate::syslog::Syslog::connect() {
+        init_writer(level, s);
+    } else {
+        init_writer(if debug { "debug" } else { "warn" }, std::io::stderr);
+    }
+}
+
+fn open_log(p: &Path) -> Option<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+        .ok()
+}
+
+fn init_writer<W>(level: &str, w: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("ROVL_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(false);
-    match to.and_then(|p| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .ok()
-    }) {
-        Some(f) => {
-            let _ = builder.with_writer(Arc::new(f)).try_init();
-        }
-        None => {
-            let _ = builder.with_writer(std::io::stderr).try_init();
-        }
-    }
+        .with_ansi(false)
+        .with_writer(w)
+        .try_init();
 }
 
 /// Set once any thread of the daemon panicked.
@@ -316,16 +338,7 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
             .workdir
             .as_ref()
             .map(|w| w.join(STATE_DIR).join("rovl.log"));
-        // Without a workdir (a stack of lowers) there is no log file, and
-        // stderr is the caller's until the mount is up: only warnings go
-        // there, so that a mount that works says nothing, as
-        // fuse-overlayfs does.
-        let level = match (debug, &log) {
-            (true, _) => "debug",
-            (false, Some(_)) => "info",
-            (false, None) => "warn",
-        };
-        init_logging(level, log.as_deref());
+        init_daemon_logging(debug, log.as_deref());
     }
     install_panic_hook();
     let work = match open_work(&c, wd.as_ref().map(|w| w.as_fd())) {

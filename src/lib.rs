@@ -19,4 +19,5 @@ pub mod layers;
 pub mod mount;
 pub mod overlay;
 pub mod sys;
+pub mod syslog;
 pub mod writeback;

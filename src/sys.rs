@@ -813,11 +813,11 @@ pub fn copy_file_data(
 /// A scratch path for unit tests, removed (file or tree) when it drops,
 /// so a failing assertion leaves nothing behind.
 #[cfg(test)]
-struct Scratch(std::path::PathBuf);
+pub(crate) struct Scratch(std::path::PathBuf);
 
 #[cfg(test)]
 impl Scratch {
-    fn new(dir: &str, tag: &str) -> Self {
+    pub(crate) fn new(dir: &str, tag: &str) -> Self {
         let p = std::path::Path::new(dir).join(format!("rovl-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         let _ = std::fs::remove_file(&p);

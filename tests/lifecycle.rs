@@ -182,6 +182,45 @@ fn a_mount_of_lowers_only_says_nothing() {
     assert_eq!(code, 0, "{err}");
 }
 
+/// A mount of lowers only has no workdir for `rovl.log`, and the daemon's
+/// stderr is /dev/null once it runs: it logs to syslog (`ROVL_SYSLOG`
+/// points it at a socket of the test's instead of /dev/log), one datagram
+/// per line, facility daemon, and still prints nothing.
+#[test]
+fn a_mount_of_lowers_only_logs_to_syslog() {
+    let s = Scratch::new().unwrap();
+    let l0 = s.mkdir("l0").unwrap();
+    let mnt = s.mkdir("mnt").unwrap();
+    put(&l0.join("a"), "a");
+    let sock = s.join("syslog.sock");
+    let server = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut cmd = rovl();
+    cmd.env("ROVL_SYSLOG", &sock)
+        .env_remove("ROVL_LOG")
+        .arg("-o")
+        .arg(format!("lowerdir={}", esc(&l0)))
+        .arg(&mnt);
+    let mut m = FuseMount::spawn(cmd, &mnt).unwrap();
+    assert_eq!(names(&mnt), vec!["a"]);
+    let mut buf = vec![0u8; 65536];
+    let n = server
+        .recv(&mut buf)
+        .expect("no syslog datagram from the daemon");
+    let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let pid = m.daemon_pids();
+    assert!(
+        pid.iter()
+            .any(|p| line.starts_with(&format!("<30>rovl[{p}]: "))),
+        "{line:?} is not an info line of daemon {pid:?}"
+    );
+    assert!(line.contains("mounted"), "{line:?}");
+    assert!(!line.ends_with('\n'), "{line:?}");
+    assert_eq!(m.log(), "", "the caller was told something");
+}
+
 /// `rovl` returns once the mount is live: the first command after it sees
 /// the mount and its content.
 #[test]
