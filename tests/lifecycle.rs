@@ -174,12 +174,17 @@ fn a_mount_of_lowers_only_says_nothing() {
     let mnt = s.mkdir("mnt").unwrap();
     put(&l0.join("a"), "a");
     put(&l1.join("b"), "b");
-    let opts = format!("lowerdir={}:{}", esc(&l0), esc(&l1));
-    let (code, out, err) = run_rovl(["-o", &opts, mnt.to_str().unwrap()]);
-    assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
+    let mut cmd = rovl();
+    cmd.arg("-o")
+        .arg(format!("lowerdir={}:{}", esc(&l0), esc(&l1)))
+        .arg(&mnt);
+    // The guard unmounts even if an assertion fails.
+    let m = FuseMount::spawn(cmd, &mnt).unwrap();
+    assert_eq!(m.log(), "", "stdout and stderr of the mount command");
     assert_eq!(names(&mnt), vec!["a", "b"]);
     let (code, _out, err) = run_rovl([Path::new("umount"), &mnt]);
     assert_eq!(code, 0, "{err}");
+    drop(m);
 }
 
 /// A mount of lowers only has no workdir for `rovl.log`, and the daemon's
@@ -485,6 +490,10 @@ fn a_second_mount_of_a_live_upper_and_work_is_refused() {
     ];
     for (what, opts) in cases {
         let (code, _out, err) = run_rovl(["-o", &opts, mnt2.to_str().unwrap()]);
+        if code == 0 {
+            // Not left mounted for the next test when the assertion fails.
+            let _ = run_rovl([Path::new("umount"), &mnt2]);
+        }
         assert_ne!(code, 0, "{what}: second mount accepted");
         assert_eq!(err.trim().lines().count(), 1, "{what}: {err}");
         assert!(err.contains("in use"), "{what}: {err}");
