@@ -8,6 +8,7 @@
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
@@ -25,7 +26,7 @@ const FACILITY_DAEMON: u8 = 3 << 3;
 /// The syslog socket the daemon logs to, if one answers.
 #[derive(Debug)]
 pub struct Syslog {
-    sock: UnixDatagram,
+    sock: Mutex<UnixDatagram>,
     path: PathBuf,
     pid: u32,
 }
@@ -39,7 +40,7 @@ impl Syslog {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
         let sock = open(&path).ok()?;
         Some(Syslog {
-            sock,
+            sock: Mutex::new(sock),
             path,
             pid: std::process::id(),
         })
@@ -59,21 +60,30 @@ impl Syslog {
         Line { to: self, buf }
     }
 
-    /// Sends one datagram; after a restart of the syslog daemon the old
-    /// connection is refused, so it reconnects once.
+    /// Sends one datagram, never waiting: a request handler that logs must
+    /// not stall on a busy syslog daemon, so a line that does not fit in
+    /// the socket's buffer is dropped. After a restart of the syslog daemon
+    /// the old connection is refused: it reconnects once and keeps the new
+    /// one.
     fn send(&self, msg: &[u8]) {
-        if self.sock.send(msg).is_ok() {
-            return;
-        }
-        if let Ok(fresh) = open(&self.path) {
-            let _ = fresh.send(msg);
+        let mut sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
+        match sock.send(msg) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                if let Ok(fresh) = open(&self.path) {
+                    let _ = fresh.send(msg);
+                    *sock = fresh;
+                }
+            }
+            _ => {}
         }
     }
 }
 
+/// A non-blocking datagram socket connected to `path`.
 fn open(path: &Path) -> io::Result<UnixDatagram> {
     let sock = UnixDatagram::unbound()?;
     sock.connect(path)?;
+    sock.set_nonblocking(true)?;
     Ok(sock)
 }
 
@@ -127,7 +137,7 @@ mod tests {
         let path = crate::sys::Scratch::new("/tmp", "syslog");
         let server = UnixDatagram::bind(&path).unwrap();
         let log = Syslog {
-            sock: open(&path).unwrap(),
+            sock: Mutex::new(open(&path).unwrap()),
             path: path.to_path_buf(),
             pid: 42,
         };
@@ -147,5 +157,58 @@ mod tests {
         let n = server.recv(&mut big).unwrap();
         assert_eq!(n, MAX_LINE);
         assert!(big.starts_with(b"<27>rovl[42]: xxx"));
+    }
+
+    fn send_line(log: &Syslog, text: &str) {
+        let mut l = log.line(Level::INFO);
+        l.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_full_socket_drops_lines_instead_of_waiting() {
+        let path = crate::sys::Scratch::new("/tmp", "syslog-full");
+        let server = UnixDatagram::bind(&*path).unwrap();
+        let log = Syslog {
+            sock: Mutex::new(open(&path).unwrap()),
+            path: path.to_path_buf(),
+            pid: 1,
+        };
+        // Nobody reads: the receive queue fills after a few hundred lines
+        // (net.unix.max_dgram_qlen), and a blocking send would hang here.
+        for i in 0..20_000 {
+            send_line(&log, &format!("line {i}"));
+        }
+        server.set_nonblocking(true).unwrap();
+        let mut got = 0;
+        let mut buf = [0u8; 256];
+        while server.recv(&mut buf).is_ok() {
+            got += 1;
+        }
+        assert!(got > 0 && got < 20_000, "{got} lines queued");
+    }
+
+    #[test]
+    fn it_reconnects_after_the_syslog_daemon_restarts() {
+        let path = crate::sys::Scratch::new("/tmp", "syslog-restart");
+        let first = UnixDatagram::bind(&*path).unwrap();
+        let log = Syslog {
+            sock: Mutex::new(open(&path).unwrap()),
+            path: path.to_path_buf(),
+            pid: 7,
+        };
+        send_line(&log, "before");
+        let mut buf = [0u8; 256];
+        let n = first.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"<30>rovl[7]: before");
+        drop(first);
+        std::fs::remove_file(&*path).unwrap();
+        let second = UnixDatagram::bind(&*path).unwrap();
+        send_line(&log, "after");
+        send_line(&log, "and again");
+        second.set_nonblocking(true).unwrap();
+        let n = second.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"<30>rovl[7]: after");
+        let n = second.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"<30>rovl[7]: and again");
     }
 }
