@@ -5,7 +5,8 @@
 //! fds); [`copy_up`] builds upper copies; [`overlay`] is the merged view and
 //! its operations; [`writeback`] tracks dirty data and writeback errors;
 //! [`fuse`] is the only module that knows FUSE; [`cli`] and [`mount`] parse
-//! the command line and set up the mount.
+//! the command line and set up the mount; [`syslog`] carries the daemon's
+//! log when it has no log file.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
