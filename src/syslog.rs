@@ -38,11 +38,15 @@ impl Syslog {
         let path = std::env::var_os("ROVL_SYSLOG")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-        let sock = open(&path).ok()?;
-        Some(Syslog {
-            sock: Mutex::new(sock),
+        Syslog::at(path, std::process::id()).ok()
+    }
+
+    /// Connected to the socket at `path`, its lines tagged with `pid`.
+    fn at(path: PathBuf, pid: u32) -> io::Result<Syslog> {
+        Ok(Syslog {
+            sock: Mutex::new(open(&path)?),
             path,
-            pid: std::process::id(),
+            pid,
         })
     }
 
@@ -134,13 +138,7 @@ mod tests {
 
     #[test]
     fn a_line_is_one_datagram_with_priority_and_pid() {
-        let path = crate::sys::Scratch::new("/tmp", "syslog");
-        let server = UnixDatagram::bind(&path).unwrap();
-        let log = Syslog {
-            sock: Mutex::new(open(&path).unwrap()),
-            path: path.to_path_buf(),
-            pid: 42,
-        };
+        let (_path, server, log) = listening("syslog", 42);
         {
             let mut l = log.line(Level::WARN);
             l.write_all(b"first part, ").unwrap();
@@ -159,6 +157,15 @@ mod tests {
         assert!(big.starts_with(b"<27>rovl[42]: xxx"));
     }
 
+    /// A scratch socket path, a server bound there, and a `Syslog`
+    /// connected to it.
+    fn listening(tag: &str, pid: u32) -> (crate::sys::Scratch, UnixDatagram, Syslog) {
+        let path = crate::sys::Scratch::new("/tmp", tag);
+        let server = UnixDatagram::bind(&*path).unwrap();
+        let log = Syslog::at(path.to_path_buf(), pid).unwrap();
+        (path, server, log)
+    }
+
     fn send_line(log: &Syslog, text: &str) {
         let mut l = log.line(Level::INFO);
         l.write_all(text.as_bytes()).unwrap();
@@ -166,13 +173,7 @@ mod tests {
 
     #[test]
     fn a_full_socket_drops_lines_instead_of_waiting() {
-        let path = crate::sys::Scratch::new("/tmp", "syslog-full");
-        let server = UnixDatagram::bind(&*path).unwrap();
-        let log = Syslog {
-            sock: Mutex::new(open(&path).unwrap()),
-            path: path.to_path_buf(),
-            pid: 1,
-        };
+        let (_path, server, log) = listening("syslog-full", 1);
         // Nobody reads: the receive queue fills after a few hundred lines
         // (net.unix.max_dgram_qlen), and a blocking send would hang here.
         for i in 0..20_000 {
@@ -189,13 +190,7 @@ mod tests {
 
     #[test]
     fn it_reconnects_after_the_syslog_daemon_restarts() {
-        let path = crate::sys::Scratch::new("/tmp", "syslog-restart");
-        let first = UnixDatagram::bind(&*path).unwrap();
-        let log = Syslog {
-            sock: Mutex::new(open(&path).unwrap()),
-            path: path.to_path_buf(),
-            pid: 7,
-        };
+        let (path, first, log) = listening("syslog-restart", 7);
         send_line(&log, "before");
         let mut buf = [0u8; 256];
         let n = first.recv(&mut buf).unwrap();
