@@ -30,7 +30,7 @@ pub struct Cli {
     /// Mount options, comma-separated (may be repeated).
     #[arg(short = 'o', value_name = "OPTS", action = clap::ArgAction::Append)]
     pub opts: Vec<String>,
-    /// [SOURCE] MOUNTPOINT (SOURCE is accepted and ignored).
+    /// MOUNTPOINT, optionally after a SOURCE word (accepted and ignored).
     #[arg(value_name = "MOUNTPOINT", required = true, num_args = 1..=2)]
     pub positional: Vec<OsString>,
 }

@@ -202,7 +202,7 @@ impl Overlay {
     /// on success. `None`: no such name (a negative entry).
     ///
     /// `split`: this lookup may be the kernel's retry of an operation that
-    /// needs a hard-linked lower file copied up (see [`Overlay::needs_split`]);
+    /// needs a hard-linked lower file copied up (see `Overlay::needs_split`);
     /// readdirplus passes false.
     pub fn lookup(
         &self,

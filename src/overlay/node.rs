@@ -143,7 +143,7 @@ const INLINE_NAME: usize = 22;
 /// heap. Dereferences to `OsStr`.
 #[derive(Clone, PartialEq, Eq)]
 pub enum NodeName {
-    /// Up to [`INLINE_NAME`] bytes.
+    /// Up to `INLINE_NAME` (22) bytes.
     Inline {
         /// Length.
         len: u8,
@@ -455,8 +455,8 @@ impl Node {
         FileType::from_raw_mode(((self.ident.load(Ordering::Relaxed) & KIND) as u32) << 12)
     }
 
-    /// True while passthrough readers hold this node's lower file (see
-    /// [`PINNED`]).
+    /// True while passthrough readers hold this node's lower file (the
+    /// `PINNED` bit of its identity word).
     pub fn lower_pinned(&self) -> bool {
         self.ident.load(Ordering::Acquire) & PINNED != 0
     }
