@@ -85,7 +85,7 @@ pub fn umount(mnt: &Path) -> i32 {
         rustix::process::Pid::from_raw(p as i32)
             .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
     });
-    if let Err(e) = rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::empty()) {
+    if let Err(e) = unmount_when_idle(mnt) {
         eprintln!("rovl: umount {}: {}", mnt.display(), strerror(e));
         return 1;
     }
@@ -120,6 +120,30 @@ pub fn umount(mnt: &Path) -> i32 {
             1
         }
         (Ok(_), _) => 0,
+    }
+}
+
+/// How long `rovl umount` waits out references to a busy mount.
+const BUSY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Unmounts `mnt`, retrying while it is busy for up to [`BUSY_PATIENCE`].
+/// Many references to a mount are gone a moment later: a process forked
+/// by a multi-threaded program holds a copy of every descriptor its parent
+/// had open until it execs (a container engine forks all the time), and
+/// tools that scan `/proc/PID/fd` hold each file while they look at it.
+/// A mount still busy after that (a shell inside it, an open file) stays
+/// mounted, and the error is EBUSY as from umount(8).
+fn unmount_when_idle(mnt: &Path) -> Result<(), Errno> {
+    let deadline = std::time::Instant::now() + BUSY_PATIENCE;
+    let mut pause = std::time::Duration::from_millis(2);
+    loop {
+        match rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::empty()) {
+            Err(Errno::BUSY) if std::time::Instant::now() + pause < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            r => return r,
+        }
     }
 }
 

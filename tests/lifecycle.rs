@@ -325,6 +325,56 @@ fn rovl_umount_unmounts_and_returns_after_the_daemon_exited() {
     drop(m);
 }
 
+/// A reference that goes away a moment later (here a file closed 150 ms
+/// after `rovl umount` starts; in real life a process forked by another
+/// thread, still holding copies of its parent's descriptors until it
+/// execs) does not fail `rovl umount`: it waits the reference out.
+#[test]
+fn rovl_umount_waits_out_a_reference_that_goes_away() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let mut m = mount_rovl(&st, "");
+    let pid = daemon_pid(&mut m);
+    let held = std::fs::File::open(st.m("low")).unwrap();
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        drop(held);
+    });
+    let (code, _out, err) = run_rovl([Path::new("umount"), &st.mnt]);
+    closer.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(!alive(pid));
+    assert!(!mounted_at(&st.mnt));
+    assert_eq!(session_state(&st.work), "clean");
+    drop(m);
+}
+
+/// A mount that stays busy: `rovl umount` gives up after its patience
+/// with one line and exit status 1, and leaves the mount and its daemon
+/// as they were; once the file is closed it unmounts.
+#[test]
+fn rovl_umount_of_a_mount_that_stays_busy_fails_and_changes_nothing() {
+    let s = Scratch::new().unwrap();
+    let st = setup(&s);
+    let mut m = mount_rovl(&st, "");
+    let pid = daemon_pid(&mut m);
+    let held = std::fs::File::open(st.m("low")).unwrap();
+    let (code, out, err) = run_rovl([Path::new("umount"), &st.mnt]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(out, "");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("busy"), "{err}");
+    assert!(mounted_at(&st.mnt));
+    assert!(alive(pid));
+    assert_eq!(get(&st.m("low")), "from l1");
+    drop(held);
+    let (code, _out, err) = run_rovl([Path::new("umount"), &st.mnt]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!mounted_at(&st.mnt));
+    assert_eq!(session_state(&st.work), "clean");
+    drop(m);
+}
+
 /// A mount whose daemon was killed: `rovl umount` removes it, but the
 /// daemon's unmount work (final sync, session record) never ran, so it
 /// must not report success.
