@@ -173,7 +173,7 @@ pub fn status(target: &Path, json: bool) -> i32 {
             }
             0
         }
-        Err(_) => match status::offline(target) {
+        Err(live) => match status::offline(target) {
             Ok(o) => {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&o).unwrap_or_default());
@@ -182,12 +182,40 @@ pub fn status(target: &Path, json: bool) -> i32 {
                 }
                 0
             }
-            Err(e) => {
+            Err(e) if not_a_rovl_mount(live) => {
                 eprintln!("rovl: {e}");
+                1
+            }
+            Err(_) => {
+                // A rovl mount whose daemon did not answer (it died: the
+                // connection is gone) or answered with an error.
+                eprintln!(
+                    "rovl: {}: cannot ask its daemon: {}",
+                    target.display(),
+                    strerror(live)
+                );
                 1
             }
         },
     }
+}
+
+/// Whether asking for a live status failed because `p` is no rovl mount
+/// (or cannot be opened at all), not because its daemon failed to answer.
+fn not_a_rovl_mount(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::NOTTY
+            | Errno::INVAL
+            | Errno::NOSYS
+            | Errno::OPNOTSUPP
+            | Errno::NOENT
+            | Errno::NOTDIR
+            | Errno::ACCESS
+            | Errno::PERM
+            | Errno::LOOP
+            | Errno::NAMETOOLONG
+    )
 }
 
 fn print_live(s: &Status) {
@@ -221,9 +249,15 @@ fn print_live(s: &Status) {
     if let Some(e) = &s.volatile_error {
         println!("volatile:    every fsync and sync now fails ({e})");
     }
-    println!("errors since mount: {}", s.errors.len());
+    println!(
+        "errors since mount: {}",
+        s.errors_total.max(s.errors.len() as u64)
+    );
     for e in &s.errors {
         println!("  {} {} {}", e.time, e.errno, e.path);
+    }
+    if s.errors_truncated {
+        println!("  ... (every error is in WORKDIR/rovl/journal)");
     }
 }
 

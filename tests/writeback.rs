@@ -802,6 +802,89 @@ fn fsync_err_with_more_writers_than_daemon_descriptors() {
     }
 }
 
+/// A status longer than the ioctl's fixed reply (16 KiB; here 80 dirty
+/// files with 600-byte paths) is cut to fit, not refused: `rovl status`
+/// lists as many files as fit and says the list is cut, and `rovl umount`,
+/// which asks the daemon for its status first, still returns its result.
+#[test]
+fn a_status_too_long_for_the_reply_is_cut_to_fit() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    let m = mount_rovl(&st, "");
+    let deep = ["d".repeat(200), "e".repeat(200), "f".repeat(200)].join("/");
+    std::fs::create_dir_all(st.m(&deep)).unwrap();
+    let files: Vec<File> = (0..80)
+        .map(|i| {
+            let mut f = File::create(st.m(&format!("{deep}/{i}"))).unwrap();
+            f.write_all(b"x").unwrap();
+            f
+        })
+        .collect();
+    let v = status(&st.mnt);
+    assert_eq!(v["dirty_files"], 80, "{v}");
+    assert_eq!(v["dirty_truncated"], true);
+    let listed = v["dirty"].as_array().unwrap();
+    assert!(!listed.is_empty() && listed.len() < 64, "{}", listed.len());
+    assert!(
+        listed[0]["path"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("/{deep}/"))
+    );
+    drop(files);
+    let (code, _out, err) = run_rovl([Path::new("umount"), &st.mnt]);
+    assert_eq!(code, 0, "{err}");
+    drop(m);
+}
+
+/// A failing disk under many files with long names: more writeback errors
+/// than the status reply can hold. The status keeps the oldest ones that
+/// fit, says the list is cut and how many there were; the journal keeps
+/// every one.
+#[test]
+fn many_writeback_errors_are_counted_and_listed_as_far_as_they_fit() {
+    let s = Scratch::new().unwrap();
+    let mut disk = FailingDisk::new().unwrap();
+    let st = disk_stack(&disk, &s, "a");
+    let m = mount_rovl(&st, "");
+    let dir = "d".repeat(200);
+    std::fs::create_dir(st.m(&dir)).unwrap();
+    let names: Vec<String> = (0..100)
+        .map(|i| format!("{dir}/{i:03}{}", "n".repeat(240)))
+        .collect();
+    for n in &names {
+        put(&st.m(n), "start");
+    }
+    assert_eq!(rovl_sync(&st.mnt).0, 0);
+    disk.balloon().unwrap();
+    for n in &names {
+        grow(&mut rw(&st.m(n)), 64 << 10);
+    }
+    assert_eq!(rovl_sync(&st.mnt).0, 1);
+    let v = status(&st.mnt);
+    let total = v["errors_total"].as_u64().unwrap();
+    assert!(total >= 100, "{v}");
+    assert_eq!(v["errors_truncated"], true);
+    let listed = v["errors"].as_array().unwrap();
+    assert!(
+        !listed.is_empty() && (listed.len() as u64) < total,
+        "{}",
+        listed.len()
+    );
+    assert!(
+        listed[0]["path"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("/{dir}/"))
+    );
+    let journal = std::fs::read_to_string(st.work.join("rovl/journal")).unwrap();
+    assert_eq!(journal.lines().count() as u64, total);
+    let (_code, _out, err) = run_rovl([Path::new("umount"), &st.mnt]);
+    assert!(!err.contains("could not be asked"), "{err}");
+    disk.heal().unwrap();
+    drop(m);
+}
+
 /// `rovl status` shows dirty files and bytes, mode, and the last sync.
 #[test]
 fn status_reports_dirty_data_and_last_sync() {

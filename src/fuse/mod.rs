@@ -870,13 +870,13 @@ impl Filesystem for RovlFs {
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 let status = self.ov.wb.status(&self.ov, &workdir, self.io.passthrough);
-                let mut v = serde_json::to_vec(&status).unwrap_or_default();
-                v.push(0);
-                if v.len() > out_size as usize {
-                    reply.error(FErrno::ERANGE);
-                } else {
-                    v.resize(out_size as usize, 0);
-                    reply.ioctl(0, &v);
+                // The reply ends with a NUL.
+                match status.to_json_within((out_size as usize).saturating_sub(1)) {
+                    Some(mut v) => {
+                        v.resize(out_size as usize, 0);
+                        reply.ioctl(0, &v);
+                    }
+                    None => reply.error(FErrno::ERANGE),
                 }
             }
             FS_IOC_GETFLAGS | sys::FS_IOC_FSGETXATTR => {

@@ -58,8 +58,15 @@ pub struct Status {
     pub dirty: Vec<DirtyEntry>,
     /// The dirty list was cut short.
     pub dirty_truncated: bool,
-    /// Writeback errors since mount.
+    /// Writeback errors since mount, oldest first (the first
+    /// `errors_total` minus what `errors_truncated` left out).
     pub errors: Vec<journal::Entry>,
+    /// How many writeback errors rovl met since mount.
+    #[serde(default)]
+    pub errors_total: u64,
+    /// The error list was cut short (the journal has every one).
+    #[serde(default)]
+    pub errors_truncated: bool,
     /// Volatile mode: the error that now fails every fsync and sync.
     pub volatile_error: Option<String>,
     /// The last sync, if any.
@@ -97,7 +104,7 @@ impl MountWb {
                 bytes,
             })
             .collect();
-        let errors = self
+        let errors: Vec<journal::Entry> = self
             .errors_since_mount()
             .into_iter()
             .map(|e| journal::Entry {
@@ -106,6 +113,12 @@ impl MountWb {
                 errno: e.errno.name().to_string(),
             })
             .collect();
+        let errors_total = if errors.is_empty() {
+            0
+        } else {
+            self.error_count().max(errors.len() as u64)
+        };
+        let errors_truncated = errors_total > errors.len() as u64;
         Status {
             mounted: true,
             mountpoint: self.mountpoint.to_string_lossy().into_owned(),
@@ -121,6 +134,8 @@ impl MountWb {
             dirty,
             dirty_truncated,
             errors,
+            errors_total,
+            errors_truncated,
             volatile_error: self.sticky().map(|e| e.name().to_string()),
             last_sync: self.last_sync().map(|s| LastSync {
                 time: rfc3339(s.time),
@@ -133,6 +148,56 @@ impl MountWb {
                 },
             }),
         }
+    }
+}
+
+impl Status {
+    /// The status as JSON of at most `max` bytes, for a reply of fixed
+    /// size (`ROVL_IOC_STATUS`): when the lists do not fit, the error list
+    /// keeps its oldest entries and the dirty list its first ones, as many
+    /// as fit (errors first), and the `*_truncated` flags say so. `None`
+    /// only if not even the lists left empty fit.
+    pub fn to_json_within(mut self, max: usize) -> Option<Vec<u8>> {
+        let whole = serde_json::to_vec(&self).ok()?;
+        if whole.len() <= max {
+            return Some(whole);
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let errors = std::mem::take(&mut self.errors);
+        // Both flags may turn true below: count their text in the base.
+        let (dirty_was, errors_was) = (self.dirty_truncated, self.errors_truncated);
+        self.dirty_truncated = true;
+        self.errors_truncated = true;
+        let base = serde_json::to_vec(&self).ok()?.len();
+        let mut room = max.checked_sub(base)?;
+        // An entry costs its own text and a comma.
+        let fit = |room: &mut usize, len: usize| match room.checked_sub(len + 1) {
+            Some(r) => {
+                *room = r;
+                true
+            }
+            None => false,
+        };
+        let mut kept_errors = Vec::new();
+        for e in errors.iter() {
+            if !fit(&mut room, serde_json::to_vec(e).ok()?.len()) {
+                break;
+            }
+            kept_errors.push(e.clone());
+        }
+        let mut kept_dirty = Vec::new();
+        for d in dirty.iter() {
+            if !fit(&mut room, serde_json::to_vec(d).ok()?.len()) {
+                break;
+            }
+            kept_dirty.push(d.clone());
+        }
+        self.dirty_truncated = dirty_was || kept_dirty.len() < dirty.len();
+        self.errors_truncated = errors_was || kept_errors.len() < errors.len();
+        self.dirty = kept_dirty;
+        self.errors = kept_errors;
+        let json = serde_json::to_vec(&self).ok()?;
+        (json.len() <= max).then_some(json)
     }
 }
 
@@ -154,4 +219,88 @@ pub fn offline(workdir: &Path) -> std::io::Result<Offline> {
         session: session::read(&state),
         journal: journal::read(&state)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(dirty: usize, errors: usize, path_len: usize) -> Status {
+        let path = |i: usize| format!("/{i:05}{}", "p".repeat(path_len));
+        Status {
+            mounted: true,
+            mountpoint: "/m".into(),
+            workdir: "/w".into(),
+            pid: 1,
+            mode: "normal".into(),
+            passthrough: true,
+            dirty_files: dirty,
+            dirty_bytes: 4096 * dirty as u64,
+            dirty: (0..dirty)
+                .map(|i| DirtyEntry {
+                    path: path(i),
+                    bytes: 4096,
+                })
+                .collect(),
+            dirty_truncated: false,
+            errors: (0..errors)
+                .map(|i| journal::Entry {
+                    time: "2026-11-24T01:02:03Z".into(),
+                    path: path(i),
+                    errno: "ENOSPC".into(),
+                })
+                .collect(),
+            errors_total: errors as u64,
+            errors_truncated: false,
+            volatile_error: None,
+            last_sync: None,
+        }
+    }
+
+    #[test]
+    fn a_status_that_fits_is_sent_whole() {
+        let s = status(3, 2, 10);
+        let json = s.clone().to_json_within(16383).unwrap();
+        let back: Status = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn long_lists_are_cut_to_fit_errors_first_oldest_first() {
+        for (dirty, errors) in [(64, 0), (0, 4096), (64, 4096), (64, 30)] {
+            let s = status(dirty, errors, 600);
+            let json = s.clone().to_json_within(16383).unwrap();
+            assert!(json.len() <= 16383, "{dirty} {errors}: {}", json.len());
+            let back: Status = serde_json::from_slice(&json).unwrap();
+            // Nearly full: fewer than one more entry's worth is left.
+            assert!(json.len() > 16383 - 700, "{dirty} {errors}: {}", json.len());
+            assert_eq!(back.errors[..], s.errors[..back.errors.len()]);
+            assert_eq!(back.dirty[..], s.dirty[..back.dirty.len()]);
+            assert_eq!(back.errors_truncated, back.errors.len() < errors);
+            assert_eq!(back.dirty_truncated, back.dirty.len() < dirty);
+            if back.errors.len() < errors {
+                assert!(back.dirty.is_empty(), "errors are kept before dirty files");
+            }
+            assert_eq!(
+                (back.dirty_files, back.errors_total),
+                (dirty, errors as u64)
+            );
+        }
+    }
+
+    #[test]
+    fn flags_that_were_already_set_stay_set() {
+        let mut s = status(64, 3, 600);
+        s.dirty_truncated = true;
+        s.errors_total = 5000;
+        s.errors_truncated = true;
+        let back: Status = serde_json::from_slice(&s.to_json_within(16383).unwrap()).unwrap();
+        assert!(back.dirty_truncated && back.errors_truncated);
+        assert_eq!(back.errors.len(), 3);
+    }
+
+    #[test]
+    fn nothing_fits_in_a_buffer_too_small_for_the_bare_status() {
+        assert_eq!(status(1, 1, 10).to_json_within(100), None);
+    }
 }
