@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::layers::markers;
 use crate::layers::object::ObjRef;
 use crate::overlay::Overlay;
-use crate::overlay::node::{Layers, Node, NodeRef, ROOT_ID};
+use crate::overlay::node::{Layers, MAX_DEPTH, Node, NodeRef, ROOT_ID};
 use crate::sys::{
     self, Errno, FileType, IFlags, Mode, OFlags, RenameFlags, Stat, SysResult, Time, xattr,
 };
@@ -73,6 +73,10 @@ pub fn copy_up_with(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) ->
         let p = ov.node(parent)?;
         if p.has_upper() {
             break;
+        }
+        if chain.len() > MAX_DEPTH {
+            // Deeper than any tree: a loop the table must not hold.
+            return Err(Errno::LOOP);
         }
         chain.push(p);
     }

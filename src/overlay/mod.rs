@@ -20,7 +20,7 @@ use parking_lot::{Mutex, RwLock};
 pub use self::attr::{Attr, Caller, SetAttr, SetTime};
 pub use self::files::OpenFlags;
 pub use self::namespace::NewKind;
-use self::node::{Layers, Node, NodeId, NodeRef, NodeState, NodeTable, ROOT_ID, Slab};
+use self::node::{Layers, MAX_DEPTH, Node, NodeId, NodeRef, NodeState, NodeTable, ROOT_ID, Slab};
 pub use self::open_file::OpenFile;
 
 /// How long a hard-linked lower file waits for the kernel's retry that
@@ -562,7 +562,7 @@ impl Overlay {
         parts.push(name);
         let table = self.table.lock();
         let mut guard = 0;
-        while parent != ROOT_ID && guard < 4096 {
+        while parent != ROOT_ID && guard < MAX_DEPTH {
             let Some(p) = table.get(parent) else { break };
             let st = p.state.read();
             parts.push(st.name.to_os_string());

@@ -37,6 +37,10 @@ pub type NodeId = u64;
 /// The root's node id (fixed by the FUSE protocol).
 pub const ROOT_ID: NodeId = 1;
 
+/// More parents than any real tree has (a path holds at most 2,048 names):
+/// a walk up the table that goes further has met a loop.
+pub const MAX_DEPTH: usize = 4096;
+
 /// First id of the range handed out when an object's natural id is taken.
 const FALLBACK_BASE: NodeId = 1 << 63;
 
@@ -1111,11 +1115,44 @@ impl NodeTable {
         drop(old);
     }
 
+    /// Whether directory `dir` is `id` or above it: the walk from `id` up
+    /// its parents meets `dir`. A chain longer than any real tree counts
+    /// as meeting it. The caller must not hold the state lock of a node on
+    /// that chain.
+    fn is_at_or_above(&self, dir: NodeId, mut id: NodeId) -> bool {
+        for _ in 0..MAX_DEPTH {
+            if id == dir {
+                return true;
+            }
+            if id == ROOT_ID {
+                return false;
+            }
+            let Some(n) = self.get(id) else {
+                return false;
+            };
+            let st = n.state.read();
+            if st.unlinked() {
+                return false;
+            }
+            id = st.parent;
+        }
+        true
+    }
+
     /// Adds `parent/name` as another name of `node`.
+    ///
+    /// Only layers changed under the mount give a directory a second
+    /// name (an object found where another node already stands for it).
+    /// A name inside the directory itself is refused, as the kernel
+    /// refuses the dentry (ELOOP): a node must never become its own
+    /// ancestor.
     pub fn add_alias(&mut self, node: &NodeRef, parent: NodeId, name: &OsStr) {
+        let id = node.id();
+        if node.is_dir() && self.is_at_or_above(id, parent) {
+            return;
+        }
         // Whatever the name led to before, it leads to `node` now; first
         // make it one of `node`'s names so that the index can find it.
-        let id = node.id();
         let other = self
             .name_get(parent, name)
             .is_some_and(|s| self.slots.at(s).id() != id);
@@ -1163,9 +1200,28 @@ impl NodeTable {
             return;
         };
         let id = node.id();
-        let mut st = node.state.write();
-        if st.parent == parent && st.name == name {
+        let primary = {
+            let st = node.state.read();
+            st.parent == parent && st.name == name
+        };
+        // A directory's other names (layers changed under the mount) may
+        // have come to lie inside it since: those are dropped, not made
+        // its place.
+        let mut next = None;
+        while primary && next.is_none() {
             match self.aliases.get_mut(&id).and_then(|v| v.pop()) {
+                Some((p, n)) if node.is_dir() && self.is_at_or_above(id, p) => {
+                    if self.child(p, &n).is_some_and(|c| c.id() == id) {
+                        self.name_remove(p, &n);
+                    }
+                }
+                Some(a) => next = Some(a),
+                None => break,
+            }
+        }
+        let mut st = node.state.write();
+        if primary {
+            match next {
                 Some((p, n)) => {
                     st.parent = p;
                     st.name = NodeName::from(n);
@@ -1403,6 +1459,67 @@ mod tests {
             FileType::RegularFile,
             NodeState::new(parent, OsStr::new(name), Layers::Nothing, (1, id), false),
         )
+    }
+
+    fn mkdir(slab: &Slab, t: &mut NodeTable, id: NodeId, parent: NodeId, name: &str) -> NodeRef {
+        let d = slab.alloc(
+            id,
+            FileType::Directory,
+            NodeState::new(parent, OsStr::new(name), Layers::Nothing, (1, id), false),
+        );
+        t.insert(&d, parent, OsStr::new(name));
+        d
+    }
+
+    /// The chain of parents from `id` up to the root, or `None` if it
+    /// does not reach the root.
+    fn chain(t: &NodeTable, mut id: NodeId) -> Option<Vec<NodeId>> {
+        let mut v = vec![id];
+        while id != ROOT_ID {
+            id = t.get(id)?.state.read().parent;
+            if v.contains(&id) {
+                return None;
+            }
+            v.push(id);
+        }
+        Some(v)
+    }
+
+    /// Layers changed under the mount can show a directory's object inside
+    /// the directory itself (moved there in a lower layer while the kernel
+    /// still had the old place): that name is refused, and a second name
+    /// that came to lie inside the directory later is dropped, not made
+    /// its place, so no node ever becomes its own ancestor.
+    #[test]
+    fn a_directory_never_becomes_its_own_ancestor() {
+        let slab = Slab::new(None, None);
+        let mut t = NodeTable::new(slab.clone());
+        let a = mkdir(&slab, &mut t, 10, ROOT_ID, "a");
+        let x = mkdir(&slab, &mut t, 11, 10, "x");
+        t.add_alias(&a, 11, OsStr::new("a2"));
+        assert!(t.child(11, OsStr::new("a2")).is_none());
+        assert_eq!(t.names_of(&a), vec![(ROOT_ID, OsString::from("a"))]);
+        t.add_alias(&a, 10, OsStr::new("self"));
+        assert!(t.child(10, OsStr::new("self")).is_none());
+        // A second name elsewhere is kept and takes over when the first
+        // goes.
+        let y = mkdir(&slab, &mut t, 12, ROOT_ID, "y");
+        t.add_alias(&a, 12, OsStr::new("a3"));
+        assert_eq!(t.child(12, OsStr::new("a3")).map(|n| n.id()), Some(10));
+        // ... unless it has come to lie inside the directory since.
+        t.move_name(ROOT_ID, OsStr::new("y"), 11, OsStr::new("y"));
+        assert_eq!(chain(&t, 12), Some(vec![12, 11, 10, ROOT_ID]));
+        t.remove_name(ROOT_ID, OsStr::new("a"));
+        assert!(a.state.read().unlinked());
+        assert!(t.child(12, OsStr::new("a3")).is_none());
+        for n in [&x, &y] {
+            assert!(chain(&t, n.id()).is_some() || n.state.read().unlinked());
+        }
+        // A file has no inside: any second name is kept.
+        let f = mk(&slab, 20, 11, "f");
+        t.insert(&f, 11, OsStr::new("f"));
+        t.add_alias(&f, 11, OsStr::new("g"));
+        assert_eq!(t.child(11, OsStr::new("g")).map(|n| n.id()), Some(20));
     }
 
     #[test]
