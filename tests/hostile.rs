@@ -614,3 +614,254 @@ fn a_mountpoint_inside_the_upper_layer_does_not_recurse() {
     let (code, _out, err) = run_rovl([Path::new("umount"), &inner.mnt]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// A small xorshift generator: the churn test's choices, reproducible from
+/// the seed it prints.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len())]
+    }
+}
+
+/// The names both sides of the churn test use: three top-level names with
+/// three names under each.
+fn churn_names() -> Vec<String> {
+    let mut v = Vec::new();
+    for a in ["a", "b", "c"] {
+        v.push(a.to_string());
+        for b in ["x", "y", "z"] {
+            v.push(format!("{a}/{b}"));
+        }
+    }
+    v
+}
+
+fn remove_any(p: &Path) {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => drop(std::fs::remove_dir_all(p)),
+        Ok(_) => drop(std::fs::remove_file(p)),
+        Err(_) => {}
+    }
+}
+
+/// Writes a file without blocking on a fifo that may have taken its name.
+fn write_nb(p: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = open(
+        p,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NONBLOCK,
+    )?;
+    std::io::Write::write_all(&mut f, data)
+}
+
+/// One change made directly in a layer root, the way another program
+/// (or a broken one) might: objects of every kind appear, vanish and
+/// change kind, and overlay markers are set to sense and nonsense.
+fn churn_layer(r: &mut Rng, root: &Path, names: &[String]) {
+    let rel = r.pick(names).clone();
+    let p = root.join(&rel);
+    if let Some(parent) = p.parent() {
+        if r.below(4) == 0 {
+            let _ = std::fs::create_dir_all(parent);
+        }
+    }
+    let _ = match r.below(14) {
+        0 | 1 => {
+            remove_any(&p);
+            Ok(())
+        }
+        2 => write_nb(&p, &vec![b'L'; r.below(9000)]),
+        3 => std::fs::create_dir(&p),
+        4 => symlink(
+            *r.pick(&["/", "..", "../..", "/etc/passwd", "a/x", "loop", "b"]),
+            &p,
+        ),
+        5 => mknod(&p, libc::S_IFIFO | 0o644, 0),
+        6 => mknod(&p, libc::S_IFCHR, 0),
+        7 => lset(
+            &p,
+            "trusted.overlay.opaque",
+            *r.pick(&[b"y", b"x", b"n"]),
+            0,
+        ),
+        8 => lset(
+            &p,
+            "trusted.overlay.redirect",
+            r.pick::<&[u8]>(&[b"/c", b"../../..", b"//", b"", b"a/x", b"/a/../../b"]),
+            0,
+        ),
+        9 => lset(&p, "trusted.overlay.origin", &[0, 0xfb, 9, 1, 2, 3], 0),
+        10 => {
+            let to = root.join(r.pick(names));
+            let flags = *r.pick(&[0, libc::RENAME_EXCHANGE, libc::RENAME_NOREPLACE]);
+            rename2(&p, &to, flags)
+        }
+        11 => {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let wh = match r.below(2) {
+                0 => p.with_file_name(format!(".wh.{name}")),
+                _ => p.with_file_name(".wh..wh..opq"),
+            };
+            write_nb(&wh, b"")
+        }
+        12 => write_nb(&p, b"").and_then(|()| {
+            lset(&p, "trusted.overlay.whiteout", b"y", 0)?;
+            lset(&p, "user.overlay.whiteout", b"y", 0)
+        }),
+        _ => truncate(&p, r.below(20000) as i64),
+    };
+}
+
+/// One operation through the mount; every result is acceptable, but each
+/// must come back.
+fn use_mount(r: &mut Rng, mnt: &Path, names: &[String]) {
+    let p = mnt.join(r.pick(names));
+    let q = mnt.join(r.pick(names));
+    let _ = match r.below(16) {
+        0 => try_names(&p).map(drop),
+        1 => lstat(&p).map(drop),
+        // Non-blocking opens: a fifo may turn up at any name.
+        2 => open(&p, libc::O_RDONLY | libc::O_NONBLOCK)
+            .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut Vec::new()).map(drop)),
+        3 => open(&p, libc::O_WRONLY | libc::O_APPEND | libc::O_NONBLOCK).and_then(|mut f| {
+            std::io::Write::write_all(&mut f, b"appended")?;
+            f.sync_all()
+        }),
+        4 => write_nb(&p, b"written"),
+        5 => std::fs::create_dir(&p),
+        6 => std::fs::remove_file(&p),
+        7 => std::fs::remove_dir(&p),
+        8 => std::fs::rename(&p, &q),
+        9 => chmod(&p, 0o700),
+        10 => lset(&p, "user.churn", b"v", 0),
+        11 => link(&p, &q),
+        12 => symlink("target", &p),
+        13 => truncate(&p, 3),
+        14 => llist(&p).map(drop),
+        _ => readlink(&p).map(drop),
+    };
+}
+
+/// Layers changed underneath a live mount are undefined behaviour (SPEC
+/// §2), but never a crash: for three seconds one thread changes the two
+/// lower layers and the upper one at random while two threads use the
+/// mount at random. The daemon must answer throughout, log no panic, and
+/// unmount cleanly.
+///
+/// The churn makes symlinks to `/`, `..` and `/etc/passwd` and then
+/// writes, truncates and chmods through names that may be those symlinks,
+/// as any program would (following them): it runs in a child process
+/// chrooted into the scratch directory, where those lead nowhere that
+/// matters. The child is this test binary again
+/// ([`churn_in_a_chroot_child_process`]).
+#[test]
+fn random_layer_churn_under_random_use_never_panics_the_daemon() {
+    let seed = std::env::var("ROVL_CHURN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 2);
+    let mut m = mount_rovl(&st, "");
+    let pid = daemon_pid(&mut m);
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "churn_in_a_chroot_child_process"])
+        .args(["--nocapture", "--test-threads=1"])
+        .env(CHURN_ROOT, s.path())
+        .env("ROVL_CHURN_SEED", seed.to_string())
+        .spawn()
+        .unwrap();
+    let done = wait_for(Duration::from_secs(60), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !done {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        done,
+        "seed {seed}: the churn hung (a request never answered?)"
+    );
+    assert!(status.success(), "seed {seed}: the churn process failed");
+    assert!(alive(pid), "seed {seed}: the daemon died");
+    write(&st.m("still-works"), b"yes").unwrap();
+    assert_eq!(get(&st.m("still-works")), "yes", "seed {seed}");
+    // Every path the daemon reports is one of the names above: a node
+    // that became its own ancestor would show a path of thousands.
+    let (code, out, err) = run_rovl([Path::new("status"), st.mnt.as_path(), Path::new("--json")]);
+    assert_eq!(code, 0, "seed {seed}: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for d in v["dirty"].as_array().unwrap() {
+        let p = d["path"].as_str().unwrap();
+        assert!(p.len() < 100, "seed {seed}: {p}");
+    }
+    let (code, _out, err) = run_rovl([Path::new("umount"), &st.mnt]);
+    let log = std::fs::read_to_string(st.work.join("rovl/rovl.log")).unwrap_or_default();
+    assert!(!log.contains("panic"), "seed {seed}: {log}");
+    assert_eq!(code, 0, "seed {seed}: {err}\n{log}");
+    drop(m);
+}
+
+/// Where [`churn_in_a_chroot_child_process`] chroots to: the scratch
+/// directory holding the stack (`l0`, `l1`, `upper`, `mnt`).
+const CHURN_ROOT: &str = "ROVL_CHURN_ROOT";
+
+/// The churn of [`random_layer_churn_under_random_use_never_panics_the_daemon`],
+/// run as a child process by that test (never on its own: it is ignored,
+/// and does nothing without its environment).
+#[test]
+#[ignore = "the child process of random_layer_churn_under_random_use_never_panics_the_daemon"]
+fn churn_in_a_chroot_child_process() {
+    let Some(root) = std::env::var_os(CHURN_ROOT) else {
+        return;
+    };
+    let seed: u64 = std::env::var("ROVL_CHURN_SEED").unwrap().parse().unwrap();
+    std::os::unix::fs::chroot(&root).unwrap();
+    std::env::set_current_dir("/").unwrap();
+    let names = churn_names();
+    let roots = [Path::new("/l0"), Path::new("/l1"), Path::new("/upper")];
+    let mnt = Path::new("/mnt");
+    let mut r = Rng(seed);
+    for _ in 0..60 {
+        let root = *r.pick(&roots);
+        churn_layer(&mut r, root, &names);
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let mut r = Rng(seed ^ 0x9e37_79b9_7f4a_7c15);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let root = *r.pick(&roots);
+                churn_layer(&mut r, root, &names);
+            }
+        });
+        for t in 0..2u32 {
+            let (names, stop) = (&names, &stop);
+            sc.spawn(move || {
+                let mut r = Rng(seed.rotate_left(8 * (t + 1)) | 1);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    use_mount(&mut r, mnt, names);
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
