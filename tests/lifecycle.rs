@@ -317,12 +317,18 @@ fn rovl_umount_unmounts_and_returns_after_the_daemon_exited() {
     let mut m = mount_rovl(&st, "");
     let pid = daemon_pid(&mut m);
     put(&st.m("x"), "x");
+    umounts_cleanly(&st, pid);
+    drop(m);
+}
+
+/// `rovl umount` of `st`'s mount succeeds, returns only after the daemon
+/// `pid` exited, and leaves the session recorded as clean.
+fn umounts_cleanly(st: &Stack, pid: u32) {
     let (code, _out, err) = run_rovl([Path::new("umount"), &st.mnt]);
     assert_eq!(code, 0, "{err}");
     assert!(!alive(pid), "rovl umount returned before the daemon exited");
     assert!(!mounted_at(&st.mnt));
     assert_eq!(session_state(&st.work), "clean");
-    drop(m);
 }
 
 /// A reference that goes away a moment later (here a file closed 150 ms
@@ -340,12 +346,8 @@ fn rovl_umount_waits_out_a_reference_that_goes_away() {
         std::thread::sleep(Duration::from_millis(150));
         drop(held);
     });
-    let (code, _out, err) = run_rovl([Path::new("umount"), &st.mnt]);
+    umounts_cleanly(&st, pid);
     closer.join().unwrap();
-    assert_eq!(code, 0, "{err}");
-    assert!(!alive(pid));
-    assert!(!mounted_at(&st.mnt));
-    assert_eq!(session_state(&st.work), "clean");
     drop(m);
 }
 
@@ -368,10 +370,7 @@ fn rovl_umount_of_a_mount_that_stays_busy_fails_and_changes_nothing() {
     assert!(alive(pid));
     assert_eq!(get(&st.m("low")), "from l1");
     drop(held);
-    let (code, _out, err) = run_rovl([Path::new("umount"), &st.mnt]);
-    assert_eq!(code, 0, "{err}");
-    assert!(!mounted_at(&st.mnt));
-    assert_eq!(session_state(&st.work), "clean");
+    umounts_cleanly(&st, pid);
     drop(m);
 }
 
