@@ -200,8 +200,9 @@ pub fn status(target: &Path, json: bool) -> i32 {
     }
 }
 
-/// Whether asking for a live status failed because `p` is no rovl mount
-/// (or cannot be opened at all), not because its daemon failed to answer.
+/// Whether asking for a live status failed with `e` because the path is
+/// on no rovl mount (or cannot be opened at all), not because a rovl
+/// daemon failed to answer.
 fn not_a_rovl_mount(e: Errno) -> bool {
     matches!(
         e,
