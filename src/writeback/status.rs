@@ -162,43 +162,36 @@ impl Status {
         if whole.len() <= max {
             return Some(whole);
         }
-        let dirty = std::mem::take(&mut self.dirty);
-        let errors = std::mem::take(&mut self.errors);
+        let mut dirty = std::mem::take(&mut self.dirty);
+        let mut errors = std::mem::take(&mut self.errors);
         // Both flags may turn true below: count their text in the base.
         let (dirty_was, errors_was) = (self.dirty_truncated, self.errors_truncated);
         self.dirty_truncated = true;
         self.errors_truncated = true;
-        let base = serde_json::to_vec(&self).ok()?.len();
-        let mut room = max.checked_sub(base)?;
-        // An entry costs its own text and a comma.
-        let fit = |room: &mut usize, len: usize| match room.checked_sub(len + 1) {
-            Some(r) => {
-                *room = r;
-                true
-            }
-            None => false,
-        };
-        let mut kept_errors = Vec::new();
-        for e in errors.iter() {
-            if !fit(&mut room, serde_json::to_vec(e).ok()?.len()) {
-                break;
-            }
-            kept_errors.push(e.clone());
-        }
-        let mut kept_dirty = Vec::new();
-        for d in dirty.iter() {
-            if !fit(&mut room, serde_json::to_vec(d).ok()?.len()) {
-                break;
-            }
-            kept_dirty.push(d.clone());
-        }
-        self.dirty_truncated = dirty_was || kept_dirty.len() < dirty.len();
-        self.errors_truncated = errors_was || kept_errors.len() < errors.len();
-        self.dirty = kept_dirty;
-        self.errors = kept_errors;
+        let mut room = max.checked_sub(serde_json::to_vec(&self).ok()?.len())?;
+        self.errors_truncated = keep_fitting(&mut errors, &mut room)? || errors_was;
+        self.dirty_truncated = keep_fitting(&mut dirty, &mut room)? || dirty_was;
+        self.dirty = dirty;
+        self.errors = errors;
         let json = serde_json::to_vec(&self).ok()?;
         (json.len() <= max).then_some(json)
     }
+}
+
+/// Keeps the leading entries of `list` whose JSON, a comma each, fits in
+/// `room`, and takes their size from it. Returns whether any were cut.
+fn keep_fitting<T: Serialize>(list: &mut Vec<T>, room: &mut usize) -> Option<bool> {
+    let mut kept = 0;
+    for e in list.iter() {
+        match room.checked_sub(serde_json::to_vec(e).ok()?.len() + 1) {
+            Some(r) => *room = r,
+            None => break,
+        }
+        kept += 1;
+    }
+    let cut = kept < list.len();
+    list.truncate(kept);
+    Some(cut)
 }
 
 /// The status of an unmounted stack whose workdir is `workdir`.
