@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use difftest::rng::Rng;
 use support::*;
 
 /// A directory outside every layer, with a canary that must survive.
@@ -615,23 +616,6 @@ fn a_mountpoint_inside_the_upper_layer_does_not_recurse() {
     assert_eq!(code, 0, "{err}");
 }
 
-/// A small xorshift generator: the churn test's choices, reproducible from
-/// the seed it prints.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len())]
-    }
-}
-
 /// The names both sides of the churn test use: three top-level names with
 /// three names under each.
 fn churn_names() -> Vec<String> {
@@ -678,7 +662,7 @@ fn churn_layer(r: &mut Rng, root: &Path, names: &[String]) {
             remove_any(&p);
             Ok(())
         }
-        2 => write_nb(&p, &vec![b'L'; r.below(9000)]),
+        2 => write_nb(&p, &vec![b'L'; r.below(9000) as usize]),
         3 => std::fs::create_dir(&p),
         4 => symlink(
             *r.pick(&["/", "..", "../..", "/etc/passwd", "a/x", "loop", "b"]),
@@ -775,7 +759,6 @@ fn random_layer_churn_under_random_use_never_panics_the_daemon() {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
-                | 1
         });
     let s = Scratch::new().unwrap();
     let st = Stack::under(s.path(), 2);
@@ -838,7 +821,7 @@ fn churn_in_a_chroot_child_process() {
     let names = churn_names();
     let roots = [Path::new("/l0"), Path::new("/l1"), Path::new("/upper")];
     let mnt = Path::new("/mnt");
-    let mut r = Rng(seed);
+    let mut r = Rng::new(seed, 0);
     for _ in 0..60 {
         let root = *r.pick(&roots);
         churn_layer(&mut r, root, &names);
@@ -846,7 +829,7 @@ fn churn_in_a_chroot_child_process() {
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|sc| {
         sc.spawn(|| {
-            let mut r = Rng(seed ^ 0x9e37_79b9_7f4a_7c15);
+            let mut r = Rng::new(seed, 1);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let root = *r.pick(&roots);
                 churn_layer(&mut r, root, &names);
@@ -855,7 +838,7 @@ fn churn_in_a_chroot_child_process() {
         for t in 0..2u32 {
             let (names, stop) = (&names, &stop);
             sc.spawn(move || {
-                let mut r = Rng(seed.rotate_left(8 * (t + 1)) | 1);
+                let mut r = Rng::new(seed, 2 + u64::from(t));
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     use_mount(&mut r, mnt, names);
                 }
