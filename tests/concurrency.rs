@@ -9,6 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use common::*;
 use support::*;
@@ -237,4 +238,63 @@ fn racing_exchanges_keep_both_names() {
     // 8 × 25 exchanges: an even number, so everything is back in place.
     assert_eq!(get(&st.m("x")), "X");
     assert_eq!(get(&st.m("dir/y")), "Y");
+}
+
+/// A lookup that makes a node (which takes the writeback maps' lock while
+/// it holds the node table's) racing the first change of a directory
+/// since its last sync (which looked up the directory's path in the node
+/// table while holding the map's lock) deadlocked the daemon: both
+/// requests waited forever, and with them every later one. The creates go
+/// into fresh directories deep down, so that each is a first change with
+/// a long path to look up.
+#[test]
+fn lookups_racing_the_first_change_of_directories_never_deadlock() {
+    const LOWER_FILES: usize = 20_000;
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    let many = st.lower(0, "many");
+    mkdirs(&many);
+    for i in 0..LOWER_FILES {
+        write(&many.join(format!("f{i}")), b"").unwrap();
+    }
+    let mut m = mount_rovl(&st, "");
+    let deep: String = (0..40).map(|_| "a/").collect();
+    mkdirs(&st.m(&deep));
+    let finished = std::sync::atomic::AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let hung = std::thread::scope(|sc| {
+        for t in 0..2 {
+            let (finished, stop, st, deep) = (&finished, &stop, &st, &deep);
+            sc.spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) && i < 5_000 {
+                    let d = st.m(&format!("{deep}t{t}-{i}"));
+                    if std::fs::create_dir(&d).is_err() || write(&d.join("f"), b"x").is_err() {
+                        break;
+                    }
+                    i += 1;
+                }
+                finished.fetch_add(1, Ordering::SeqCst);
+            });
+            sc.spawn(move || {
+                for j in (t..LOWER_FILES).step_by(2) {
+                    if stop.load(Ordering::Relaxed) || lstat(&st.m(&format!("many/f{j}"))).is_err()
+                    {
+                        break;
+                    }
+                }
+                finished.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        let all_done = wait_for(Duration::from_secs(60), || {
+            finished.load(Ordering::SeqCst) == 4
+        });
+        stop.store(true, Ordering::Relaxed);
+        if !all_done {
+            // Frees the callers stuck in requests the daemon never answers.
+            m.kill9().unwrap();
+        }
+        !all_done
+    });
+    assert!(!hung, "requests hung: the daemon deadlocked");
 }

@@ -225,6 +225,10 @@ pub struct MountWb {
     errs: ErrSeq,
     /// Baseline peeked at mount: "errors since mount".
     baseline: Cursor,
+    /// The dirty files and directories, by upper (st_dev, st_ino). A
+    /// lookup takes these locks while it holds the node table's
+    /// (`new_node`): never take the table's (`Overlay::path_of`) while
+    /// holding one of them.
     files: Mutex<HashMap<(u64, u64), Arc<DirtyFile>>>,
     dirs: Mutex<HashMap<(u64, u64), Arc<DirtyDir>>>,
     /// Per-node state (errors and dirty entry) of the nodes that have any.
@@ -639,23 +643,30 @@ impl MountWb {
     /// [`MountWb::dir_changed`] with the upper directory's stat in hand.
     pub fn dir_changed_at(&self, ov: &Overlay, dir: &NodeRef, st: &sys::Stat) {
         let key = (st.st_dev, st.st_ino);
-        let mut dirs = self.dirs.lock();
-        if let Some(d) = dirs.get(&key) {
+        if let Some(d) = self.dirs.lock().get(&key) {
             d.epoch.fetch_add(1, Ordering::AcqRel);
             return;
         }
         let Some(obj) = dir.upper() else { return };
-        dirs.insert(
+        // Built without the map's lock held: `path_of` takes the node
+        // table's lock, and a lookup installing a node holds that one while
+        // it takes this map's (`new_node`).
+        let fresh = DirtyDir {
             key,
-            Arc::new(DirtyDir {
-                key,
-                obj,
-                errs: self.wb_of(dir).errs(),
-                node: dir.downgrade(),
-                path: ov.path_of(dir),
-                epoch: AtomicU64::new(1),
-            }),
-        );
+            obj,
+            errs: self.wb_of(dir).errs(),
+            node: dir.downgrade(),
+            path: ov.path_of(dir),
+            epoch: AtomicU64::new(1),
+        };
+        match self.dirs.lock().entry(key) {
+            std::collections::hash_map::Entry::Occupied(d) => {
+                d.get().epoch.fetch_add(1, Ordering::AcqRel);
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Arc::new(fresh));
+            }
+        }
     }
 
     /// Makes upper directory `fd` durable now (a copied-up directory, or a
