@@ -149,3 +149,53 @@ fn hard_linked_lower_file_splits_on_write() {
     assert_ne!(ka, kb);
     drop((kernel, m));
 }
+
+/// A reader opening a big lower file while a writer's open copies it up
+/// must not hold up the rest of the mount: the first open of a file picks
+/// its io mode under one mount-wide lock, and used to wait there for the
+/// copy-up to finish, so that every other open and close on the mount
+/// waited for the whole copy too.
+#[test]
+fn a_reader_opening_a_file_being_copied_up_holds_up_no_other_open() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    let big = st.lower(0, "big");
+    {
+        let mut f = File::create(&big).unwrap();
+        let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        for _ in 0..384 {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    put(&st.lower(0, "small"), "small");
+    let _m = mount_rovl(&st, "passthrough=on");
+    // The lower file in the host's cache: the copy is then bound by the
+    // writes to the upper layer, and takes long enough to watch.
+    std::fs::read(&big).unwrap();
+    let (copy_took, worst_other) = std::thread::scope(|sc| {
+        let writer = sc.spawn(|| {
+            let t = std::time::Instant::now();
+            let f = OpenOptions::new().write(true).open(st.m("big")).unwrap();
+            (t.elapsed(), f)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let reader = sc.spawn(|| File::open(st.m("big")).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let mut worst = std::time::Duration::ZERO;
+        while !writer.is_finished() {
+            let t = std::time::Instant::now();
+            drop(File::open(st.m("small")).unwrap());
+            worst = worst.max(t.elapsed());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let (took, _w) = writer.join().unwrap();
+        let mut r = reader.join().unwrap();
+        assert_eq!(read_at(&mut r, 4), [0, 1, 2, 3]);
+        (took, worst)
+    });
+    eprintln!("copy-up {copy_took:?}, worst other open {worst_other:?}");
+    assert!(
+        worst_other * 3 < copy_took,
+        "an open of another file took {worst_other:?} while the copy-up took {copy_took:?}"
+    );
+}

@@ -206,7 +206,13 @@ impl IoModes {
         if !big {
             return Mode::Cached;
         }
-        let _g = of.node.lock_copy_up();
+        // The caller holds the mount's table of io modes: waiting here for
+        // a copy-up of a big file would hold up every open and release of
+        // the mount until the copy is done. A copy-up under way means this
+        // open will read the upper copy anyway.
+        let Some(_g) = of.node.try_lock_copy_up() else {
+            return Mode::Cached;
+        };
         if of.node.upper().is_some() {
             // Copied up since this open began: it reads the upper copy
             // through the daemon.

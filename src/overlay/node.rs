@@ -725,6 +725,17 @@ impl NodeRef {
         CopyUpGuard { node: self }
     }
 
+    /// Takes this node's copy-up lock if nobody holds it (a copy-up of
+    /// the node may be under way otherwise).
+    pub fn try_lock_copy_up(&self) -> Option<CopyUpGuard<'_>> {
+        let mut held = self.chunk.copying.lock();
+        if held.contains(&self.idx) {
+            return None;
+        }
+        held.push(self.idx);
+        Some(CopyUpGuard { node: self })
+    }
+
     /// A reference that does not keep the node alive.
     pub fn downgrade(&self) -> WeakNode {
         WeakNode {
