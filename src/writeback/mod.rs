@@ -551,6 +551,12 @@ impl MountWb {
         upper: BorrowedFd<'_>,
     ) -> Option<Arc<DirtyFile>> {
         let wb = self.wb_of(node);
+        if let Some(df) = &wb.slots.lock().dirty {
+            return Some(df.clone());
+        }
+        // Looked up before the slots' lock: `new_node` takes a node's
+        // slots while it holds the node table's.
+        let path = ov.path_of(node);
         let mut slot = wb.slots.lock();
         if let Some(df) = &slot.dirty {
             return Some(df.clone());
@@ -574,7 +580,7 @@ impl MountWb {
                     fd: Mutex::new(Some(Arc::new(fd))),
                     handle: sys::name_to_handle(upper).ok(),
                     node: Mutex::new(node.downgrade()),
-                    path: Mutex::new(ov.path_of(node)),
+                    path: Mutex::new(path),
                     writers: AtomicUsize::new(0),
                     epoch: AtomicU64::new(0),
                     open_fds: self.open_fds.clone(),
