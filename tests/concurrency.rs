@@ -309,6 +309,19 @@ fn lookups_racing_the_first_change_of_directories_never_deadlock() {
 /// The errnos are not checked: any interleaving is allowed.
 #[test]
 fn many_threads_of_random_operations_never_hang_the_daemon() {
+    random_operations_on_many_threads("");
+}
+
+/// [`many_threads_of_random_operations_never_hang_the_daemon`] in the
+/// volatile mode, whose fsyncs and syncs check for errors instead (E5).
+#[test]
+fn many_threads_of_random_operations_never_hang_a_volatile_mount() {
+    random_operations_on_many_threads("volatile");
+}
+
+/// Eight threads of random operations for 4 s on a mount with `opts`;
+/// then the checks of [`many_threads_of_random_operations_never_hang_the_daemon`].
+fn random_operations_on_many_threads(opts: &str) {
     use std::os::fd::AsFd;
     use std::os::unix::fs::FileExt;
 
@@ -327,7 +340,7 @@ fn many_threads_of_random_operations_never_hang_the_daemon() {
             put(&st.lower(0, &format!("d{d}/s{f}/f{f}")), "top");
         }
     }
-    let mut m = mount_rovl(&st, "");
+    let mut m = mount_rovl(&st, opts);
     let pid = daemon_pid(&mut m);
     let name = |r: &mut difftest::rng::Rng| -> std::path::PathBuf {
         let d = r.below(3);
