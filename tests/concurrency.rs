@@ -319,6 +319,14 @@ fn many_threads_of_random_operations_never_hang_a_volatile_mount() {
     random_operations_on_many_threads("volatile");
 }
 
+/// [`many_threads_of_random_operations_never_hang_the_daemon`] without
+/// passthrough: the kernel's writeback cache then sends every write to the
+/// daemon, and opens, flushes and releases take the daemon's io path.
+#[test]
+fn many_threads_of_random_operations_never_hang_a_mount_without_passthrough() {
+    random_operations_on_many_threads("passthrough=off");
+}
+
 /// Eight threads of random operations for 4 s on a mount with `opts`;
 /// then the checks of [`many_threads_of_random_operations_never_hang_the_daemon`].
 fn random_operations_on_many_threads(opts: &str) {
