@@ -73,3 +73,53 @@ fn walks_writes_and_syncs_more_files_than_its_descriptor_limit() {
     );
     m.unmount().unwrap();
 }
+
+/// The daemon's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The daemon remembers every file the mount wrote until the next sync,
+/// so that the sync fsyncs exactly those, and a node for every file the
+/// kernel holds. Once a sync settled the files and the kernel forgot the
+/// nodes, the memory goes back to the system, not only to the allocator
+/// (which keeps what is freed in the middle of its heap).
+#[test]
+fn memory_of_settled_files_and_forgotten_nodes_goes_back_to_the_system() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    let mut m = mount_rovl(&st, "");
+    let pid = m.daemon_pids()[0];
+    let before = rss_kib(pid);
+    let dir = st.m("many");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..30_000 {
+        std::fs::write(dir.join(format!("file-{i}")), b"x").unwrap();
+    }
+    let peak = rss_kib(pid);
+    assert!(
+        peak > before + 8 * 1024,
+        "30,000 dirty files took only {} KiB",
+        peak - before
+    );
+    let (code, _, err) = run_rovl([std::path::Path::new("sync"), &st.mnt]);
+    assert_eq!(code, 0, "{err}");
+    // The kernel forgets the inodes it does not use (FORGET requests).
+    std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    let given_back = || (rss_kib(pid) - before) * 3 < (peak - before) * 2;
+    let mut waited = 0;
+    while !given_back() && waited < 50 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        waited += 1;
+    }
+    assert!(
+        given_back(),
+        "RSS {before} KiB at mount, {peak} KiB with 30,000 dirty files, still {} KiB after the sync and the kernel's forgets",
+        rss_kib(pid)
+    );
+}

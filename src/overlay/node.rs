@@ -275,6 +275,16 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// About how much heap this state holds beyond the node's slot (for
+    /// [`crate::heap::freed`]): a long name, the layer objects.
+    fn footprint(&self) -> usize {
+        let name = match &self.name {
+            NodeName::Heap(b) => b.len(),
+            NodeName::Inline { .. } => 0,
+        };
+        name + 64
+    }
+
     /// A state with no split pending.
     pub fn new(
         parent: NodeId,
@@ -573,6 +583,7 @@ impl Chunk {
         // No reference is left, so no one else changes the counts: clear
         // the lookups the table may have left.
         n.counts.store(0, Ordering::Relaxed);
+        crate::heap::freed(old.footprint());
         drop(old);
         if let Some(s) = self.slab.upgrade() {
             s.inner.lock().free.push(idx);

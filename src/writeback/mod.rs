@@ -315,6 +315,11 @@ impl DirtyFile {
         false
     }
 
+    /// About how much heap this entry holds (for [`crate::heap::freed`]).
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<Self>() + self.path.lock().as_os_str().len() + 128
+    }
+
     fn current_path(&self, ov: &Overlay) -> PathBuf {
         let node = self.node.lock().upgrade();
         if let Some(n) = node {
@@ -832,6 +837,7 @@ impl MountWb {
                     .is_some_and(|x| x.epoch.load(Ordering::Acquire) == epoch)
                 {
                     dirs.remove(&d.key);
+                    crate::heap::freed(std::mem::size_of::<DirtyDir>() + d.path.as_os_str().len());
                 }
                 true
             }
@@ -865,6 +871,7 @@ impl MountWb {
         let mut files = self.files.lock();
         if files.get(&df.key).is_some_and(|x| Arc::ptr_eq(x, df)) {
             files.remove(&df.key);
+            crate::heap::freed(df.footprint());
         }
         drop(files);
         let node = df.node.lock().upgrade();
