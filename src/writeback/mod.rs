@@ -832,11 +832,14 @@ impl MountWb {
         match r {
             Ok(()) => {
                 let mut dirs = self.dirs.lock();
-                if dirs
+                let settled = dirs
                     .get(&d.key)
-                    .is_some_and(|x| x.epoch.load(Ordering::Acquire) == epoch)
-                {
+                    .is_some_and(|x| x.epoch.load(Ordering::Acquire) == epoch);
+                if settled {
                     dirs.remove(&d.key);
+                }
+                drop(dirs);
+                if settled {
                     crate::heap::freed(std::mem::size_of::<DirtyDir>() + d.path.as_os_str().len());
                 }
                 true
@@ -869,11 +872,15 @@ impl MountWb {
             return;
         }
         let mut files = self.files.lock();
-        if files.get(&df.key).is_some_and(|x| Arc::ptr_eq(x, df)) {
+        let settled = files.get(&df.key).is_some_and(|x| Arc::ptr_eq(x, df));
+        if settled {
             files.remove(&df.key);
-            crate::heap::freed(df.footprint());
         }
         drop(files);
+        if settled {
+            // Not under the map's lock: this may trim the heap.
+            crate::heap::freed(df.footprint());
+        }
         let node = df.node.lock().upgrade();
         if let Some(wb) = node.and_then(|n| self.nodes.get(n.generation())) {
             let mut s = wb.slots.lock();
