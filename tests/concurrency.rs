@@ -330,66 +330,25 @@ fn many_threads_of_random_operations_never_hang_a_mount_without_passthrough() {
 /// Eight threads of random operations for 4 s on a mount with `opts`;
 /// then the checks of [`many_threads_of_random_operations_never_hang_the_daemon`].
 fn random_operations_on_many_threads(opts: &str) {
-    use std::os::fd::AsFd;
-    use std::os::unix::fs::FileExt;
-
     const WORKERS: u64 = 8;
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
     let s = Scratch::new().unwrap();
     let st = Stack::under(s.path(), 2);
-    for d in 0..3 {
-        for f in 0..6 {
-            put(
-                &st.lower(1, &format!("d{d}/f{f}")),
-                &"lower ".repeat(f * 300),
-            );
-            put(&st.lower(0, &format!("d{d}/s{f}/f{f}")), "top");
-        }
-    }
+    lay_out_for_random_operations(&st);
     let mut m = mount_rovl(&st, opts);
     let pid = daemon_pid(&mut m);
-    let name = |r: &mut difftest::rng::Rng| -> std::path::PathBuf {
-        let d = r.below(3);
-        match r.below(3) {
-            0 => st.m(&format!("d{d}/f{}", r.below(8))),
-            1 => st.m(&format!("d{d}/s{}", r.below(8))),
-            _ => st.m(&format!("d{d}/s{}/f{}", r.below(8), r.below(8))),
-        }
-    };
     let finished = std::sync::atomic::AtomicU64::new(0);
     let ops = std::sync::atomic::AtomicU64::new(0);
     let hung = std::thread::scope(|sc| {
         for w in 0..WORKERS {
-            let (finished, ops, name, st) = (&finished, &ops, &name, &st);
+            let (finished, ops, st) = (&finished, &ops, &st);
             sc.spawn(move || {
                 let mut r = difftest::rng::Rng::new(seed, w);
                 let until = std::time::Instant::now() + Duration::from_secs(4);
                 while std::time::Instant::now() < until {
-                    let (a, b) = (name(&mut r), name(&mut r));
-                    let _ = match r.below(16) {
-                        0 => write(&a, b"new"),
-                        1 => open(&a, libc::O_WRONLY | libc::O_APPEND)
-                            .and_then(|f| f.write_all_at(b"more", 0)),
-                        2 => std::fs::remove_file(&a),
-                        3 => std::fs::rename(&a, &b),
-                        4 => rename2(&a, &b, libc::RENAME_EXCHANGE),
-                        5 => std::fs::create_dir(&a),
-                        6 => std::fs::remove_dir(&a),
-                        7 => chmod(&a, 0o700 | r.below(0o100) as u32),
-                        8 => lset(&a, "user.x", b"y", 0),
-                        9 => link(&a, &b),
-                        10 => truncate(&a, r.below(5000) as i64),
-                        11 => try_names(&a).map(drop),
-                        12 => open(&a, libc::O_RDWR).and_then(|f| f.sync_all()),
-                        13 => {
-                            open(&a, libc::O_RDONLY | libc::O_DIRECTORY).and_then(|f| f.sync_all())
-                        }
-                        14 => open(&st.mnt, libc::O_RDONLY | libc::O_DIRECTORY)
-                            .and_then(|f| Ok(rovl::sys::ioctl_rovl_sync(f.as_fd())?)),
-                        _ => lstat(&a).map(drop),
-                    };
+                    let _ = random_operation(&mut r, st);
                     ops.fetch_add(1, Ordering::Relaxed);
                 }
                 finished.fetch_add(1, Ordering::SeqCst);

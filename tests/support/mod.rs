@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{FuseMount, Scratch, Stack, mount_kernel, mount_rovl};
+use crate::common::{FuseMount, Scratch, Stack, mount_kernel, mount_rovl, put};
 
 // ------------------------------------------------------------ system calls
 
@@ -733,4 +733,60 @@ pub fn unmount_with(how: &str, mnt: &Path) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("{how} {}: {last}", mnt.display());
+}
+
+// ------------------------------------------------------ random operations
+
+/// The lower tree [`random_operation`] works on (two lowers): directories
+/// `d0`..`d2` merged from both, files of 0 to 5 KiB in the bottom one,
+/// subdirectories with a file each in the top one.
+pub fn lay_out_for_random_operations(st: &Stack) {
+    for d in 0..3 {
+        for f in 0..6 {
+            put(
+                &st.lower(1, &format!("d{d}/f{f}")),
+                &"lower ".repeat(f * 300),
+            );
+            put(&st.lower(0, &format!("d{d}/s{f}/f{f}")), "top");
+        }
+    }
+}
+
+/// One random operation on a small set of names of the mount of `st`
+/// (laid out by [`lay_out_for_random_operations`]; names that exist and
+/// names that do not, files and directories): writes, removals, renames
+/// and exchanges, mkdir and rmdir, chmod, xattrs, links, truncates,
+/// listings, fsyncs, fsyncdirs, `ROVL_IOC_SYNCFS` and stats. Any errno is
+/// a possible outcome.
+pub fn random_operation(r: &mut difftest::rng::Rng, st: &Stack) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+    let mut name = || {
+        let d = r.below(3);
+        match r.below(3) {
+            0 => st.m(&format!("d{d}/f{}", r.below(8))),
+            1 => st.m(&format!("d{d}/s{}", r.below(8))),
+            _ => st.m(&format!("d{d}/s{}/f{}", r.below(8), r.below(8))),
+        }
+    };
+    let (a, b) = (name(), name());
+    match r.below(16) {
+        0 => write(&a, b"new"),
+        1 => open(&a, libc::O_WRONLY | libc::O_APPEND).and_then(|f| f.write_all_at(b"more", 0)),
+        2 => std::fs::remove_file(&a),
+        3 => std::fs::rename(&a, &b),
+        4 => rename2(&a, &b, libc::RENAME_EXCHANGE),
+        5 => std::fs::create_dir(&a),
+        6 => std::fs::remove_dir(&a),
+        7 => chmod(&a, 0o700 | r.below(0o100) as u32),
+        8 => lset(&a, "user.x", b"y", 0),
+        9 => link(&a, &b),
+        10 => truncate(&a, r.below(5000) as i64),
+        11 => try_names(&a).map(drop),
+        12 => open(&a, libc::O_RDWR).and_then(|f| f.sync_all()),
+        13 => open(&a, libc::O_RDONLY | libc::O_DIRECTORY).and_then(|f| f.sync_all()),
+        14 => open(&st.mnt, libc::O_RDONLY | libc::O_DIRECTORY)
+            .and_then(|f| Ok(rovl::sys::ioctl_rovl_sync(f.as_fd())?)),
+        _ => lstat(&a).map(drop),
+    }
 }
