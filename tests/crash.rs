@@ -472,3 +472,90 @@ fn a_daemon_killed_mid_operation_leaves_every_operation_whole() {
         "seed {seed}: {ROUNDS} kills, {landed_mid_step} of them in the middle of a step that changes something"
     );
 }
+
+/// SIGKILL at a random moment of four threads of random operations on the
+/// same few names ([`random_operation`]: renames, exchanges, removals,
+/// links, copy-ups, fsyncs and syncs racing each other). Which operations
+/// took effect is not known here, so this checks what must hold whatever
+/// they were: the next rovl mount cleans the work directory and finds no
+/// temporary name in the upper layer, and kernel overlayfs then shows the
+/// upper layer exactly as rovl does.
+#[test]
+fn a_daemon_killed_during_racing_operations_leaves_an_upper_the_kernel_reads_alike() {
+    const ROUNDS: u64 = 16;
+    const WORKERS: u64 = 4;
+    let seed = std::env::var("ROVL_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    let s = Scratch::new().unwrap();
+    let base = Stack::under(s.path(), 2);
+    lay_out_for_random_operations(&base);
+    let mut rng = Rng::new(seed, 0);
+    for round in 0..ROUNDS {
+        let r = s.join(format!("r{round}"));
+        let st = Stack {
+            lowers: base.lowers.clone(),
+            upper: r.join("upper"),
+            work: r.join("work"),
+            mnt: r.join("mnt"),
+        };
+        for d in [&st.upper, &st.work, &st.mnt] {
+            mkdirs(d);
+        }
+        let delay = Duration::from_micros(rng.range(1_000, 400_000));
+        let ctx = format!("seed {seed}, round {round}, kill after {delay:?}");
+        let mut m = mount_rovl(&st, "");
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            for w in 0..WORKERS {
+                let (st, stop) = (&st, &stop);
+                sc.spawn(move || {
+                    let mut r = Rng::new(seed, 1 + round * WORKERS + w);
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Err(e) = random_operation(&mut r, st) {
+                            if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+                            {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+            std::thread::sleep(delay);
+            m.kill9().unwrap();
+            stop.store(true, Ordering::Relaxed);
+        });
+        drop(m);
+
+        let m = mount_rovl(&st, "");
+        let left: Vec<String> = names(&st.work.join("work"))
+            .into_iter()
+            .filter(|n| n != "incompat")
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{ctx}: left in the work directory: {left:?}"
+        );
+        let mut upper_names = Vec::new();
+        raw_names(&st.upper, &mut upper_names);
+        assert!(
+            !upper_names.iter().any(|p| p
+                .file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"#"))),
+            "{ctx}: temporary names in the upper layer: {upper_names:?}"
+        );
+        let rovl_view = view(&st.mnt);
+        drop(m);
+        let _k = mount_kernel(&st, "");
+        let d = diff("rovl", &brief(&rovl_view), "kernel", &brief(&view(&st.mnt)));
+        assert!(
+            d.is_empty(),
+            "{ctx}: kernel overlayfs sees the upper otherwise:\n{d}"
+        );
+    }
+}
