@@ -123,3 +123,43 @@ fn memory_of_settled_files_and_forgotten_nodes_goes_back_to_the_system() {
         rss_kib(pid)
     );
 }
+
+/// Directories this mount changed and then removed, more of them than the
+/// daemon keeps descriptors for: the sync finds them gone (their handles
+/// are stale) and has nothing of them to make durable. It used to record
+/// ESTALE as a writeback error of each, fail the sync, and leave the
+/// error in the journal for good.
+#[test]
+fn a_sync_after_removing_many_changed_directories_reports_no_error() {
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={LIMIT}:{LIMIT}"))
+        .arg(rovl_bin())
+        .arg("-o")
+        .arg(st.opts())
+        .arg(&st.mnt);
+    let m = FuseMount::spawn(cmd, &st.mnt).unwrap();
+    for d in 0..300 {
+        let dir = st.m(&format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("f"), "x").unwrap();
+    }
+    for d in 0..300 {
+        std::fs::remove_dir_all(st.m(&format!("d{d}"))).unwrap();
+    }
+    let (code, _, err) = run_rovl([std::path::Path::new("sync"), &st.mnt]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run_rovl([
+        std::path::Path::new("status"),
+        &st.mnt,
+        std::path::Path::new("--json"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["errors_total"], 0, "{out}");
+    m.unmount().unwrap();
+    assert!(
+        !st.work.join("rovl/journal").exists() || get(&st.work.join("rovl/journal")).is_empty()
+    );
+}

@@ -217,6 +217,22 @@ const MAX_ERROR_RECORDS: usize = 4096;
 /// Most files fsynced at once by a sync.
 const SYNC_PARALLELISM: usize = 8;
 
+/// Runs `open` (a reopen of an upper object for a sync); out of
+/// descriptors, it gives back the layer objects' cached descriptors and
+/// tries once more (SPEC §4: degrade rather than fail).
+fn short_of_descriptors_retry(
+    ov: &Overlay,
+    open: impl Fn() -> Result<OwnedFd, sys::Errno>,
+) -> Result<OwnedFd, sys::Errno> {
+    match open() {
+        Err(sys::Errno::MFILE | sys::Errno::NFILE) => {
+            ov.stack.objs.shrink();
+            open()
+        }
+        r => r,
+    }
+}
+
 /// Mount-wide writeback state.
 #[derive(Debug)]
 pub struct MountWb {
@@ -289,17 +305,10 @@ impl DirtyFile {
     fn reopen(&self, ov: &Overlay) -> Result<OwnedFd, sys::Errno> {
         let h = self.handle.as_ref().ok_or(sys::Errno::STALE)?;
         let upper = ov.stack.upper_root().ok_or(sys::Errno::ROFS)?;
-        let open = || -> Result<OwnedFd, sys::Errno> {
+        short_of_descriptors_retry(ov, || {
             let p = sys::open_by_handle(upper, h)?;
             ov.stack.proc.reopen(p.as_fd(), OFlags::RDONLY)
-        };
-        match open() {
-            Err(sys::Errno::MFILE | sys::Errno::NFILE) => {
-                ov.stack.objs.shrink();
-                open()
-            }
-            r => r,
-        }
+        })
     }
 
     /// Closes rovl's descriptor of the file (it can be reopened by handle).
@@ -684,10 +693,9 @@ impl MountWb {
     /// copy-up's entry, outside volatile mode). A failure fails the
     /// copy-up: it is the caller's.
     pub fn sync_dir_now(&self, ov: &Overlay, fd: BorrowedFd<'_>) -> sys::SysResult<()> {
-        let d = ov
-            .stack
-            .proc
-            .reopen(fd, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let d = short_of_descriptors_retry(ov, || {
+            ov.stack.proc.reopen(fd, OFlags::RDONLY | OFlags::DIRECTORY)
+        })?;
         rustix::fs::fsync(&d)
     }
 
@@ -718,17 +726,25 @@ impl MountWb {
 
     /// fsync of the upper object `up` of `node` that this mount did not
     /// dirty (reopened with `flags`), recording an error it meets as
-    /// `node`'s.
-    fn fsync_upper(&self, ov: &Overlay, node: &Node, up: BorrowedFd<'_>, flags: OFlags) {
-        if let Ok(fd) = ov.stack.proc.reopen(up, flags) {
-            if let Err(e) = rustix::fs::fsync(&fd) {
-                self.record(
-                    Some(&self.wb_of(node).errs()),
-                    &ov.path_of(node),
-                    wb_errno(e),
-                );
-            }
+    /// `node`'s. Failing to reopen it (out of descriptors) is not a
+    /// writeback error: it is returned.
+    fn fsync_upper(
+        &self,
+        ov: &Overlay,
+        node: &Node,
+        up: BorrowedFd<'_>,
+        flags: OFlags,
+    ) -> Result<(), Errno> {
+        let fd =
+            short_of_descriptors_retry(ov, || ov.stack.proc.reopen(up, flags)).map_err(wb_errno)?;
+        if let Err(e) = rustix::fs::fsync(&fd) {
+            self.record(
+                Some(&self.wb_of(node).errs()),
+                &ov.path_of(node),
+                wb_errno(e),
+            );
         }
+        Ok(())
     }
 
     /// fsync/fdatasync through observer `obs` of `node` (E1; E5 when
@@ -758,7 +774,7 @@ impl MountWb {
                     } else {
                         OFlags::RDONLY
                     };
-                    self.fsync_upper(ov, node, up.as_fd(), flags);
+                    self.fsync_upper(ov, node, up.as_fd(), flags)?;
                 }
             }
         }
@@ -777,9 +793,9 @@ impl MountWb {
             if let Ok(st) = sys::stat_fd(up.as_fd()) {
                 let d = self.dirs.lock().get(&(st.st_dev, st.st_ino)).cloned();
                 if let Some(d) = d {
-                    self.sync_dir(ov, &d);
+                    self.sync_dir(ov, &d)?;
                 } else {
-                    self.fsync_upper(ov, node, up.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY);
+                    self.fsync_upper(ov, node, up.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)?;
                 }
             }
         }
@@ -817,19 +833,25 @@ impl MountWb {
         }
     }
 
-    /// fsync of one dirty directory; records an error it meets.
-    fn sync_dir(&self, ov: &Overlay, d: &DirtyDir) -> bool {
+    /// fsync of one dirty directory; records an error it meets. Failing
+    /// to reopen it (out of descriptors) is not a writeback error: it is
+    /// returned.
+    fn sync_dir(&self, ov: &Overlay, d: &DirtyDir) -> Result<bool, Errno> {
         let epoch = d.epoch.load(Ordering::Acquire);
-        let r = d
-            .obj
-            .fd()
-            .and_then(|fd| {
-                ov.stack
-                    .proc
-                    .reopen(fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
-            })
-            .and_then(|fd| rustix::fs::fsync(&fd));
-        match r {
+        let opened = short_of_descriptors_retry(ov, || {
+            let o = d.obj.fd()?;
+            ov.stack
+                .proc
+                .reopen(o.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
+        });
+        let fsynced = match opened {
+            Ok(fd) => rustix::fs::fsync(&fd),
+            // Removed since, and its descriptor no longer cached: nothing
+            // of it is left to make durable.
+            Err(sys::Errno::STALE | sys::Errno::NOENT) => Ok(()),
+            Err(e) => return Err(wb_errno(e)),
+        };
+        match fsynced {
             Ok(()) => {
                 let mut dirs = self.dirs.lock();
                 let settled = dirs
@@ -842,7 +864,7 @@ impl MountWb {
                 if settled {
                     crate::heap::freed(std::mem::size_of::<DirtyDir>() + d.path.as_os_str().len());
                 }
-                true
+                Ok(true)
             }
             Err(e) => {
                 let path = d
@@ -851,7 +873,7 @@ impl MountWb {
                     .map(|n| ov.path_of(&n))
                     .unwrap_or_else(|| d.path.clone());
                 self.record(Some(&d.errs), &path, wb_errno(e));
-                false
+                Ok(false)
             }
         }
     }
@@ -969,7 +991,9 @@ impl MountWb {
             return Err(e);
         }
         for d in &dirs {
-            self.sync_dir(ov, d);
+            // As for the files: a directory that could not be reopened
+            // fails this sync, without being anybody's writeback error.
+            self.sync_dir(ov, d)?;
         }
         let result = match obs {
             Some(o) => self.errs.check_and_advance(&mut o.mount.lock()),
