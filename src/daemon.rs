@@ -35,6 +35,11 @@ const OBJECT_CACHE: usize = 1024;
 /// through a walk of the files in them, which would otherwise evict them
 /// and make each directory's next GETATTR or lookup a reopen by handle.
 const DIR_OBJECT_CACHE: usize = 4096;
+/// Descriptors left out of the budgets: the device's clones, the layer
+/// roots, the work and state directories, the journal and the log, and
+/// what requests open while they run (a copy-up's files, a reopen for a
+/// sync). The budgets must fit in the limit with these, however low it is.
+const RESERVED_FDS: usize = 64;
 
 /// What the parent of a daemonized mount is waiting for.
 pub enum Notify {
@@ -305,7 +310,7 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
     // directories), dirty files' tracking and open files; the rest for
     // everything else.
     let nofile = sys::raise_nofile_limit() as usize;
-    let budget = (nofile / 4).clamp(64, 1 << 16);
+    let budget = (nofile.saturating_sub(RESERVED_FDS) / 4).clamp(4, 1 << 16);
     rustix::process::umask(sys::Mode::empty());
     sys::block_termination_signals();
 

@@ -327,6 +327,14 @@ fn many_threads_of_random_operations_never_hang_a_mount_without_passthrough() {
     random_operations_on_many_threads("passthrough=off");
 }
 
+/// [`many_threads_of_random_operations_never_hang_the_daemon`] with the
+/// daemon allowed 64 descriptors: it parks and reopens the upper files it
+/// tracks while other threads use them.
+#[test]
+fn many_threads_of_random_operations_under_a_tiny_descriptor_limit() {
+    random_operations_under("", Some(64));
+}
+
 /// Eight threads of random operations for 4 s on a mount with `opts`;
 /// then the checks of [`many_threads_of_random_operations_never_hang_the_daemon`].
 fn random_operations_on_many_threads(opts: &str) {
@@ -358,14 +366,19 @@ fn random_operations_under(opts: &str, nofile: Option<u32>) {
     let pid = daemon_pid(&mut m);
     let finished = std::sync::atomic::AtomicU64::new(0);
     let ops = std::sync::atomic::AtomicU64::new(0);
+    let out_of_fds = std::sync::atomic::AtomicU64::new(0);
     let hung = std::thread::scope(|sc| {
         for w in 0..WORKERS {
-            let (finished, ops, st) = (&finished, &ops, &st);
+            let (finished, ops, st, out_of_fds) = (&finished, &ops, &st, &out_of_fds);
             sc.spawn(move || {
                 let mut r = difftest::rng::Rng::new(seed, w);
                 let until = std::time::Instant::now() + Duration::from_secs(4);
                 while std::time::Instant::now() < until {
-                    let _ = random_operation(&mut r, st);
+                    if let Err(e) = random_operation(&mut r, st) {
+                        if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                            out_of_fds.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     ops.fetch_add(1, Ordering::Relaxed);
                 }
                 finished.fetch_add(1, Ordering::SeqCst);
@@ -386,6 +399,12 @@ fn random_operations_under(opts: &str, nofile: Option<u32>) {
         "seed {seed}: requests hung after {ops} operations: the daemon deadlocked"
     );
     assert!(alive(pid), "seed {seed}: the daemon died");
+    // SPEC §4: short of descriptors, the daemon degrades (reopens).
+    let out_of_fds = out_of_fds.into_inner();
+    assert_eq!(
+        out_of_fds, 0,
+        "seed {seed}: {out_of_fds} operations failed with EMFILE or ENFILE"
+    );
     let (code, _, err) = run_rovl([Path::new("sync"), st.mnt.as_path()]);
     assert_eq!(code, 0, "seed {seed}: {err}");
     // No disk failed: any writeback error the daemon recorded is one of

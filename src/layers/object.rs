@@ -536,8 +536,8 @@ impl Objects {
     /// Sets how many descriptors the caches may hold: `files` for
     /// non-directories, `dirs` for directories.
     pub fn set_capacity(&self, files: usize, dirs: usize) {
-        self.cache.lock().cap = files.max(16);
-        self.dirs.lock().cap = dirs.max(16);
+        self.cache.lock().cap = files.max(2);
+        self.dirs.lock().cap = dirs.max(2);
     }
 
     /// Descriptors cached right now.

@@ -385,7 +385,7 @@ impl MountWb {
     /// Sets how many dirty files may hold a descriptor at once; beyond
     /// that, the oldest idle ones are parked (SPEC §4: degrade, reopen).
     pub fn set_fd_budget(&self, n: usize) {
-        self.fd_budget.store(n.max(16), Ordering::Release);
+        self.fd_budget.store(n.max(4), Ordering::Release);
     }
 
     /// Over budget: parks the oldest dirty files, an eighth of the budget
