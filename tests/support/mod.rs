@@ -749,28 +749,47 @@ pub fn lay_out_for_random_operations(st: &Stack) {
             );
             put(&st.lower(0, &format!("d{d}/s{f}/f{f}")), "top");
         }
+        // Big enough for passthrough reads of the lower file (which pin it).
+        for b in 0..2 {
+            put(
+                &st.lower(1, &format!("d{d}/big{b}")),
+                &"big ".repeat(400_000),
+            );
+        }
+        link(
+            &st.lower(1, &format!("d{d}/f1")),
+            &st.lower(1, &format!("d{d}/hl")),
+        )
+        .unwrap();
     }
 }
 
+/// The names in each directory of [`lay_out_for_random_operations`] that
+/// [`random_operation`] picks from (some exist in the lowers, some not).
+const RANDOM_NAMES: [&str; 11] = [
+    "f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7", "big0", "big1", "hl",
+];
+
 /// One random operation on a small set of names of the mount of `st`
 /// (laid out by [`lay_out_for_random_operations`]; names that exist and
-/// names that do not, files and directories): writes, removals, renames
-/// and exchanges, mkdir and rmdir, chmod, xattrs, links, truncates,
-/// listings, fsyncs, fsyncdirs, `ROVL_IOC_SYNCFS` and stats. Any errno is
-/// a possible outcome.
+/// names that do not, files and directories, big lower files and lower
+/// hard links): writes, removals, renames and exchanges, mkdir and rmdir,
+/// chmod, xattrs, links, truncates, listings, fsyncs, fsyncdirs,
+/// `ROVL_IOC_SYNCFS`, reads, a write while the same file is open for
+/// reading, and stats. Any errno is a possible outcome.
 pub fn random_operation(r: &mut difftest::rng::Rng, st: &Stack) -> io::Result<()> {
     use std::os::fd::AsFd;
     use std::os::unix::fs::FileExt;
     let mut name = || {
         let d = r.below(3);
         match r.below(3) {
-            0 => st.m(&format!("d{d}/f{}", r.below(8))),
+            0 => st.m(&format!("d{d}/{}", r.pick(&RANDOM_NAMES))),
             1 => st.m(&format!("d{d}/s{}", r.below(8))),
             _ => st.m(&format!("d{d}/s{}/f{}", r.below(8), r.below(8))),
         }
     };
     let (a, b) = (name(), name());
-    match r.below(16) {
+    match r.below(18) {
         0 => write(&a, b"new"),
         1 => open(&a, libc::O_WRONLY | libc::O_APPEND).and_then(|f| f.write_all_at(b"more", 0)),
         2 => std::fs::remove_file(&a),
@@ -787,6 +806,16 @@ pub fn random_operation(r: &mut difftest::rng::Rng, st: &Stack) -> io::Result<()
         13 => open(&a, libc::O_RDONLY | libc::O_DIRECTORY).and_then(|f| f.sync_all()),
         14 => open(&st.mnt, libc::O_RDONLY | libc::O_DIRECTORY)
             .and_then(|f| Ok(rovl::sys::ioctl_rovl_sync(f.as_fd())?)),
+        15 => open(&a, libc::O_RDONLY).and_then(|f| {
+            let mut buf = [0u8; 4096];
+            f.read_at(&mut buf, r.below(2 << 20)).map(drop)
+        }),
+        16 => open(&a, libc::O_RDONLY).and_then(|reader| {
+            let writer = open(&a, libc::O_RDWR)?;
+            writer.write_all_at(b"w", 0)?;
+            let mut buf = [0u8; 16];
+            reader.read_at(&mut buf, 0).map(drop)
+        }),
         _ => lstat(&a).map(drop),
     }
 }
