@@ -775,8 +775,8 @@ const RANDOM_NAMES: [&str; 11] = [
 /// names that do not, files and directories, big lower files and lower
 /// hard links): writes, removals, renames and exchanges, mkdir and rmdir,
 /// chmod, xattrs, links, truncates, listings, fsyncs, fsyncdirs,
-/// `ROVL_IOC_SYNCFS`, reads, a write while the same file is open for
-/// reading, and stats. Any errno is a possible outcome.
+/// `ROVL_IOC_SYNCFS`, `ROVL_IOC_STATUS`, reads, a write while the same
+/// file is open for reading, and stats. Any errno is a possible outcome.
 pub fn random_operation(r: &mut difftest::rng::Rng, st: &Stack) -> io::Result<()> {
     use std::os::fd::AsFd;
     use std::os::unix::fs::FileExt;
@@ -789,7 +789,7 @@ pub fn random_operation(r: &mut difftest::rng::Rng, st: &Stack) -> io::Result<()
         }
     };
     let (a, b) = (name(), name());
-    match r.below(18) {
+    match r.below(19) {
         0 => write(&a, b"new"),
         1 => open(&a, libc::O_WRONLY | libc::O_APPEND).and_then(|f| f.write_all_at(b"more", 0)),
         2 => std::fs::remove_file(&a),
@@ -816,6 +816,8 @@ pub fn random_operation(r: &mut difftest::rng::Rng, st: &Stack) -> io::Result<()
             let mut buf = [0u8; 16];
             reader.read_at(&mut buf, 0).map(drop)
         }),
+        17 => open(&st.mnt, libc::O_RDONLY | libc::O_DIRECTORY)
+            .and_then(|f| Ok(rovl::sys::ioctl_rovl_status(f.as_fd()).map(drop)?)),
         _ => lstat(&a).map(drop),
     }
 }
