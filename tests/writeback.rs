@@ -3,6 +3,7 @@
 //! it is ballooned, so writeback of new blocks fails for real.
 
 mod common;
+mod support;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -907,4 +908,93 @@ fn status_reports_dirty_data_and_last_sync() {
     assert_eq!(v["last_sync"]["result"], "ok");
     assert!(v["errors"].as_array().unwrap().is_empty());
     drop(m);
+}
+
+/// Four threads of random operations ([`support::random_operation`]:
+/// writes, copy-ups, renames, fsyncs, syncs, status requests ...) on a
+/// disk that is healthy, then fails every new block, then is healed, in
+/// both io modes: no request hangs, the daemon survives, every writeback
+/// error it records is one a failing disk gives (EIO, ENOSPC, or EROFS
+/// once ext4 gave up its journal; never one of the daemon's own failures
+/// taken for one), and once healed a sync succeeds (the first may still
+/// report what failed, E2) and the unmount is clean.
+#[test]
+fn random_operations_while_the_disk_fails_and_heals() {
+    for mode in passthrough_modes() {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let s = Scratch::new().unwrap();
+        let mut disk = FailingDisk::new().unwrap();
+        let mut st = Stack::under(s.path(), 2);
+        st.upper = disk.path().join("upper");
+        st.work = disk.path().join("work");
+        std::fs::create_dir_all(&st.upper).unwrap();
+        std::fs::create_dir_all(&st.work).unwrap();
+        support::lay_out_for_random_operations(&st);
+        let mut m = mount_rovl(&st, mode);
+        let pid = m.daemon_pids()[0];
+        let ctx = format!("{mode}, seed {seed}");
+        let phase = std::sync::atomic::AtomicUsize::new(0);
+        let finished = std::sync::atomic::AtomicUsize::new(0);
+        let hung = std::thread::scope(|sc| {
+            for w in 0..4 {
+                let (st, phase, finished) = (&st, &phase, &finished);
+                sc.spawn(move || {
+                    let mut r = difftest::rng::Rng::new(seed, w);
+                    while phase.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+                        let _ = support::random_operation(&mut r, st);
+                    }
+                    finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1500));
+            disk.balloon().unwrap();
+            phase.store(1, std::sync::atomic::Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(1500));
+            disk.heal().unwrap();
+            phase.store(2, std::sync::atomic::Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(1000));
+            phase.store(3, std::sync::atomic::Ordering::Relaxed);
+            let done = support::wait_for(Duration::from_secs(60), || {
+                finished.load(std::sync::atomic::Ordering::SeqCst) == 4
+            });
+            if !done {
+                // Frees the callers stuck in requests the daemon never answers.
+                m.kill9().unwrap();
+            }
+            !done
+        });
+        assert!(!hung, "{ctx}: requests hung");
+        assert!(support::alive(pid), "{ctx}: the daemon died");
+        let v = status(&st.mnt);
+        for e in v["errors"].as_array().unwrap() {
+            let errno = e["errno"].as_str().unwrap();
+            assert!(
+                matches!(errno, "EIO" | "ENOSPC" | "EROFS"),
+                "{ctx}: a writeback error no disk gives: {e}"
+            );
+        }
+        eprintln!(
+            "{ctx}: {} writeback errors, journal aborted: {}",
+            v["errors_total"],
+            disk.is_aborted()
+        );
+        if disk.is_aborted() {
+            // ext4 gave up its journal: nothing can succeed any more.
+            drop(m);
+            continue;
+        }
+        let (first, _) = rovl_sync(&st.mnt);
+        let (second, err) = rovl_sync(&st.mnt);
+        assert!(
+            first == 0 || second == 0,
+            "{ctx}: no sync succeeded after the disk healed: {err}"
+        );
+        let (code, _, err) = run_rovl([Path::new("umount"), &st.mnt]);
+        assert_eq!(code, 0, "{ctx}: {err}");
+        let log = std::fs::read_to_string(st.work.join("rovl/rovl.log")).unwrap_or_default();
+        assert!(!log.contains("panic"), "{ctx}: {log}");
+        drop(m);
+    }
 }
