@@ -353,15 +353,7 @@ fn random_operations_under(opts: &str, nofile: Option<u32>) {
     lay_out_for_random_operations(&st);
     let mut m = match nofile {
         None => mount_rovl(&st, opts),
-        Some(n) => {
-            let mut cmd = std::process::Command::new("prlimit");
-            cmd.arg(format!("--nofile={n}:{n}"))
-                .arg(rovl_bin())
-                .arg("-o")
-                .arg(format!("{},{opts}", st.opts()))
-                .arg(&st.mnt);
-            FuseMount::spawn(cmd, &st.mnt).unwrap()
-        }
+        Some(n) => mount_rovl_limited(&st, opts, n),
     };
     let pid = daemon_pid(&mut m);
     let finished = std::sync::atomic::AtomicU64::new(0);

@@ -338,6 +338,63 @@ impl Drop for Finished<'_> {
     }
 }
 
+/// Round `round`'s stack: the lowers of `base`, a fresh upper, work
+/// directory and mountpoint.
+fn round_stack(s: &Scratch, base: &Stack, round: u64) -> Stack {
+    let r = s.join(format!("r{round}"));
+    let st = Stack {
+        lowers: base.lowers.clone(),
+        upper: r.join("upper"),
+        work: r.join("work"),
+        mnt: r.join("mnt"),
+    };
+    for d in [&st.upper, &st.work, &st.mnt] {
+        mkdirs(d);
+    }
+    st
+}
+
+/// Mounts rovl on `st` again after the kill, and checks that the work
+/// directory is clean and no temporary name is left in the upper layer.
+fn remount_clean(st: &Stack, ctx: &str) -> FuseMount {
+    let m = mount_rovl(st, "");
+    let left: Vec<String> = names(&st.work.join("work"))
+        .into_iter()
+        .filter(|n| n != "incompat")
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{ctx}: left in the work directory: {left:?}"
+    );
+    let mut upper_names = Vec::new();
+    raw_names(&st.upper, &mut upper_names);
+    let stray: Vec<&PathBuf> = upper_names
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"#"))
+        })
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "{ctx}: temporary names in the upper layer: {stray:?}"
+    );
+    m
+}
+
+/// Unmounts rovl's mount `m` of `st` and requires kernel overlayfs to show
+/// the same tree over the same layers.
+fn kernel_reads_alike(st: &Stack, m: FuseMount, ctx: &str) {
+    let rovl_view = view(&st.mnt);
+    drop(m);
+    let _k = mount_kernel(st, "");
+    let d = diff("rovl", &brief(&rovl_view), "kernel", &brief(&view(&st.mnt)));
+    assert!(
+        d.is_empty(),
+        "{ctx}: kernel overlayfs sees the upper otherwise:\n{d}"
+    );
+}
+
 /// Every name below `dir` (raw, no overlay), relative.
 fn raw_names(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
@@ -351,14 +408,7 @@ fn raw_names(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[test]
 fn a_daemon_killed_mid_operation_leaves_every_operation_whole() {
-    let seed = std::env::var("ROVL_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
+    let seed = seed_from_env("ROVL_CRASH_SEED");
     let s = Scratch::new().unwrap();
     let base = Stack::under(s.path(), 2);
     let all = operations();
@@ -373,16 +423,7 @@ fn a_daemon_killed_mid_operation_leaves_every_operation_whole() {
     let mut rng = Rng::new(seed, 0);
     let mut landed_mid_step = 0;
     for round in 0..ROUNDS {
-        let r = s.join(format!("r{round}"));
-        let st = Stack {
-            lowers: base.lowers.clone(),
-            upper: r.join("upper"),
-            work: r.join("work"),
-            mnt: r.join("mnt"),
-        };
-        for d in [&st.upper, &st.work, &st.mnt] {
-            mkdirs(d);
-        }
+        let st = round_stack(&s, &base, round);
         let mut order: Vec<usize> = (0..ops.len()).collect();
         for i in (1..order.len()).rev() {
             order.swap(i, rng.below(i as u64 + 1) as usize);
@@ -415,28 +456,7 @@ fn a_daemon_killed_mid_operation_leaves_every_operation_whole() {
             "{ctx}: steps failed before the kill: {failures:?}"
         );
 
-        let m = mount_rovl(&st, "");
-        let left: Vec<String> = names(&st.work.join("work"))
-            .into_iter()
-            .filter(|n| n != "incompat")
-            .collect();
-        assert!(
-            left.is_empty(),
-            "{ctx}: left in the work directory: {left:?}"
-        );
-        let mut upper_names = Vec::new();
-        raw_names(&st.upper, &mut upper_names);
-        let stray: Vec<&PathBuf> = upper_names
-            .iter()
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.as_encoded_bytes().starts_with(b"#"))
-            })
-            .collect();
-        assert!(
-            stray.is_empty(),
-            "{ctx}: temporary names in the upper layer: {stray:?}"
-        );
+        let m = remount_clean(&st, &ctx);
         for (i, (op, _)) in ops.iter().enumerate() {
             let done = progress[i].done.load(Ordering::SeqCst);
             let mid = progress[i].in_flight.load(Ordering::SeqCst);
@@ -459,14 +479,7 @@ fn a_daemon_killed_mid_operation_leaves_every_operation_whole() {
                 );
             }
         }
-        let rovl_view = view(&st.mnt);
-        drop(m);
-        let _k = mount_kernel(&st, "");
-        let d = diff("rovl", &rovl_view, "kernel", &view(&st.mnt));
-        assert!(
-            d.is_empty(),
-            "{ctx}: kernel overlayfs sees the upper otherwise:\n{d}"
-        );
+        kernel_reads_alike(&st, m, &ctx);
     }
     eprintln!(
         "seed {seed}: {ROUNDS} kills, {landed_mid_step} of them in the middle of a step that changes something"
@@ -484,29 +497,13 @@ fn a_daemon_killed_mid_operation_leaves_every_operation_whole() {
 fn a_daemon_killed_during_racing_operations_leaves_an_upper_the_kernel_reads_alike() {
     const ROUNDS: u64 = 16;
     const WORKERS: u64 = 4;
-    let seed = std::env::var("ROVL_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
+    let seed = seed_from_env("ROVL_CRASH_SEED");
     let s = Scratch::new().unwrap();
     let base = Stack::under(s.path(), 2);
     lay_out_for_random_operations(&base);
     let mut rng = Rng::new(seed, 0);
     for round in 0..ROUNDS {
-        let r = s.join(format!("r{round}"));
-        let st = Stack {
-            lowers: base.lowers.clone(),
-            upper: r.join("upper"),
-            work: r.join("work"),
-            mnt: r.join("mnt"),
-        };
-        for d in [&st.upper, &st.work, &st.mnt] {
-            mkdirs(d);
-        }
+        let st = round_stack(&s, &base, round);
         let delay = Duration::from_micros(rng.range(1_000, 400_000));
         let ctx = format!("seed {seed}, round {round}, kill after {delay:?}");
         let mut m = mount_rovl(&st, "");
@@ -532,30 +529,7 @@ fn a_daemon_killed_during_racing_operations_leaves_an_upper_the_kernel_reads_ali
         });
         drop(m);
 
-        let m = mount_rovl(&st, "");
-        let left: Vec<String> = names(&st.work.join("work"))
-            .into_iter()
-            .filter(|n| n != "incompat")
-            .collect();
-        assert!(
-            left.is_empty(),
-            "{ctx}: left in the work directory: {left:?}"
-        );
-        let mut upper_names = Vec::new();
-        raw_names(&st.upper, &mut upper_names);
-        assert!(
-            !upper_names.iter().any(|p| p
-                .file_name()
-                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"#"))),
-            "{ctx}: temporary names in the upper layer: {upper_names:?}"
-        );
-        let rovl_view = view(&st.mnt);
-        drop(m);
-        let _k = mount_kernel(&st, "");
-        let d = diff("rovl", &brief(&rovl_view), "kernel", &brief(&view(&st.mnt)));
-        assert!(
-            d.is_empty(),
-            "{ctx}: kernel overlayfs sees the upper otherwise:\n{d}"
-        );
+        let m = remount_clean(&st, &ctx);
+        kernel_reads_alike(&st, m, &ctx);
     }
 }

@@ -752,14 +752,7 @@ fn use_mount(r: &mut Rng, mnt: &Path, names: &[String]) {
 /// ([`churn_in_a_chroot_child_process`]).
 #[test]
 fn random_layer_churn_under_random_use_never_panics_the_daemon() {
-    let seed = std::env::var("ROVL_CHURN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
+    let seed = seed_from_env("ROVL_CHURN_SEED");
     let s = Scratch::new().unwrap();
     let st = Stack::under(s.path(), 2);
     let mut m = mount_rovl(&st, "");

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 const LIMIT: u32 = 512;
@@ -27,13 +25,7 @@ fn walks_writes_and_syncs_more_files_than_its_descriptor_limit() {
             std::fs::write(st.lower(layer, &format!("d{d}/f{f}")), format!("{d}/{f}")).unwrap();
         }
     }
-    let mut cmd = Command::new("prlimit");
-    cmd.arg(format!("--nofile={LIMIT}:{LIMIT}"))
-        .arg(rovl_bin())
-        .arg("-o")
-        .arg(st.opts())
-        .arg(&st.mnt);
-    let mut m = FuseMount::spawn(cmd, &st.mnt).unwrap();
+    let mut m = mount_rovl_limited(&st, "", LIMIT);
     let pid = m.daemon_pids()[0];
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     assert!(
@@ -133,13 +125,7 @@ fn memory_of_settled_files_and_forgotten_nodes_goes_back_to_the_system() {
 fn a_sync_after_removing_many_changed_directories_reports_no_error() {
     let s = Scratch::new().unwrap();
     let st = Stack::under(s.path(), 1);
-    let mut cmd = Command::new("prlimit");
-    cmd.arg(format!("--nofile={LIMIT}:{LIMIT}"))
-        .arg(rovl_bin())
-        .arg("-o")
-        .arg(st.opts())
-        .arg(&st.mnt);
-    let m = FuseMount::spawn(cmd, &st.mnt).unwrap();
+    let m = mount_rovl_limited(&st, "", LIMIT);
     for d in 0..300 {
         let dir = st.m(&format!("d{d}"));
         std::fs::create_dir(&dir).unwrap();

@@ -102,6 +102,23 @@ pub fn mount_rovl(stack: &Stack, extra: &str) -> FuseMount {
     mount_rovl_opts(&opts, &stack.mnt)
 }
 
+/// [`mount_rovl`] with the daemon's open-file limit set to `nofile` (soft
+/// and hard, so it cannot raise it).
+pub fn mount_rovl_limited(stack: &Stack, extra: &str, nofile: u32) -> FuseMount {
+    let mut opts = stack.opts();
+    if !extra.is_empty() {
+        opts.push(',');
+        opts.push_str(extra);
+    }
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={nofile}:{nofile}"))
+        .arg(rovl_bin())
+        .arg("-o")
+        .arg(opts)
+        .arg(&stack.mnt);
+    FuseMount::spawn(cmd, &stack.mnt).unwrap_or_else(|e| panic!("mounting rovl: {e}"))
+}
+
 /// Mounts rovl with exactly `opts` at `mnt`.
 pub fn mount_rovl_opts(opts: &str, mnt: &Path) -> FuseMount {
     let mut cmd = rovl();

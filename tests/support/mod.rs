@@ -737,6 +737,19 @@ pub fn unmount_with(how: &str, mnt: &Path) {
 
 // ------------------------------------------------------ random operations
 
+/// A seed for a randomized test: the environment variable `var` if set
+/// (to replay a failure), else the clock.
+pub fn seed_from_env(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+}
+
 /// The lower tree [`random_operation`] works on (two lowers): directories
 /// `d0`..`d2` merged from both, files of 0 to 5 KiB in the bottom one,
 /// subdirectories with a file each in the top one.
