@@ -345,9 +345,7 @@ fn random_operations_on_many_threads(opts: &str) {
 /// set to `nofile` (hard and soft), if given.
 fn random_operations_under(opts: &str, nofile: Option<u32>) {
     const WORKERS: u64 = 8;
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
+    let seed = seed_from_env("ROVL_STRESS_SEED");
     let s = Scratch::new().unwrap();
     let st = Stack::under(s.path(), 2);
     lay_out_for_random_operations(&st);

@@ -921,9 +921,7 @@ fn status_reports_dirty_data_and_last_sync() {
 #[test]
 fn random_operations_while_the_disk_fails_and_heals() {
     for mode in passthrough_modes() {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
+        let seed = support::seed_from_env("ROVL_STRESS_SEED");
         let s = Scratch::new().unwrap();
         let mut disk = FailingDisk::new().unwrap();
         let mut st = Stack::under(s.path(), 2);
