@@ -7,14 +7,14 @@
 //! records its origin the way kernel overlayfs does. Outside volatile mode
 //! the copy and its directory entry are durable before copy-up returns.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::layers::markers;
 use crate::layers::object::ObjRef;
 use crate::overlay::Overlay;
-use crate::overlay::node::{Layers, MAX_DEPTH, Node, NodeRef, ROOT_ID};
+use crate::overlay::node::{Layers, MAX_DEPTH, Node, NodeId, NodeRef, ROOT_ID};
 use crate::sys::{
     self, Errno, FileType, IFlags, Mode, OFlags, RenameFlags, Stat, SysResult, Time, xattr,
 };
@@ -50,6 +50,28 @@ pub fn copy_up(ov: &Overlay, node: &NodeRef, data: Data) -> SysResult<()> {
 
 /// [`copy_up`] choosing whether the copy records its origin.
 pub fn copy_up_with(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) -> SysResult<()> {
+    copy_up_chain(ov, node, data, origin, None)
+}
+
+/// [`copy_up`] that publishes `pre`, the node's data copied ahead by
+/// [`prebuild`], if it is still the copy to make (else it is discarded
+/// and the copy made as usual).
+pub fn copy_up_prebuilt(
+    ov: &Overlay,
+    node: &NodeRef,
+    data: Data,
+    pre: Prebuilt<'_>,
+) -> SysResult<()> {
+    copy_up_chain(ov, node, data, Origin::Keep, Some(pre))
+}
+
+fn copy_up_chain(
+    ov: &Overlay,
+    node: &NodeRef,
+    data: Data,
+    origin: Origin,
+    mut pre: Option<Prebuilt<'_>>,
+) -> SysResult<()> {
     if node.has_upper() {
         return Ok(());
     }
@@ -83,12 +105,12 @@ pub fn copy_up_with(ov: &Overlay, node: &NodeRef, data: Data, origin: Origin) ->
     let mut owed = Vec::new();
     let mut made = Ok(());
     for n in chain.iter().rev() {
-        let (d, o) = if NodeRef::ptr_eq(n, node) {
-            (data, origin)
+        let (d, o, p) = if NodeRef::ptr_eq(n, node) {
+            (data, origin, pre.take())
         } else {
-            (Data::Full, Origin::Keep)
+            (Data::Full, Origin::Keep, None)
         };
-        match copy_up_one(ov, n, d, o) {
+        match copy_up_one(ov, n, d, o, p) {
             Ok(u) => owed.extend(u),
             Err(e) => {
                 made = Err(e);
@@ -144,6 +166,7 @@ fn copy_up_one(
     node: &NodeRef,
     data: Data,
     origin: Origin,
+    pre: Option<Prebuilt<'_>>,
 ) -> SysResult<Option<Unsynced>> {
     let _g = node.lock_copy_up();
     if node.has_upper() {
@@ -175,7 +198,6 @@ fn copy_up_one(
     let work = ov.work()?;
     let st = sys::stat_fd(lower.as_fd())?;
     let pstat = sys::stat_fd(pup.as_fd())?;
-    let tmp = ov.tmp_name();
 
     let src = Source {
         layer,
@@ -183,7 +205,17 @@ fn copy_up_one(
         st,
         origin,
     };
-    let built = build(ov, &src, work, &tmp, data);
+    // Kept to the end: other threads wanting to copy this node's data
+    // ahead wait until it is published (or not).
+    let mut ahead = pre.filter(|p| data == Data::Full && origin == Origin::Keep && p.of(&st));
+    let (tmp, built) = match ahead.as_mut() {
+        Some(p) => (p.tmp.clone(), p.built.take().ok_or(Errno::IO)),
+        None => {
+            let tmp = ov.tmp_name();
+            let built = build(ov, &src, work, &tmp, data);
+            (tmp, built)
+        }
+    };
     let Built { path: copy, file } = match built {
         Ok(b) => b,
         Err(e) => {
@@ -235,6 +267,140 @@ fn copy_up_one(
         copy: file.unwrap_or(copy),
         parent_fd: pup,
     }))
+}
+
+/// Regular files at least this big have their data copied ahead of the
+/// copy-up ([`prebuild`]).
+const PREBUILD_MIN: i64 = 1 << 20;
+
+/// A regular lower file's copy, data and metadata, built in the work
+/// directory ahead of its copy-up: without the rename lock, which the
+/// copy-up holds (shared) while it publishes, so that a rename, and behind
+/// a waiting rename every other change of the mount, does not wait for
+/// the data of a big file to be copied. Removed again unless published.
+pub struct Prebuilt<'a> {
+    work: OwnedFd,
+    tmp: OsString,
+    /// The lower file it copies (st_dev, st_ino, size, mtime).
+    from: (u64, u64, i64, i64, i64),
+    built: Option<Built>,
+    _claim: Claim<'a>,
+}
+
+/// The nodes whose data a thread is copying ahead ([`prebuild`]) or
+/// publishing: another thread about to copy the same node's data waits for
+/// that instead of making a second copy (of maybe gigabytes).
+#[derive(Debug, Default)]
+pub struct Prebuilds {
+    busy: parking_lot::Mutex<Vec<NodeId>>,
+    done: parking_lot::Condvar,
+}
+
+/// A node's place in [`Prebuilds`], given up on drop.
+struct Claim<'a> {
+    set: &'a Prebuilds,
+    id: NodeId,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.set.busy.lock().retain(|&i| i != self.id);
+        self.set.done.notify_all();
+    }
+}
+
+impl Prebuilt<'_> {
+    /// Whether it is a copy of the lower file whose stat is `st`.
+    fn of(&self, st: &Stat) -> bool {
+        self.from
+            == (
+                st.st_dev,
+                st.st_ino,
+                st.st_size,
+                st.st_mtime,
+                st.st_mtime_nsec as i64,
+            )
+    }
+}
+
+impl Drop for Prebuilt<'_> {
+    fn drop(&mut self) {
+        if self.built.take().is_some() {
+            let _ = rustix::fs::unlinkat(&self.work, &self.tmp, rustix::fs::AtFlags::empty());
+        }
+    }
+}
+
+/// Copies the data of `node`, a regular lower file of at least
+/// [`PREBUILD_MIN`] bytes that is not yet copied up, into the work
+/// directory, for [`copy_up_prebuilt`] to publish. The caller holds no
+/// lock. `None` when there is nothing to copy ahead, or when copying
+/// fails (the copy-up then tries again and reports the failure).
+pub fn prebuild<'a>(ov: &'a Overlay, node: &NodeRef) -> Option<Prebuilt<'a>> {
+    if ov.opts.readonly || node.kind() != FileType::RegularFile || node.has_upper() {
+        return None;
+    }
+    if node.lower_pinned() {
+        // Copied up to a node of its own instead (`Overlay::copy_up_node`).
+        return None;
+    }
+    let lower = node
+        .state
+        .read()
+        .layers
+        .lower()
+        .map(|l| l.to_ref(node.small_key()))?;
+    let layer = lower.layer();
+    let fd = node.open(&lower).ok()?;
+    let st = sys::stat_fd(fd.as_fd()).ok()?;
+    if st.st_size < PREBUILD_MIN || st.st_nlink > 1 {
+        // Small: no wait worth avoiding. Hard-linked: split by name first.
+        return None;
+    }
+    let claim = {
+        let id = node.id();
+        let mut busy = ov.prebuilds.busy.lock();
+        while busy.contains(&id) {
+            ov.prebuilds.done.wait(&mut busy);
+        }
+        if node.has_upper() {
+            // Another thread's copy was published meanwhile.
+            return None;
+        }
+        busy.push(id);
+        Claim {
+            set: &ov.prebuilds,
+            id,
+        }
+    };
+    let work = ov.work().ok()?;
+    let held_work = sys::dup(work).ok()?;
+    let tmp = ov.tmp_name();
+    let src = Source {
+        layer,
+        fd: fd.as_fd(),
+        st,
+        origin: Origin::Keep,
+    };
+    match build(ov, &src, work, &tmp, Data::Full) {
+        Ok(built) => Some(Prebuilt {
+            work: held_work,
+            tmp,
+            from: (
+                st.st_dev,
+                st.st_ino,
+                st.st_size,
+                st.st_mtime,
+                st.st_mtime_nsec as i64,
+            ),
+            built: Some(built),
+            _claim: claim,
+        }),
+        Err(_) => {
+            remove_tmp(ov, work, &tmp);
+            None
+        }
+    }
 }
 
 /// A copy built in the work directory, not yet published.

@@ -462,3 +462,136 @@ fn a_copy_up_that_does_not_fit_fails_with_enospc_and_leaves_nothing() {
     assert_eq!(std::fs::read(st.m("dir/big")).unwrap(), data);
     assert_eq!(get(&st.m("dir/small")), "fits");
 }
+
+/// Copying a big file up takes a while; renames and creates elsewhere in
+/// the mount must not wait for it. They used to: the copy-up held the
+/// rename lock (shared) while it copied the data, a rename waited for it,
+/// and every create, unlink or copy-up behind the waiting rename waited
+/// too. Now the data is copied into the work directory first, and the
+/// lock is taken only to publish the copy.
+#[test]
+fn renames_and_creates_do_not_wait_for_a_big_copy_up() {
+    use std::io::Write;
+    let s = Scratch::new().unwrap();
+    let st = Stack::under(s.path(), 1);
+    let big = st.lower(0, "big");
+    {
+        let mut f = std::fs::File::create(&big).unwrap();
+        let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        for _ in 0..384 {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    let _m = mount_rovl(&st, "");
+    // The lower file in the host's cache: the copy is then bound by the
+    // writes to the upper layer, and takes long enough to watch.
+    std::fs::read(&big).unwrap();
+    let (copy_took, worst) = std::thread::scope(|sc| {
+        let writer = sc.spawn(|| {
+            let t = std::time::Instant::now();
+            let f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(st.m("big"))
+                .unwrap();
+            (t.elapsed(), f)
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        let mut worst = Duration::ZERO;
+        let mut i = 0;
+        while !writer.is_finished() {
+            let t = std::time::Instant::now();
+            write(&st.m(&format!("new{i}")), b"x").unwrap();
+            std::fs::rename(st.m(&format!("new{i}")), st.m(&format!("renamed{i}"))).unwrap();
+            worst = worst.max(t.elapsed());
+            i += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (took, mut f) = writer.join().unwrap();
+        f.write_all(b"+").unwrap();
+        (took, worst)
+    });
+    eprintln!("copy-up {copy_took:?}, worst create + rename {worst:?}");
+    assert!(
+        worst * 3 < copy_took,
+        "a create and rename took {worst:?} while the copy-up took {copy_took:?}"
+    );
+    let data = std::fs::read(st.m("big")).unwrap();
+    let lower = std::fs::read(st.lower(0, "big")).unwrap();
+    assert_eq!(lower.len(), 384 << 20, "the lower file is untouched");
+    assert!(data.len() == lower.len() + 1 && data[..lower.len()] == lower[..]);
+    assert_eq!(data.last(), Some(&b'+'));
+    let left: Vec<String> = names(&st.work.join("work"))
+        .into_iter()
+        .filter(|n| n != "incompat")
+        .collect();
+    assert!(left.is_empty(), "left in the work directory: {left:?}");
+}
+
+/// Eight writers opening the same big lower file at once: its data is
+/// copied ahead of the copy-up (without the rename lock), and only once,
+/// not once per writer (which would also take eight times the room in the
+/// upper filesystem while the copies are built). Measured by what the
+/// upper filesystem's disk was given to write.
+#[test]
+fn concurrent_writers_of_a_big_lower_file_copy_its_data_once() {
+    use std::io::Write;
+    const SIZE: usize = 64 << 20;
+    let s = Scratch::new().unwrap();
+    let disk = testbed::Ext4Disk::new(1 << 30).unwrap();
+    let mut st = Stack::under(s.path(), 1);
+    st.upper = disk.path().join("upper");
+    st.work = disk.path().join("work");
+    mkdirs(&st.upper);
+    mkdirs(&st.work);
+    let data: Vec<u8> = (0..SIZE).map(|i| (i % 253) as u8).collect();
+    write(&st.lower(0, "big"), &data).unwrap();
+    let _m = mount_rovl(&st, "");
+    std::fs::read(st.lower(0, "big")).unwrap();
+    let dev = disk
+        .device()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    // Sectors written to the disk so far (field 7 of its stat).
+    let written = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/sys/block/{dev}/stat")).unwrap();
+        stat.split_whitespace()
+            .nth(6)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 512
+    };
+    let before = written();
+    std::thread::scope(|sc| {
+        for w in 0..8u8 {
+            let st = &st;
+            sc.spawn(move || {
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(st.m("big"))
+                    .unwrap();
+                f.write_all(&[b'a' + w]).unwrap();
+            });
+        }
+    });
+    let (code, _, err) = run_rovl([Path::new("sync"), &st.mnt]);
+    assert_eq!(code, 0, "{err}");
+    let copied = written() - before;
+    assert!(
+        copied < 2 * SIZE as u64,
+        "{copied} bytes written to the upper disk for one copy of {SIZE}"
+    );
+    let got = std::fs::read(st.m("big")).unwrap();
+    assert_eq!(got.len(), SIZE + 8);
+    assert!(got[..SIZE] == data[..]);
+    let mut tail = got[SIZE..].to_vec();
+    tail.sort_unstable();
+    assert_eq!(tail, b"abcdefgh");
+    let left: Vec<String> = names(&st.work.join("work"))
+        .into_iter()
+        .filter(|n| n != "incompat")
+        .collect();
+    assert!(left.is_empty(), "left in the work directory: {left:?}");
+}

@@ -62,15 +62,12 @@ impl Overlay {
             if self.opts.readonly {
                 return Err(Errno::ROFS);
             }
-            {
-                let _r = self.rename_lock.read();
-                let data = if flags.contains(OFlags::TRUNC) {
-                    Data::Truncated
-                } else {
-                    Data::Full
-                };
-                self.copy_up_node(&node, data)?;
-            }
+            let data = if flags.contains(OFlags::TRUNC) {
+                Data::Truncated
+            } else {
+                Data::Full
+            };
+            self.copy_up_unlocked(&node, data)?;
             let up = node.upper_fd()?.ok_or(Errno::IO)?;
             let f = super::namespace::adapt_access(self, acc | keep | (flags & OFlags::TRUNC));
             let fd = self.stack.proc.reopen(up.as_fd(), f)?;
@@ -232,15 +229,12 @@ impl Overlay {
             Some(_) if !node.is_dir() => Some(sys::stat_fd(node.top_fd()?.as_fd())?.st_size as u64),
             _ => None,
         };
-        {
-            let _r = self.rename_lock.read();
-            let data = if set.size == Some(0) {
-                Data::Truncated
-            } else {
-                Data::Full
-            };
-            self.copy_up_node(&node, data)?;
-        }
+        let data = if set.size == Some(0) {
+            Data::Truncated
+        } else {
+            Data::Full
+        };
+        self.copy_up_unlocked(&node, data)?;
         let up = node.upper_fd()?.ok_or(Errno::IO)?;
         if set.uid.is_some() || set.gid.is_some() {
             sys::chown_fd(up.as_fd(), set.uid, set.gid)?;
@@ -314,10 +308,7 @@ impl Overlay {
         if kills_bits && caller.uid != 0 && caller.uid != st.st_uid {
             return self.getattr(&node);
         }
-        {
-            let _r = self.rename_lock.read();
-            self.copy_up_node(&node, Data::Full)?;
-        }
+        self.copy_up_unlocked(&node, Data::Full)?;
         let up = node.upper_fd()?.ok_or(Errno::IO)?;
         // fchown(-1, -1) as root: the upper filesystem clears exactly what
         // the kernel clears for a chown.
@@ -388,10 +379,7 @@ impl Overlay {
                 return Err(Errno::EXIST);
             }
         }
-        {
-            let _r = self.rename_lock.read();
-            self.copy_up_node(&node, Data::Full)?;
-        }
+        self.copy_up_unlocked(&node, Data::Full)?;
         let up = node.upper_fd()?.ok_or(Errno::IO)?;
         let r = xattr::set(up.as_fd(), name, value, flags);
         xattrs_changed(&node);
@@ -415,10 +403,7 @@ impl Overlay {
         if !exists {
             return Err(Errno::NODATA);
         }
-        {
-            let _r = self.rename_lock.read();
-            self.copy_up_node(&node, Data::Full)?;
-        }
+        self.copy_up_unlocked(&node, Data::Full)?;
         let up = node.upper_fd()?.ok_or(Errno::IO)?;
         let r = xattr::remove_strict(up.as_fd(), name);
         xattrs_changed(&node);
@@ -449,10 +434,7 @@ impl Overlay {
             return Err(Errno::ROFS);
         }
         let node = self.node(node_id)?;
-        {
-            let _r = self.rename_lock.read();
-            self.copy_up_node(&node, Data::Full)?;
-        }
+        self.copy_up_unlocked(&node, Data::Full)?;
         let up = node.upper_fd()?.ok_or(Errno::IO)?;
         let fd = self.open_for_fileattr(node.kind(), up.as_fd())?;
         let r = match attr {

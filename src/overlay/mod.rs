@@ -56,6 +56,8 @@ pub struct Overlay {
     /// the parent chain (copy-up, create, remove) takes it shared, so names
     /// stay put while they are used.
     pub(crate) rename_lock: RwLock<()>,
+    /// Nodes whose data is being copied ahead of their copy-up.
+    pub(crate) prebuilds: crate::copy_up::Prebuilds,
     tmp_counter: AtomicU64,
     /// The kernel's writeback cache is on (opens adapt their flags to it).
     wbcache: std::sync::atomic::AtomicBool,
@@ -129,6 +131,7 @@ impl Overlay {
             table: Mutex::new(table),
             slab,
             rename_lock: RwLock::new(()),
+            prebuilds: Default::default(),
             tmp_counter: AtomicU64::new(0),
             wbcache: std::sync::atomic::AtomicBool::new(false),
             invalidate: std::sync::OnceLock::new(),
@@ -444,8 +447,39 @@ impl Overlay {
     /// file, which first needs the kernel to say which name is meant. The
     /// caller holds `rename_lock`.
     pub(crate) fn copy_up_node(&self, node: &NodeRef, data: crate::copy_up::Data) -> SysResult<()> {
+        self.copy_up_node_with(node, data, None)
+    }
+
+    /// Copies `node` up for an operation that holds no lock yet, taking the
+    /// rename lock (shared) for it. A big regular file's data is copied
+    /// into the work directory before, without the lock, so that renames
+    /// (and, behind a waiting rename, every other change of the mount) do
+    /// not wait for it; only publishing the copy holds the lock.
+    pub(crate) fn copy_up_unlocked(
+        &self,
+        node: &NodeRef,
+        data: crate::copy_up::Data,
+    ) -> SysResult<()> {
+        let pre = match data {
+            crate::copy_up::Data::Full => crate::copy_up::prebuild(self, node),
+            crate::copy_up::Data::Truncated => None,
+        };
+        let _r = self.rename_lock.read();
+        self.copy_up_node_with(node, data, pre)
+    }
+
+    fn copy_up_node_with(
+        &self,
+        node: &NodeRef,
+        data: crate::copy_up::Data,
+        pre: Option<crate::copy_up::Prebuilt<'_>>,
+    ) -> SysResult<()> {
         self.needs_split(node)?;
-        match crate::copy_up::copy_up(self, node, data) {
+        let copied = match pre {
+            Some(p) => crate::copy_up::copy_up_prebuilt(self, node, data, p),
+            None => crate::copy_up::copy_up(self, node, data),
+        };
+        match copied {
             Err(Errno::BUSY) if node.lower_pinned() => {
                 // Passthrough readers hold the lower file through this
                 // node's FUSE inode: give the name a new node instead (its
