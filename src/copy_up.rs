@@ -331,8 +331,8 @@ impl Drop for Prebuilt<'_> {
     }
 }
 
-/// Copies the data of `node`, a regular lower file of at least
-/// [`PREBUILD_MIN`] bytes that is not yet copied up, into the work
+/// Copies the data of `node`, a regular lower file of at least 1 MiB
+/// (`PREBUILD_MIN`) that is not yet copied up, into the work
 /// directory, for [`copy_up_prebuilt`] to publish. The caller holds no
 /// lock. `None` when there is nothing to copy ahead, or when copying
 /// fails (the copy-up then tries again and reports the failure).
