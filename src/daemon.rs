@@ -305,10 +305,10 @@ pub fn install_panic_hook() {
 /// Runs the daemon for a checked request. Returns the exit status.
 pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
     sys::limit_malloc_arenas(1);
-    // Descriptors: a quarter of the limit each for cached layer objects
-    // (at most OBJECT_CACHE non-directories and DIR_OBJECT_CACHE
-    // directories), dirty files' tracking and open files; the rest for
-    // everything else.
+    // Descriptors: of what the limit leaves after RESERVED_FDS, a quarter
+    // each for cached layer objects (at most OBJECT_CACHE non-directories
+    // and DIR_OBJECT_CACHE directories), dirty files' tracking and open
+    // files; the rest, with the reserve, for everything else.
     let nofile = sys::raise_nofile_limit() as usize;
     let budget = (nofile.saturating_sub(RESERVED_FDS) / 4).clamp(4, 1 << 16);
     rustix::process::umask(sys::Mode::empty());
