@@ -520,10 +520,7 @@ fn renames_and_creates_do_not_wait_for_a_big_copy_up() {
     assert_eq!(lower.len(), 384 << 20, "the lower file is untouched");
     assert!(data.len() == lower.len() + 1 && data[..lower.len()] == lower[..]);
     assert_eq!(data.last(), Some(&b'+'));
-    let left: Vec<String> = names(&st.work.join("work"))
-        .into_iter()
-        .filter(|n| n != "incompat")
-        .collect();
+    let left = work_leftovers(&st);
     assert!(left.is_empty(), "left in the work directory: {left:?}");
 }
 
@@ -589,9 +586,6 @@ fn concurrent_writers_of_a_big_lower_file_copy_its_data_once() {
     let mut tail = got[SIZE..].to_vec();
     tail.sort_unstable();
     assert_eq!(tail, b"abcdefgh");
-    let left: Vec<String> = names(&st.work.join("work"))
-        .into_iter()
-        .filter(|n| n != "incompat")
-        .collect();
+    let left = work_leftovers(&st);
     assert!(left.is_empty(), "left in the work directory: {left:?}");
 }

@@ -358,10 +358,7 @@ fn round_stack(s: &Scratch, base: &Stack, round: u64) -> Stack {
 /// directory is clean and no temporary name is left in the upper layer.
 fn remount_clean(st: &Stack, ctx: &str) -> FuseMount {
     let m = mount_rovl(st, "");
-    let left: Vec<String> = names(&st.work.join("work"))
-        .into_iter()
-        .filter(|n| n != "incompat")
-        .collect();
+    let left = work_leftovers(st);
     assert!(
         left.is_empty(),
         "{ctx}: left in the work directory: {left:?}"

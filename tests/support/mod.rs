@@ -735,6 +735,16 @@ pub fn unmount_with(how: &str, mnt: &Path) {
     panic!("{how} {}: {last}", mnt.display());
 }
 
+/// What is left in the work directory of `st` (`WORKDIR/work`), but the
+/// volatile mode's `incompat` marker: temporary objects of copy-ups and
+/// creates, which a finished operation or a new mount must not leave.
+pub fn work_leftovers(st: &Stack) -> Vec<String> {
+    crate::common::names(&st.work.join("work"))
+        .into_iter()
+        .filter(|n| n != "incompat")
+        .collect()
+}
+
 // ------------------------------------------------------ random operations
 
 /// A seed for a randomized test: the environment variable `var` if set
