@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::layers::markers;
 use crate::layers::object::ObjRef;
 use crate::overlay::Overlay;
+use crate::overlay::keylocks::KeyGuard;
 use crate::overlay::node::{Layers, MAX_DEPTH, Node, NodeId, NodeRef, ROOT_ID};
 use crate::sys::{
     self, Errno, FileType, IFlags, Mode, OFlags, RenameFlags, Stat, SysResult, Time, xattr,
@@ -284,43 +285,30 @@ pub struct Prebuilt<'a> {
     /// The lower file it copies (st_dev, st_ino, size, mtime).
     from: (u64, u64, i64, i64, i64),
     built: Option<Built>,
-    _claim: Claim<'a>,
-}
-
-/// The nodes whose data a thread is copying ahead ([`prebuild`]) or
-/// publishing: another thread about to copy the same node's data waits for
-/// that instead of making a second copy (of maybe gigabytes).
-#[derive(Debug, Default)]
-pub struct Prebuilds {
-    busy: parking_lot::Mutex<Vec<NodeId>>,
-    done: parking_lot::Condvar,
-}
-
-/// A node's place in [`Prebuilds`], given up on drop.
-struct Claim<'a> {
-    set: &'a Prebuilds,
-    id: NodeId,
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        self.set.busy.lock().retain(|&i| i != self.id);
-        self.set.done.notify_all();
-    }
+    /// The node's claim in `Overlay::prebuilds`, held from before the copy
+    /// until it is published (or not): another thread about to copy the
+    /// same node's data waits for that instead of making a second copy (of
+    /// maybe gigabytes).
+    _claim: KeyGuard<'a, NodeId>,
 }
 
 impl Prebuilt<'_> {
     /// Whether it is a copy of the lower file whose stat is `st`.
     fn of(&self, st: &Stat) -> bool {
-        self.from
-            == (
-                st.st_dev,
-                st.st_ino,
-                st.st_size,
-                st.st_mtime,
-                st.st_mtime_nsec as i64,
-            )
+        self.from == version_of(st)
     }
+}
+
+/// What tells one version of a lower file from another: (st_dev, st_ino,
+/// size, mtime).
+fn version_of(st: &Stat) -> (u64, u64, i64, i64, i64) {
+    (
+        st.st_dev,
+        st.st_ino,
+        st.st_size,
+        st.st_mtime,
+        st.st_mtime_nsec as i64,
+    )
 }
 
 impl Drop for Prebuilt<'_> {
@@ -357,22 +345,11 @@ pub fn prebuild<'a>(ov: &'a Overlay, node: &NodeRef) -> Option<Prebuilt<'a>> {
         // Small: no wait worth avoiding. Hard-linked: split by name first.
         return None;
     }
-    let claim = {
-        let id = node.id();
-        let mut busy = ov.prebuilds.busy.lock();
-        while busy.contains(&id) {
-            ov.prebuilds.done.wait(&mut busy);
-        }
-        if node.has_upper() {
-            // Another thread's copy was published meanwhile.
-            return None;
-        }
-        busy.push(id);
-        Claim {
-            set: &ov.prebuilds,
-            id,
-        }
-    };
+    let claim = ov.prebuilds.lock(node.id());
+    if node.has_upper() {
+        // Another thread's copy was published meanwhile.
+        return None;
+    }
     let work = ov.work().ok()?;
     let held_work = sys::dup(work).ok()?;
     let tmp = ov.tmp_name();
@@ -386,13 +363,7 @@ pub fn prebuild<'a>(ov: &'a Overlay, node: &NodeRef) -> Option<Prebuilt<'a>> {
         Ok(built) => Some(Prebuilt {
             work: held_work,
             tmp,
-            from: (
-                st.st_dev,
-                st.st_ino,
-                st.st_size,
-                st.st_mtime,
-                st.st_mtime_nsec as i64,
-            ),
+            from: version_of(&st),
             built: Some(built),
             _claim: claim,
         }),

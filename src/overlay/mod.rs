@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod attr;
 pub mod files;
+pub mod keylocks;
 mod namespace;
 pub mod node;
 pub mod open_file;
@@ -56,8 +57,9 @@ pub struct Overlay {
     /// the parent chain (copy-up, create, remove) takes it shared, so names
     /// stay put while they are used.
     pub(crate) rename_lock: RwLock<()>,
-    /// Nodes whose data is being copied ahead of their copy-up.
-    pub(crate) prebuilds: crate::copy_up::Prebuilds,
+    /// Nodes whose data is being copied ahead of their copy-up
+    /// (`copy_up::prebuild`).
+    pub(crate) prebuilds: keylocks::KeyLocks<NodeId>,
     tmp_counter: AtomicU64,
     /// The kernel's writeback cache is on (opens adapt their flags to it).
     wbcache: std::sync::atomic::AtomicBool,

@@ -23,7 +23,9 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
 use hashbrown::HashTable;
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
+
+use super::keylocks::{KeyGuard, KeyLocks};
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::layers::lookup::DirLayers;
@@ -555,11 +557,9 @@ pub struct Chunk {
     pool: Option<Arc<Objects>>,
     /// The mount's per-node writeback state.
     wbs: Option<Arc<NodeWbs>>,
-    /// Slots of this chunk whose node is being copied up (or pinned):
-    /// each node's copy-up lock, kept here rather than in every node.
-    copying: Mutex<Vec<u32>>,
-    /// Signalled when a slot leaves `copying`.
-    copied: Condvar,
+    /// Each node's copy-up lock, by slot, kept here rather than in every
+    /// node.
+    copying: KeyLocks<u32>,
 }
 
 impl Chunk {
@@ -659,8 +659,7 @@ impl Slab {
                             slab: Arc::downgrade(&self.0),
                             pool: self.0.pool.clone(),
                             wbs: self.0.wbs.clone(),
-                            copying: Mutex::new(Vec::new()),
-                            copied: Condvar::new(),
+                            copying: KeyLocks::default(),
                         }));
                     }
                     // Indices are u32: 4 billion live nodes is beyond any
@@ -728,23 +727,18 @@ impl NodeRef {
     /// Takes this node's copy-up lock, which serializes copying the node
     /// up with pinning its lower file for passthrough readers.
     pub fn lock_copy_up(&self) -> CopyUpGuard<'_> {
-        let mut held = self.chunk.copying.lock();
-        while held.contains(&self.idx) {
-            self.chunk.copied.wait(&mut held);
+        CopyUpGuard {
+            _held: self.chunk.copying.lock(self.idx),
         }
-        held.push(self.idx);
-        CopyUpGuard { node: self }
     }
 
     /// Takes this node's copy-up lock if nobody holds it (a copy-up of
     /// the node may be under way otherwise).
     pub fn try_lock_copy_up(&self) -> Option<CopyUpGuard<'_>> {
-        let mut held = self.chunk.copying.lock();
-        if held.contains(&self.idx) {
-            return None;
-        }
-        held.push(self.idx);
-        Some(CopyUpGuard { node: self })
+        self.chunk
+            .copying
+            .try_lock(self.idx)
+            .map(|held| CopyUpGuard { _held: held })
     }
 
     /// A reference that does not keep the node alive.
@@ -760,15 +754,7 @@ impl NodeRef {
 /// A node's copy-up lock, held (see [`NodeRef::lock_copy_up`]).
 #[must_use]
 pub struct CopyUpGuard<'a> {
-    node: &'a NodeRef,
-}
-
-impl Drop for CopyUpGuard<'_> {
-    fn drop(&mut self) {
-        let chunk = &self.node.chunk;
-        chunk.copying.lock().retain(|&i| i != self.node.idx);
-        chunk.copied.notify_all();
-    }
+    _held: KeyGuard<'a, u32>,
 }
 
 fn count_ref(n: &Node) {
@@ -1472,7 +1458,7 @@ mod tests {
         drop(held);
         th.join().unwrap();
         assert!(entered.load(Ordering::SeqCst));
-        assert!(a.chunk.copying.lock().is_empty());
+        assert!(a.chunk.copying.all_free());
     }
 
     fn mk(slab: &Slab, id: NodeId, parent: NodeId, name: &str) -> NodeRef {
