@@ -321,6 +321,7 @@ impl Overlay {
         let pup = pup.as_fd();
         match upper_at(&parent, pup, name)? {
             UpperAt::Object => {
+                let removed_dir = if dir { upper_key(&node) } else { None };
                 let plain = !need_whiteout && (!dir || upper_dir_is_empty(self, pup, name)?);
                 if plain {
                     let flags = if dir {
@@ -346,6 +347,9 @@ impl Overlay {
                     } else {
                         rustix::fs::unlinkat(work, &tmp, AtFlags::empty())?;
                     }
+                }
+                if let Some(key) = removed_dir {
+                    self.wb.dir_removed(key);
                 }
             }
             UpperAt::Nothing | UpperAt::Whiteout => {
@@ -450,6 +454,10 @@ impl Overlay {
             }
         }
         let (opup, npup) = (opup.as_fd(), npup.as_fd());
+        let replaced_dir = match &dst {
+            Some(d) if !exchange && d.is_dir() => upper_key(d),
+            _ => None,
+        };
         if exchange {
             sys::rename_at(opup, old_name, npup, new_name, RenameFlags::EXCHANGE)?;
         } else {
@@ -482,6 +490,9 @@ impl Overlay {
                     sys::rename_at(opup, old_name, npup, new_name, wh | RenameFlags::NOREPLACE)?;
                 }
             }
+        }
+        if let Some(key) = replaced_dir {
+            self.wb.dir_removed(key);
         }
         if src.state.read().layers.has_lowers() {
             mark_impure(&np, npup);
@@ -687,4 +698,12 @@ fn refuse_protected_lower(node: &NodeRef) -> SysResult<()> {
         return Err(Errno::PERM);
     }
     Ok(())
+}
+
+/// The upper directory of `node` as the writeback bookkeeping knows it
+/// (st_dev, st_ino), if it has one.
+fn upper_key(node: &NodeRef) -> Option<(u64, u64)> {
+    let fd = node.upper_fd().ok().flatten()?;
+    let st = sys::stat_fd(fd.as_fd()).ok()?;
+    Some((st.st_dev, st.st_ino))
 }

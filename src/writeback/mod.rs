@@ -689,6 +689,16 @@ impl MountWb {
         }
     }
 
+    /// The upper directory `key` (st_dev, st_ino) was removed: nothing
+    /// of it is left to make durable, and a later sync could not even
+    /// reopen it (its handle is stale).
+    pub fn dir_removed(&self, key: (u64, u64)) {
+        let gone = self.dirs.lock().remove(&key);
+        if let Some(d) = gone {
+            crate::heap::freed(std::mem::size_of::<DirtyDir>() + d.path.as_os_str().len());
+        }
+    }
+
     /// Makes upper directory `fd` durable now (a copied-up directory, or a
     /// copy-up's entry, outside volatile mode). A failure fails the
     /// copy-up: it is the caller's.
