@@ -94,13 +94,18 @@ impl Inner {
     }
 
     fn handle(&self) -> Option<FileHandle> {
+        self.handle_parts().map(|(kind, bytes)| FileHandle {
+            kind,
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    /// The handle's type and bytes, borrowed (`None`: pinned, no handle).
+    fn handle_parts(&self) -> Option<(i32, &[u8])> {
         match self.extra.as_deref() {
             Some(Extra::Pinned(_)) => None,
-            Some(Extra::LongHandle(h)) => Some(h.clone()),
-            None => Some(FileHandle {
-                kind: self.kind,
-                bytes: self.bytes[..usize::from(self.len)].to_vec(),
-            }),
+            Some(Extra::LongHandle(h)) => Some((h.kind, &h.bytes)),
+            None => Some((self.kind, &self.bytes[..usize::from(self.len)])),
         }
     }
 }
@@ -212,6 +217,14 @@ pub enum LowerObj {
 }
 
 impl LowerObj {
+    /// The object's file handle (`None`: pinned, it has none).
+    pub fn handle(&self) -> Option<FileHandle> {
+        match self {
+            LowerObj::Small(h) => Some(h.handle()),
+            LowerObj::Shared(o) => o.handle(),
+        }
+    }
+
     /// The object, opened through the cache under `key` when small (the
     /// key of the node holding it: see [`small_key`]).
     pub fn to_ref(&self, key: u64) -> ObjRef {
@@ -303,6 +316,35 @@ impl Obj {
     /// same inode).
     pub fn same(&self, other: &Obj) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The object's file handle (`None`: pinned, it has none).
+    pub fn handle(&self) -> Option<FileHandle> {
+        self.0.handle()
+    }
+
+    /// Whether `h` names this object: `None` when the object has no handle
+    /// (its descriptor is pinned, which keeps the inode, and so its
+    /// number, from going to another file).
+    pub fn named_by(&self, h: &FileHandle) -> Option<bool> {
+        self.0
+            .handle_parts()
+            .map(|(kind, bytes)| kind == h.kind && bytes == h.bytes.as_slice())
+    }
+
+    /// Whether both are the same inode, told apart by handle where an
+    /// inode number alone could be an earlier, removed inode's (filesystems
+    /// hand freed numbers out again; a handle holds a generation too).
+    /// Objects without a handle are taken to be the same: the pinned
+    /// descriptor keeps its inode's number from being reused.
+    pub fn same_inode(&self, other: &Obj) -> bool {
+        if self.same(other) {
+            return true;
+        }
+        match (self.0.handle_parts(), other.0.handle_parts()) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
     }
 }
 

@@ -342,6 +342,27 @@ impl DirtyFile {
     fn touch(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
+
+    /// Whether this entry is of the inode `handle` names, and not of an
+    /// earlier inode with the same number: a parked entry of a removed
+    /// file stays in the map until a sync, while the upper filesystem may
+    /// give its number to a new file. Unknown handles count as the same
+    /// (an entry without a handle is never parked: its descriptor keeps
+    /// the inode and its number).
+    fn is_of(&self, handle: Option<&sys::FileHandle>) -> bool {
+        match (&self.handle, handle) {
+            (Some(mine), Some(h)) => mine == h,
+            _ => true,
+        }
+    }
+
+    /// [`DirtyFile::is_of`] for the upper object `upper`.
+    fn is_of_obj(&self, upper: Option<&Obj>) -> bool {
+        match (&self.handle, upper) {
+            (Some(mine), Some(o)) => o.named_by(mine).unwrap_or(true),
+            _ => true,
+        }
+    }
 }
 
 impl MountWb {
@@ -479,20 +500,25 @@ impl MountWb {
     /// meanwhile is lost to the new node's observers, and points the
     /// object's dirty entry at it.
     pub fn new_node(&self, node: &NodeRef, ident: (u64, u64)) {
-        if let Some(wb) = self.inode_wb(ident) {
+        if let Some(wb) = self.inode_wb(ident, node.upper().as_ref()) {
             self.nodes.set(node.generation(), wb);
         }
         self.link(node);
     }
 
     /// The writeback state of a new node for the object `ident` (see
-    /// [`MountWb::new_node`]).
-    fn inode_wb(&self, ident: (u64, u64)) -> Option<Arc<InodeWb>> {
+    /// [`MountWb::new_node`]), whose upper object is `upper`. An entry
+    /// of an earlier inode with the same number is not the new node's.
+    fn inode_wb(&self, ident: (u64, u64), upper: Option<&Obj>) -> Option<Arc<InodeWb>> {
         if let Some(df) = self.files.lock().get(&ident) {
-            return Some(Arc::new(InodeWb::with(df.errs.clone(), Some(df.clone()))));
+            if df.is_of_obj(upper) {
+                return Some(Arc::new(InodeWb::with(df.errs.clone(), Some(df.clone()))));
+            }
         }
         if let Some(d) = self.dirs.lock().get(&ident) {
-            return Some(Arc::new(InodeWb::with(d.errs.clone(), None)));
+            if upper.is_none_or(|u| d.obj.same_inode(u)) {
+                return Some(Arc::new(InodeWb::with(d.errs.clone(), None)));
+            }
         }
         None
     }
@@ -577,7 +603,16 @@ impl MountWb {
         }
         let st = sys::stat_fd(upper).ok()?;
         let key = (st.st_dev, st.st_ino);
-        let existing = self.files.lock().get(&key).cloned();
+        let mut existing = self.files.lock().get(&key).cloned();
+        let handle = sys::name_to_handle(upper).ok();
+        if existing
+            .as_ref()
+            .is_some_and(|df| !df.is_of(handle.as_ref()))
+        {
+            // Of a removed file whose number this one got: nothing of it
+            // is left to make durable, and it is not this file's.
+            existing = None;
+        }
         let df = match existing {
             Some(df) => df,
             None => {
@@ -592,7 +627,7 @@ impl MountWb {
                     key,
                     errs: slot.errs.get_or_insert_with(Default::default).clone(),
                     fd: Mutex::new(Some(Arc::new(fd))),
-                    handle: sys::name_to_handle(upper).ok(),
+                    handle,
                     node: Mutex::new(node.downgrade()),
                     path: Mutex::new(path),
                     writers: AtomicUsize::new(0),
@@ -600,7 +635,10 @@ impl MountWb {
                     open_fds: self.open_fds.clone(),
                 });
                 self.open_fds.fetch_add(1, Ordering::AcqRel);
-                self.files.lock().insert(key, df.clone());
+                let stale = self.files.lock().insert(key, df.clone());
+                if let Some(old) = stale {
+                    crate::heap::freed(old.footprint());
+                }
                 self.now_held(&df);
                 self.make_room();
                 df
@@ -663,11 +701,13 @@ impl MountWb {
     /// [`MountWb::dir_changed`] with the upper directory's stat in hand.
     pub fn dir_changed_at(&self, ov: &Overlay, dir: &NodeRef, st: &sys::Stat) {
         let key = (st.st_dev, st.st_ino);
-        if let Some(d) = self.dirs.lock().get(&key) {
-            d.epoch.fetch_add(1, Ordering::AcqRel);
-            return;
-        }
         let Some(obj) = dir.upper() else { return };
+        if let Some(d) = self.dirs.lock().get(&key) {
+            if d.obj.same_inode(&obj) {
+                d.epoch.fetch_add(1, Ordering::AcqRel);
+                return;
+            }
+        }
         // Built without the map's lock held: `path_of` takes the node
         // table's lock, and a lookup installing a node holds that one while
         // it takes this map's (`new_node`).
@@ -679,9 +719,15 @@ impl MountWb {
             path: ov.path_of(dir),
             epoch: AtomicU64::new(1),
         };
-        match self.dirs.lock().entry(key) {
-            std::collections::hash_map::Entry::Occupied(d) => {
-                d.get().epoch.fetch_add(1, Ordering::AcqRel);
+        let mut dirs = self.dirs.lock();
+        match dirs.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut d) => {
+                if d.get().obj.same_inode(&fresh.obj) {
+                    d.get().epoch.fetch_add(1, Ordering::AcqRel);
+                } else {
+                    // Of a removed directory whose number this one got.
+                    d.insert(Arc::new(fresh));
+                }
             }
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(Arc::new(fresh));
@@ -802,6 +848,8 @@ impl MountWb {
         if let Some(up) = node.upper_fd().ok().flatten() {
             if let Ok(st) = sys::stat_fd(up.as_fd()) {
                 let d = self.dirs.lock().get(&(st.st_dev, st.st_ino)).cloned();
+                let upper = node.upper();
+                let d = d.filter(|d| upper.is_none_or(|u| d.obj.same_inode(&u)));
                 if let Some(d) = d {
                     self.sync_dir(ov, &d)?;
                 } else {
