@@ -346,3 +346,53 @@ fn dot_entries_are_stats(root: &Path, dir: &str) {
         path.display()
     );
 }
+
+/// An upper file with two names, one the kernel has not looked up: after
+/// the other name is removed while the file is open, the second name is
+/// the same inode (same number as the open file's, as kernel overlayfs
+/// shows) at once, and a write through the open file is what that name
+/// reads, also with the kernel's writeback cache, which trusts its own
+/// idea of a file's size.
+#[test]
+fn a_name_the_kernel_never_looked_up_is_the_same_inode_as_a_removed_one() {
+    for opts in ["", "passthrough=off"] {
+        let s = Scratch::new().unwrap();
+        let st = setup(&s);
+        put(&st.upper.join("a"), "upper file");
+        link(&st.upper.join("a"), &st.upper.join("b")).unwrap();
+        let want = {
+            let _k = mount_kernel(&st, "");
+            let f = std::fs::File::open(st.m("a")).unwrap();
+            std::fs::remove_file(st.m("a")).unwrap();
+            let open_ino = f.metadata().unwrap().ino();
+            assert_eq!(open_ino, ino(&st.m("b")), "kernel overlayfs");
+            link(&st.m("b"), &st.m("a")).unwrap();
+            open_ino
+        };
+        let _m = mount_rovl(&st, opts);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(st.m("a"))
+            .unwrap();
+        std::fs::remove_file(st.m("a")).unwrap();
+        let t = std::time::Instant::now();
+        let b = ino(&st.m("b"));
+        let took = t.elapsed();
+        assert_eq!(f.metadata().unwrap().ino(), want, "{opts}: the open file");
+        assert_eq!(b, want, "{opts}: the other name");
+        assert!(
+            took < std::time::Duration::from_millis(10),
+            "{opts}: lookup took {took:?}"
+        );
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"written through the removed name", 0)
+            .unwrap();
+        drop(f);
+        assert_eq!(
+            std::fs::read(st.m("b")).unwrap(),
+            b"written through the removed name",
+            "{opts}"
+        );
+    }
+}

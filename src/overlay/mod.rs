@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 pub use self::attr::{Attr, Caller, SetAttr, SetTime};
 pub use self::files::OpenFlags;
@@ -41,6 +41,13 @@ pub struct Options {
     pub readonly: bool,
 }
 
+/// How long a new object waits for the kernel to forget a removed
+/// object's node that holds its inode number (the kernel keeps a removed
+/// file's inode past its FORGET only while something holds it, such as a
+/// working directory inside a removed directory; the object then gets a
+/// fallback number for this mount's life).
+const FORGET_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// A mounted overlay.
 #[derive(Debug)]
 pub struct Overlay {
@@ -51,6 +58,9 @@ pub struct Overlay {
     /// `WORKDIR/work`: where copies and new objects are prepared.
     work: Option<OwnedFd>,
     table: Mutex<NodeTable>,
+    /// Told when the kernel's FORGET removed a node from the table (see
+    /// [`Overlay::wait_for_removed_holder`]).
+    forgotten: Condvar,
     /// Where nodes live.
     slab: Slab,
     /// Renames take it exclusively; anything that walks or publishes into
@@ -131,6 +141,7 @@ impl Overlay {
             opts,
             work,
             table: Mutex::new(table),
+            forgotten: Condvar::new(),
             slab,
             rename_lock: RwLock::new(()),
             prebuilds: Default::default(),
@@ -366,10 +377,11 @@ impl Overlay {
             Layers::non_dir(upper, lower)
         };
         let mut table = self.table.lock();
+        self.wait_for_removed_holder(&mut table, want, ident, &layers);
         if let Some(n) = table.child(parent, name) {
             return Ok(n);
         }
-        let id = match table.claim(want, ident) {
+        let id = match table.claim(want, ident, &layers) {
             Ok(existing) => {
                 table.add_alias(&existing, parent, name);
                 return Ok(existing);
@@ -402,9 +414,11 @@ impl Overlay {
         opaque: bool,
     ) -> NodeRef {
         let ident = (st.st_dev, st.st_ino);
+        let want = self.stack.map_ino(0, st.st_ino);
         let mut table = self.table.lock();
+        self.wait_for_removed_holder(&mut table, want, ident, &layers);
         table.remove_name(parent, name);
-        let id = match table.claim(self.stack.map_ino(0, st.st_ino), ident) {
+        let id = match table.claim(want, ident, &layers) {
             Ok(existing) => {
                 table.add_alias(&existing, parent, name);
                 return existing;
@@ -556,7 +570,32 @@ impl Overlay {
     /// Drops `n` kernel references to node `id`.
     pub fn forget(&self, id: NodeId, n: u64) {
         let removed = self.table.lock().forget(id, n);
+        if removed.is_some() {
+            self.forgotten.notify_all();
+        }
         drop(removed);
+    }
+
+    /// Before a new object takes its natural id `want`: when a removed
+    /// object's node still holds that id with the same inode number (the
+    /// upper filesystem hands freed numbers out again, and the kernel's
+    /// FORGET of the old node is usually microseconds away), waits for that
+    /// node to go, for at most [`FORGET_WAIT`], with the table unlocked
+    /// meanwhile. The object then shows its natural inode number, the one
+    /// it has after a remount (SPEC §2), instead of a fallback.
+    fn wait_for_removed_holder(
+        &self,
+        table: &mut MutexGuard<'_, NodeTable>,
+        want: NodeId,
+        ident: (u64, u64),
+        layers: &Layers,
+    ) {
+        let deadline = std::time::Instant::now() + FORGET_WAIT;
+        while table.held_by_removed(want, ident, layers) {
+            if self.forgotten.wait_until(table, deadline).timed_out() {
+                return;
+            }
+        }
     }
 
     /// Attributes of `node` as the merged view shows them.

@@ -85,6 +85,31 @@ impl Layers {
         }
     }
 
+    /// The file handle of the object that defines the node's identity
+    /// (the upper one, or else the top lower one), when it has one.
+    fn top_handle(&self) -> Option<crate::sys::FileHandle> {
+        match self {
+            Layers::Dir(d) => match &d.upper {
+                Some(u) => u.handle(),
+                None => d.lowers.first().and_then(|l| l.obj.handle()),
+            },
+            Layers::Upper(u) => u.handle(),
+            Layers::Both(b) => b.0.handle(),
+            Layers::Lower(l) => l.handle(),
+            Layers::Nothing => None,
+        }
+    }
+
+    /// Whether the identity objects of both are the same inode, told apart
+    /// by handle: a number alone may be a removed inode's, handed out again
+    /// by the upper filesystem. Without handles, they count as the same.
+    pub fn same_top_inode(&self, other: &Layers) -> bool {
+        match (self.top_handle(), other.top_handle()) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+    }
+
     /// A non-directory's lower object, when it has one.
     pub fn lower(&self) -> Option<&LowerObj> {
         match self {
@@ -1082,13 +1107,22 @@ impl NodeTable {
         self.slots.slab.next_generation()
     }
 
-    /// The id for an object whose natural id is `want` and whose identity
-    /// is `ident`: `Ok(node)` when the table already holds that very
-    /// object, `Err(id)` with an id free for a new node otherwise.
-    pub fn claim(&mut self, want: NodeId, ident: (u64, u64)) -> Result<NodeRef, NodeId> {
+    /// The id for an object whose natural id is `want`, whose identity is
+    /// `ident` and whose layers are `layers`: `Ok(node)` when the table
+    /// already holds that very object, `Err(id)` with an id free for a new
+    /// node otherwise. A node no known name leads to still holds the object
+    /// when the handles agree: the object has a name the table did not
+    /// know (an upper hard link made before this mount, a lower hard
+    /// link), and that name becomes the node's.
+    pub fn claim(
+        &mut self,
+        want: NodeId,
+        ident: (u64, u64),
+        layers: &Layers,
+    ) -> Result<NodeRef, NodeId> {
         let same = |n: &NodeRef| {
             let st = n.state.read();
-            st.same_ident(ident) && !st.unlinked()
+            st.same_ident(ident) && (!st.unlinked() || st.layers.same_top_inode(layers))
         };
         match self.get(want) {
             None if want != 0 && want < FALLBACK_BASE => Err(want),
@@ -1102,6 +1136,17 @@ impl NodeTable {
                 Err(id)
             }
         }
+    }
+
+    /// Whether id `want` is held by the node of a removed object (no name
+    /// leads to it) with the identity `ident`: the upper filesystem gave
+    /// the removed object's inode number to a new one before the kernel
+    /// forgot the old node.
+    pub fn held_by_removed(&self, want: NodeId, ident: (u64, u64), layers: &Layers) -> bool {
+        self.get(want).is_some_and(|n| {
+            let st = n.state.read();
+            st.unlinked() && st.same_ident(ident) && !st.layers.same_top_inode(layers)
+        })
     }
 
     /// The node with id `id`.
