@@ -335,6 +335,28 @@ fn many_threads_of_random_operations_under_a_tiny_descriptor_limit() {
     random_operations_under("", Some(64));
 }
 
+/// [`many_threads_of_random_operations_never_hang_the_daemon`] while the
+/// host drops its dentry and inode caches every 20 ms: the kernel forgets
+/// nodes (FORGET, BATCH_FORGET) amid the lookups, opens and renames that
+/// use them, and looks them up again.
+#[test]
+fn many_threads_of_random_operations_while_the_kernel_forgets_nodes() {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let done = std::panic::catch_unwind(|| random_operations_under("", None));
+        stop.store(true, Ordering::Relaxed);
+        if let Err(e) = done {
+            std::panic::resume_unwind(e);
+        }
+    });
+}
+
 /// Eight threads of random operations for 4 s on a mount with `opts`;
 /// then the checks of [`many_threads_of_random_operations_never_hang_the_daemon`].
 fn random_operations_on_many_threads(opts: &str) {
@@ -404,10 +426,46 @@ fn random_operations_under(opts: &str, nofile: Option<u32>) {
     assert_eq!(code, 0, "seed {seed}: {err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["errors_total"], 0, "seed {seed}: {out}");
+    // What the kernel cached through the session (long entry and attribute
+    // timeouts, invalidated by the daemon) is what the layers now hold.
+    let live = view(&st.mnt);
+    let live_inodes = inode_numbers(&st.mnt);
     let (code, _, err) = run_rovl([Path::new("umount"), &st.mnt]);
     assert_eq!(code, 0, "seed {seed}: {err}");
     let log = std::fs::read_to_string(st.work.join("rovl/rovl.log")).unwrap_or_default();
     assert!(!log.contains("panic"), "seed {seed}: {log}");
-    eprintln!("seed {seed}: {ops} operations");
     drop(m);
+    let fresh = mount_rovl(&st, opts);
+    let d = diff("live", &brief(&live), "remounted", &brief(&view(&st.mnt)));
+    assert!(
+        d.is_empty(),
+        "seed {seed}: the session's view went stale:\n{d}"
+    );
+    let d = diff("live", &live_inodes, "remounted", &inode_numbers(&st.mnt));
+    assert!(d.is_empty(), "seed {seed}: inode numbers changed:\n{d}");
+    drop(fresh);
+    // A work directory of its own: kernel overlayfs refuses one a volatile
+    // mount used (E6).
+    let k = Stack {
+        lowers: st.lowers.clone(),
+        upper: st.upper.clone(),
+        work: st.work.with_file_name("kernel-work"),
+        mnt: st.mnt.clone(),
+    };
+    std::fs::create_dir_all(&k.work).unwrap();
+    let _k = mount_kernel(&k, "");
+    let d = diff("rovl", &brief(&live), "kernel", &brief(&view(&st.mnt)));
+    assert!(
+        d.is_empty(),
+        "seed {seed}: kernel overlayfs reads the layers otherwise:\n{d}"
+    );
+    eprintln!("seed {seed}: {ops} operations");
+}
+
+/// Paths below `root` → inode number.
+fn inode_numbers(root: &Path) -> BTreeMap<String, u64> {
+    inodes(root)
+        .into_iter()
+        .map(|(k, (ino, _))| (k, ino))
+        .collect()
 }

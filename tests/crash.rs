@@ -205,20 +205,6 @@ fn lay_out(st: &Stack, k: usize) {
 /// A view of one operation's directory.
 type View = std::collections::BTreeMap<String, Obj>;
 
-/// `v` with file contents shown as their length and a hash, for messages.
-fn brief(v: &View) -> View {
-    v.iter()
-        .map(|(k, o)| {
-            let mut o = o.clone();
-            if let Some(d) = &o.data {
-                let text = format!("{} bytes, fnv {:016x}", d.len(), difftest::rng::fnv(d));
-                o.data = Some(text.into_bytes());
-            }
-            (k.clone(), o)
-        })
-        .collect()
-}
-
 /// For every operation directory, its view after 0, 1, ... of its steps,
 /// from kernel overlayfs.
 fn kernel_states(s: &Scratch, st: &Stack, ops: &[(usize, Vec<Step>)]) -> Vec<Vec<View>> {

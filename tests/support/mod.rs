@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -300,6 +301,20 @@ pub fn obj(p: &Path) -> io::Result<Obj> {
         },
         xattrs,
     })
+}
+
+/// `v` with file contents shown as their length and a hash, for messages.
+pub fn brief(v: &BTreeMap<String, Obj>) -> BTreeMap<String, Obj> {
+    v.iter()
+        .map(|(k, o)| {
+            let mut o = o.clone();
+            if let Some(d) = &o.data {
+                let text = format!("{} bytes, fnv {:016x}", d.len(), difftest::rng::fnv(d));
+                o.data = Some(text.into_bytes());
+            }
+            (k.clone(), o)
+        })
+        .collect()
 }
 
 /// Path (relative, `/`-joined, lossy) → snapshot, for every object below
@@ -799,7 +814,11 @@ const RANDOM_NAMES: [&str; 11] = [
 /// hard links): writes, removals, renames and exchanges, mkdir and rmdir,
 /// chmod, xattrs, links, truncates, listings, fsyncs, fsyncdirs,
 /// `ROVL_IOC_SYNCFS`, `ROVL_IOC_STATUS`, reads, a write while the same
-/// file is open for reading, and stats. Any errno is a possible outcome.
+/// file is open for reading, stats, writes through a shared mapping
+/// (also after the file's close), writes and fsyncs of an open file
+/// whose name was removed, fallocate, copy_file_range, symlinks, device
+/// nodes, renames with flags, setattr through an open descriptor, times
+/// and owners, xattr removal and listing. Any errno is a possible outcome.
 pub fn random_operation(r: &mut difftest::rng::Rng, st: &Stack) -> io::Result<()> {
     use std::os::fd::AsFd;
     use std::os::unix::fs::FileExt;
@@ -812,7 +831,7 @@ pub fn random_operation(r: &mut difftest::rng::Rng, st: &Stack) -> io::Result<()
         }
     };
     let (a, b) = (name(), name());
-    match r.below(19) {
+    match r.below(30) {
         0 => write(&a, b"new"),
         1 => open(&a, libc::O_WRONLY | libc::O_APPEND).and_then(|f| f.write_all_at(b"more", 0)),
         2 => std::fs::remove_file(&a),
@@ -841,6 +860,114 @@ pub fn random_operation(r: &mut difftest::rng::Rng, st: &Stack) -> io::Result<()
         }),
         17 => open(&st.mnt, libc::O_RDONLY | libc::O_DIRECTORY)
             .and_then(|f| Ok(rovl::sys::ioctl_rovl_status(f.as_fd()).map(drop)?)),
-        _ => lstat(&a).map(drop),
+        18 => lstat(&a).map(drop),
+        19 => open(&a, libc::O_RDWR).and_then(|f| {
+            let close_first = r.below(2) == 0;
+            write_through_mapping(f, r.below(8192) as usize, close_first)
+        }),
+        20 => open(&a, libc::O_RDWR).and_then(|f| {
+            std::fs::remove_file(&a)?;
+            f.write_all_at(b"orphan", r.below(8192))?;
+            f.sync_all()
+        }),
+        21 => open(&a, libc::O_RDWR).and_then(|f| {
+            let mode = [0, libc::FALLOC_FL_KEEP_SIZE][r.below(2) as usize];
+            let (off, len) = (r.below(1 << 20) as i64, 1 + r.below(1 << 16) as i64);
+            // SAFETY: a plain call on an open descriptor.
+            check(unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) })
+        }),
+        22 => open(&a, libc::O_RDONLY).and_then(|from| {
+            let to = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&b)?;
+            let len = r.below(1 << 20) as usize;
+            // SAFETY: open descriptors; null offsets use the files' own.
+            let n = unsafe {
+                libc::copy_file_range(
+                    from.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    to.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    len,
+                    0,
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        }),
+        23 => symlink("f1", &a),
+        24 => mknod(&a, libc::S_IFCHR | 0o644, 0),
+        25 => {
+            let flags = [libc::RENAME_NOREPLACE, libc::RENAME_WHITEOUT][r.below(2) as usize];
+            rename2(&a, &b, flags)
+        }
+        26 => open(&a, libc::O_RDWR).and_then(|f| {
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o640))?;
+            f.set_len(r.below(9000))
+        }),
+        27 => utimes(&a, (1, 0), (r.below(1 << 30) as i64, 0))
+            .and_then(|()| lchown(&a, r.below(3) as u32, r.below(3) as u32)),
+        28 => lremove(&a, "user.x").and_then(|()| llist(&a).map(drop)),
+        _ => open(&a, libc::O_RDWR).and_then(|f| {
+            f.write_all_at(b"buffered", r.below(1 << 16))?;
+            // A check that starts no writeback (E5).
+            // SAFETY: a plain call on an open descriptor.
+            check(unsafe {
+                libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WAIT_AFTER)
+            })
+        }),
     }
+}
+
+/// Writes a byte at `at` through a shared mapping of `f` (if the file is
+/// that long) and unmaps without msync, so the data stays dirty for the
+/// next sync to find; if `close_first`, every descriptor of the file is
+/// closed before the write (the mapping alone still writes to it). The
+/// mapping lives in a forked child: another thread may truncate the file
+/// meanwhile, and the write then raises SIGBUS, which ends only the child.
+fn write_through_mapping(f: std::fs::File, at: usize, close_first: bool) -> io::Result<()> {
+    let len = f.metadata()?.len() as usize;
+    if at >= len {
+        return Ok(());
+    }
+    // SAFETY: the child runs only async-signal-safe calls (mmap, close,
+    // munmap, _exit) and a store into its own mapping.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: in the child, on its copy of the descriptor; the store
+        // stays inside the `len` bytes mapped.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                libc::_exit(1);
+            }
+            if close_first {
+                libc::close(f.as_raw_fd());
+            }
+            *(p as *mut u8).add(at) = b'm';
+            libc::munmap(p, len);
+            libc::_exit(0);
+        }
+    }
+    if close_first {
+        drop(f);
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    check(unsafe { libc::waitpid(pid, &mut status, 0) })
 }
