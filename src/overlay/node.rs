@@ -362,6 +362,21 @@ impl NodeState {
         self.ident_dev == dev32(dev) && self.ident_ino == ino
     }
 
+    /// Whether this node stands for the object with identity `ident` and
+    /// layers `layers`: `None` when the identity differs, `Some(false)`
+    /// when the node is a removed object's (no name leads to it) that only
+    /// shares the number (the upper filesystem handed it out again: the
+    /// handles differ), `Some(true)` otherwise. A nameless node whose
+    /// handle is the object's stands for it: the object has a name the
+    /// table did not know (an upper hard link made before this mount, a
+    /// lower hard link).
+    pub fn stands_for(&self, ident: (u64, u64), layers: &Layers) -> Option<bool> {
+        if !self.same_ident(ident) {
+            return None;
+        }
+        Some(!self.unlinked() || self.layers.same_top_inode(layers))
+    }
+
     fn flag(&self, f: u32) -> bool {
         self.bits & f != 0
     }
@@ -1110,20 +1125,15 @@ impl NodeTable {
     /// The id for an object whose natural id is `want`, whose identity is
     /// `ident` and whose layers are `layers`: `Ok(node)` when the table
     /// already holds that very object, `Err(id)` with an id free for a new
-    /// node otherwise. A node no known name leads to still holds the object
-    /// when the handles agree: the object has a name the table did not
-    /// know (an upper hard link made before this mount, a lower hard
-    /// link), and that name becomes the node's.
+    /// node otherwise (see [`NodeState::stands_for`]; a nameless node
+    /// taken this way gets the name).
     pub fn claim(
         &mut self,
         want: NodeId,
         ident: (u64, u64),
         layers: &Layers,
     ) -> Result<NodeRef, NodeId> {
-        let same = |n: &NodeRef| {
-            let st = n.state.read();
-            st.same_ident(ident) && (!st.unlinked() || st.layers.same_top_inode(layers))
-        };
+        let same = |n: &NodeRef| n.state.read().stands_for(ident, layers) == Some(true);
         match self.get(want) {
             None if want != 0 && want < FALLBACK_BASE => Err(want),
             Some(n) if same(&n) => Ok(n),
@@ -1138,15 +1148,13 @@ impl NodeTable {
         }
     }
 
-    /// Whether id `want` is held by the node of a removed object (no name
-    /// leads to it) with the identity `ident`: the upper filesystem gave
-    /// the removed object's inode number to a new one before the kernel
-    /// forgot the old node.
+    /// Whether id `want` is held by the node of a removed object with the
+    /// identity `ident` but another inode: the upper filesystem gave the
+    /// removed object's inode number to a new one before the kernel forgot
+    /// the old node.
     pub fn held_by_removed(&self, want: NodeId, ident: (u64, u64), layers: &Layers) -> bool {
-        self.get(want).is_some_and(|n| {
-            let st = n.state.read();
-            st.unlinked() && st.same_ident(ident) && !st.layers.same_top_inode(layers)
-        })
+        self.get(want)
+            .is_some_and(|n| n.state.read().stands_for(ident, layers) == Some(false))
     }
 
     /// The node with id `id`.

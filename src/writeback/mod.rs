@@ -343,25 +343,25 @@ impl DirtyFile {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Whether this entry is of the inode `handle` names, and not of an
+    /// Whether this entry is of the upper object `upper`, and not of an
     /// earlier inode with the same number: a parked entry of a removed
     /// file stays in the map until a sync, while the upper filesystem may
     /// give its number to a new file. Unknown handles count as the same
     /// (an entry without a handle is never parked: its descriptor keeps
     /// the inode and its number).
-    fn is_of(&self, handle: Option<&sys::FileHandle>) -> bool {
-        match (&self.handle, handle) {
-            (Some(mine), Some(h)) => mine == h,
-            _ => true,
-        }
-    }
-
-    /// [`DirtyFile::is_of`] for the upper object `upper`.
-    fn is_of_obj(&self, upper: Option<&Obj>) -> bool {
+    fn is_of(&self, upper: Option<&Obj>) -> bool {
         match (&self.handle, upper) {
             (Some(mine), Some(o)) => o.named_by(mine).unwrap_or(true),
             _ => true,
         }
+    }
+}
+
+impl DirtyDir {
+    /// Whether this entry is of the upper directory `upper` (see
+    /// [`DirtyFile::is_of`]: a removed directory's number may be reused).
+    fn is_of(&self, upper: Option<&Obj>) -> bool {
+        upper.is_none_or(|u| self.obj.same_inode(u))
     }
 }
 
@@ -511,16 +511,23 @@ impl MountWb {
     /// of an earlier inode with the same number is not the new node's.
     fn inode_wb(&self, ident: (u64, u64), upper: Option<&Obj>) -> Option<Arc<InodeWb>> {
         if let Some(df) = self.files.lock().get(&ident) {
-            if df.is_of_obj(upper) {
+            if df.is_of(upper) {
                 return Some(Arc::new(InodeWb::with(df.errs.clone(), Some(df.clone()))));
             }
         }
-        if let Some(d) = self.dirs.lock().get(&ident) {
-            if upper.is_none_or(|u| d.obj.same_inode(u)) {
-                return Some(Arc::new(InodeWb::with(d.errs.clone(), None)));
-            }
-        }
-        None
+        let d = self.dir_entry(ident, upper)?;
+        Some(Arc::new(InodeWb::with(d.errs.clone(), None)))
+    }
+
+    /// The dirty entry of the upper directory `upper`, whose (st_dev,
+    /// st_ino) is `key`, if it has one (not one a removed directory with
+    /// the same number left).
+    fn dir_entry(&self, key: (u64, u64), upper: Option<&Obj>) -> Option<Arc<DirtyDir>> {
+        self.dirs
+            .lock()
+            .get(&key)
+            .filter(|d| d.is_of(upper))
+            .cloned()
     }
 
     /// Points the dirty entry of `node`'s object (if any) at `node`.
@@ -597,22 +604,21 @@ impl MountWb {
         // Looked up before the slots' lock: `new_node` takes a node's
         // slots while it holds the node table's.
         let path = ov.path_of(node);
+        let upper_obj = node.upper();
         let mut slot = wb.slots.lock();
         if let Some(df) = &slot.dirty {
             return Some(df.clone());
         }
         let st = sys::stat_fd(upper).ok()?;
         let key = (st.st_dev, st.st_ino);
-        let mut existing = self.files.lock().get(&key).cloned();
-        let handle = sys::name_to_handle(upper).ok();
-        if existing
-            .as_ref()
-            .is_some_and(|df| !df.is_of(handle.as_ref()))
-        {
-            // Of a removed file whose number this one got: nothing of it
-            // is left to make durable, and it is not this file's.
-            existing = None;
-        }
+        // An entry of a removed file whose number this one got is not
+        // this file's (nothing of it is left to make durable): replaced.
+        let existing = self
+            .files
+            .lock()
+            .get(&key)
+            .filter(|df| df.is_of(upper_obj.as_ref()))
+            .cloned();
         let df = match existing {
             Some(df) => df,
             None => {
@@ -627,7 +633,7 @@ impl MountWb {
                     key,
                     errs: slot.errs.get_or_insert_with(Default::default).clone(),
                     fd: Mutex::new(Some(Arc::new(fd))),
-                    handle,
+                    handle: sys::name_to_handle(upper).ok(),
                     node: Mutex::new(node.downgrade()),
                     path: Mutex::new(path),
                     writers: AtomicUsize::new(0),
@@ -702,11 +708,9 @@ impl MountWb {
     pub fn dir_changed_at(&self, ov: &Overlay, dir: &NodeRef, st: &sys::Stat) {
         let key = (st.st_dev, st.st_ino);
         let Some(obj) = dir.upper() else { return };
-        if let Some(d) = self.dirs.lock().get(&key) {
-            if d.obj.same_inode(&obj) {
-                d.epoch.fetch_add(1, Ordering::AcqRel);
-                return;
-            }
+        if let Some(d) = self.dir_entry(key, Some(&obj)) {
+            d.epoch.fetch_add(1, Ordering::AcqRel);
+            return;
         }
         // Built without the map's lock held: `path_of` takes the node
         // table's lock, and a lookup installing a node holds that one while
@@ -722,7 +726,7 @@ impl MountWb {
         let mut dirs = self.dirs.lock();
         match dirs.entry(key) {
             std::collections::hash_map::Entry::Occupied(mut d) => {
-                if d.get().obj.same_inode(&fresh.obj) {
+                if d.get().is_of(Some(&fresh.obj)) {
                     d.get().epoch.fetch_add(1, Ordering::AcqRel);
                 } else {
                     // Of a removed directory whose number this one got.
@@ -847,10 +851,7 @@ impl MountWb {
         }
         if let Some(up) = node.upper_fd().ok().flatten() {
             if let Ok(st) = sys::stat_fd(up.as_fd()) {
-                let d = self.dirs.lock().get(&(st.st_dev, st.st_ino)).cloned();
-                let upper = node.upper();
-                let d = d.filter(|d| upper.is_none_or(|u| d.obj.same_inode(&u)));
-                if let Some(d) = d {
+                if let Some(d) = self.dir_entry((st.st_dev, st.st_ino), node.upper().as_ref()) {
                     self.sync_dir(ov, &d)?;
                 } else {
                     self.fsync_upper(ov, node, up.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)?;
