@@ -998,6 +998,181 @@ fn random_operations_while_the_disk_fails_and_heals() {
     }
 }
 
+/// E1, E2 and E3 under concurrency, with an exact oracle. On mount A,
+/// writer threads append to, overwrite, truncate, fsync and sync six of
+/// eight files while the disk fails (new blocks, and for the files made
+/// in the upper layer the blocks they already had) and heals; the other
+/// half start in the lower layer and are copied up by the writers' opens; other threads open, fsync and close
+/// late observers. Passive observers, opened on every file and on A's root
+/// before the disk failed and left alone until the end, must then be told
+/// exactly what rovl's error journal says happened: an observer of a file
+/// with a recorded error fails its first fsync and succeeds its second; an
+/// observer of a file without one succeeds; A's root fails one sync iff
+/// any error was recorded. Mount B on the same disk, which writes nothing
+/// while the disk fails, fsyncs and syncs throughout and is never told
+/// anything.
+#[test]
+fn concurrent_writers_leave_every_passive_observer_told_exactly_what_happened() {
+    const FILES: usize = 8;
+    for mode in passthrough_modes() {
+        let seed = support::seed_from_env("ROVL_STRESS_SEED");
+        let ctx = format!("{mode}, seed {seed}");
+        let s = Scratch::new().unwrap();
+        let mut disk = FailingDisk::new().unwrap();
+        let a = disk_stack(&disk, &s, "a");
+        let b = disk_stack(&disk, &s, "b");
+        let ma = mount_rovl(&a, mode);
+        let mb = mount_rovl(&b, mode);
+        let names: Vec<String> = (0..FILES).map(|i| format!("obs/f{i}")).collect();
+        // Odd files start in the lower layer: their observers are opened
+        // before the copy-up, which a writer's open makes (or fails to).
+        std::fs::create_dir_all(a.lower(0, "obs")).unwrap();
+        for (i, n) in names.iter().enumerate() {
+            let p = if i % 2 == 1 { a.lower(0, n) } else { a.m(n) };
+            put(&p, &"x".repeat(64 << 10));
+        }
+        put(&b.m("quiet"), "b's data");
+        assert_eq!(rovl_sync(&a.mnt).0, 0, "{ctx}");
+        assert_eq!(rovl_sync(&b.mnt).0, 0, "{ctx}");
+        // The upper files lose the image blocks under their data, so
+        // overwrites fail too once the balloon is up.
+        for n in names.iter().step_by(2) {
+            disk.punch_holes_under(a.upper.join(n)).unwrap();
+        }
+        let passive: Vec<[File; 2]> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let second = if i % 2 == 1 { ro(&a.m(n)) } else { rw(&a.m(n)) };
+                [ro(&a.m(n)), second]
+            })
+            .collect();
+        let a_root = File::open(&a.mnt).unwrap();
+        let b_quiet = ro(&b.m("quiet"));
+        let b_root = File::open(&b.mnt).unwrap();
+        let b_told = std::sync::Mutex::new(Vec::new());
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            for w in 0..4u64 {
+                let (a, names, stop) = (&a, &names, &stop);
+                sc.spawn(move || {
+                    let mut r = difftest::rng::Rng::new(seed, w);
+                    let mut f: Option<File> = None;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if f.is_none() || r.chance(10) {
+                            // The last two files are never written: their
+                            // observers must never be told anything.
+                            let n = &names[(w as usize + r.below(3) as usize) % (FILES - 2)];
+                            f = OpenOptions::new().read(true).write(true).open(a.m(n)).ok();
+                        }
+                        let Some(file) = f.as_mut() else { continue };
+                        let _ = match r.below(10) {
+                            0..=3 => {
+                                let len = r.range(1, 64 << 10) as usize;
+                                file.seek(SeekFrom::End(0))
+                                    .and_then(|_| file.write_all(&vec![0x6b; len]))
+                            }
+                            4..=5 => {
+                                let at = r.below(64 << 10);
+                                file.seek(SeekFrom::Start(at))
+                                    .and_then(|_| file.write_all(&[0x33; 4096]))
+                            }
+                            6 => file.set_len(r.range(32 << 10, 96 << 10)),
+                            7 => file.sync_all(),
+                            8 => file.sync_data(),
+                            _ => rovl::sys::ioctl_rovl_sync(file.as_fd())
+                                .map_err(|e| std::io::Error::from_raw_os_error(e.raw_os_error())),
+                        };
+                    }
+                });
+            }
+            for w in 0..2u64 {
+                let (a, names, stop) = (&a, &names, &stop);
+                sc.spawn(move || {
+                    let mut r = difftest::rng::Rng::new(seed, 100 + w);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if let Ok(f) = File::open(a.m(r.pick::<String>(names))) {
+                            let _ = f.sync_all();
+                        }
+                    }
+                });
+            }
+            {
+                let (b, b_quiet, b_root, b_told, stop) = (&b, &b_quiet, &b_root, &b_told, &stop);
+                sc.spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let mut told = b_told.lock().unwrap();
+                        for (what, e) in [
+                            ("fsync of a held file", fsync(b_quiet)),
+                            ("fsync of a new open", fsync(&ro(&b.m("quiet")))),
+                            ("sync", ioc_sync(b_root)),
+                        ] {
+                            if e != 0 {
+                                told.push(format!("{what}: errno {e}"));
+                            }
+                        }
+                        drop(told);
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            disk.balloon().unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            disk.heal().unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        if disk.is_aborted() {
+            // ext4 gave up its journal: every later sync fails for all.
+            eprintln!("{ctx}: journal aborted, nothing to check");
+            drop((passive, a_root, b_quiet, b_root, ma, mb));
+            continue;
+        }
+        let outcome: Vec<[i32; 4]> = passive
+            .iter()
+            .map(|[x, y]| [fsync(x), fdatasync(y), fsync(x), fdatasync(y)])
+            .collect();
+        let root = [ioc_sync(&a_root), ioc_sync(&a_root)];
+        // Every error is in the journal (the status lists only the first).
+        let recorded: std::collections::BTreeSet<String> = journal(&a.work)
+            .iter()
+            .map(|e| {
+                e["path"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches('/')
+                    .to_string()
+            })
+            .collect();
+        let total = status(&a.mnt)["errors_total"].as_u64().unwrap();
+        eprintln!(
+            "{ctx}: {total} errors recorded on {recorded:?}, observers told {outcome:?}, root {root:?}"
+        );
+        let mut wrong = Vec::new();
+        for (n, o) in names.iter().zip(&outcome) {
+            let hit = recorded.contains(n);
+            let told_once = o[0] != 0 && o[1] != 0 && o[2] == 0 && o[3] == 0;
+            let untold = o.iter().all(|e| *e == 0);
+            if (hit && !told_once) || (!hit && !untold) {
+                wrong.push(format!(
+                    "{n}: error recorded {hit}, observers' fsyncs {o:?}"
+                ));
+            }
+        }
+        let any = total > 0;
+        if root[1] != 0 || (root[0] != 0) != any {
+            wrong.push(format!("A's root: errors recorded {any}, syncs {root:?}"));
+        }
+        assert!(wrong.is_empty(), "{ctx}: {wrong:#?}");
+        let told = b_told.lock().unwrap();
+        assert!(told.is_empty(), "{ctx}: B was told of A's errors: {told:?}");
+        assert_eq!(status(&b.mnt)["errors_total"], 0, "{ctx}");
+        assert_eq!(rovl_sync(&a.mnt).0, 0, "{ctx}: a fresh sync after healing");
+        drop((passive, a_root, b_quiet, b_root, ma, mb));
+    }
+}
+
 /// E6 over and over: volatile sessions of four threads of random
 /// operations, each ended by `rovl umount`, each next one adopting what the
 /// last left dirty (files since renamed, replaced, linked or removed
