@@ -284,7 +284,18 @@ impl FailingDisk {
     /// write to a block of the image that holds no data yet fails (ENOSPC
     /// from the loop device). Returns the bytes taken. Calling it again
     /// takes whatever got freed since.
+    ///
+    /// First it checkpoints ext4's journal: metadata blocks allocated
+    /// before (a new directory's first block, say) are written in place
+    /// now, not at a later checkpoint that would fail and abort the
+    /// journal. Metadata allocated while ballooned still can. File data
+    /// not yet written back stays unwritten: it is what is meant to fail.
     pub fn balloon(&mut self) -> io::Result<u64> {
+        if self.balloons == 0 {
+            let root = File::open(self.path())?;
+            sys::ext4_checkpoint(&root)
+                .map_err(|e| sys::ctx(e, format!("checkpoint {}", self.path().display())))?;
+        }
         let path = self.tmpfs.path.join(format!("balloon-{}", self.balloons));
         let f = OpenOptions::new()
             .write(true)
