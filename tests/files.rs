@@ -487,6 +487,46 @@ fn lower_file_read_then_written(size: usize, rovl_opts: &str) {
     });
 }
 
+/// A reader of a lower file whose name is removed, or replaced by a
+/// rename (how package managers install a new version), can still fsync,
+/// read and stat it, as under kernel overlayfs. Under the writeback cache
+/// the kernel first flushes the times it keeps for the file, and rovl
+/// answered that flush with ESTALE (nowhere to copy the file up to), so
+/// the reader's fsync failed.
+#[test]
+fn a_reader_of_a_removed_lower_file_can_fsync_it() {
+    for opts in ["passthrough=on", "passthrough=off"] {
+        let s = Scratch::new().unwrap();
+        let st = setup(&s);
+        put(&st.lower(0, "gone"), "old");
+        put(&st.lower(0, "replaced"), "old");
+        put(&st.lower(0, "new"), "new");
+        oracle_with(&s, &st, opts, |root| {
+            let mut l = Log::default();
+            let gone = open(&root.join("gone"), libc::O_RDONLY).unwrap();
+            let replaced = open(&root.join("replaced"), libc::O_RDONLY).unwrap();
+            l.r("unlink", std::fs::remove_file(root.join("gone")));
+            l.r(
+                "rename over",
+                std::fs::rename(root.join("new"), root.join("replaced")),
+            );
+            for (what, f) in [("removed", &gone), ("replaced", &replaced)] {
+                l.r(format!("{what}: fsync"), f.sync_all());
+                l.r(format!("{what}: fdatasync"), f.sync_data());
+                let mut buf = [0u8; 3];
+                l.r(format!("{what}: read"), f.read_at(&mut buf, 0));
+                l.v(format!("{what}: data"), buf);
+                l.v(
+                    format!("{what}: mode and links"),
+                    f.metadata().map(|m| (m.mode(), m.nlink())).ok(),
+                );
+            }
+            l.v("names", names(root));
+            l
+        });
+    }
+}
+
 /// Below 1 MiB rovl never passes lower files through, so a reader of a
 /// lower file sees what a writer writes after copy-up, on the same inode,
 /// as under kernel overlayfs.

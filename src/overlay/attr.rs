@@ -91,6 +91,13 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
 }
 
+impl SetAttr {
+    /// Only times change (atime, mtime; ctime always does).
+    pub fn times_only(&self) -> bool {
+        self.mode.is_none() && self.uid.is_none() && self.gid.is_none() && self.size.is_none()
+    }
+}
+
 /// Who asks: the caller's credentials as the kernel reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {

@@ -223,6 +223,15 @@ impl Overlay {
             return Err(Errno::ROFS);
         }
         let node = self.node(node_id)?;
+        if set.times_only() && self.writeback_cache() && self.removed_lower_only(&node) {
+            // The kernel flushing the times it keeps itself under the
+            // writeback cache (before an fsync, a chmod or a utimes) of a
+            // lower file whose name was removed or replaced while it was
+            // open: no name is left to publish a copy under and the lower
+            // file is never changed, so they stay the kernel's. Failing
+            // here failed the fsync of a reader with ESTALE.
+            return self.getattr(&node);
+        }
         // A truncation to 0 copies no data up, so the upper copy starts
         // empty: whether the size changes is decided by the size before.
         let size_before = match set.size {
@@ -278,6 +287,12 @@ impl Overlay {
             )?;
         }
         self.getattr(&node)
+    }
+
+    /// No name leads to `node` any more and it was never copied up.
+    fn removed_lower_only(&self, node: &NodeRef) -> bool {
+        let st = node.state.read();
+        st.unlinked() && st.layers.upper().is_none()
     }
 
     /// A setattr that changes nothing (at most ctime): what the kernel
