@@ -1001,176 +1001,252 @@ fn random_operations_while_the_disk_fails_and_heals() {
 /// E1, E2 and E3 under concurrency, with an exact oracle. On mount A,
 /// writer threads append to, overwrite, truncate, fsync and sync six of
 /// eight files while the disk fails (new blocks, and for the files made
-/// in the upper layer the blocks they already had) and heals; the other
-/// half start in the lower layer and are copied up by the writers' opens; other threads open, fsync and close
-/// late observers. Passive observers, opened on every file and on A's root
-/// before the disk failed and left alone until the end, must then be told
-/// exactly what rovl's error journal says happened: an observer of a file
-/// with a recorded error fails its first fsync and succeeds its second; an
-/// observer of a file without one succeeds; A's root fails one sync iff
-/// any error was recorded. Mount B on the same disk, which writes nothing
-/// while the disk fails, fsyncs and syncs throughout and is never told
-/// anything.
+/// in the upper layer the blocks they already had) and heals; the odd
+/// files start in the lower layer and are copied up by the writers'
+/// opens; other threads open, fsync and close late observers. Passive
+/// observers, opened on every file and on A's root before the disk failed
+/// and left alone until the end, must then be told exactly what rovl's
+/// error journal says happened: an observer of a file with a recorded
+/// error fails its first fsync and succeeds its second; an observer of a
+/// file without one succeeds; A's root fails one sync iff any error was
+/// recorded. Mount B on the same disk, which writes nothing while the disk
+/// fails, fsyncs and syncs throughout and is never told anything.
 #[test]
 fn concurrent_writers_leave_every_passive_observer_told_exactly_what_happened() {
-    const FILES: usize = 8;
     for mode in passthrough_modes() {
-        let seed = support::seed_from_env("ROVL_STRESS_SEED");
-        let ctx = format!("{mode}, seed {seed}");
-        let s = Scratch::new().unwrap();
-        let mut disk = FailingDisk::new().unwrap();
-        let a = disk_stack(&disk, &s, "a");
-        let b = disk_stack(&disk, &s, "b");
-        let ma = mount_rovl(&a, mode);
-        let mb = mount_rovl(&b, mode);
-        let names: Vec<String> = (0..FILES).map(|i| format!("obs/f{i}")).collect();
-        // Odd files start in the lower layer: their observers are opened
-        // before the copy-up, which a writer's open makes (or fails to).
-        std::fs::create_dir_all(a.lower(0, "obs")).unwrap();
-        for (i, n) in names.iter().enumerate() {
-            let p = if i % 2 == 1 { a.lower(0, n) } else { a.m(n) };
-            put(&p, &"x".repeat(64 << 10));
-        }
-        put(&b.m("quiet"), "b's data");
-        assert_eq!(rovl_sync(&a.mnt).0, 0, "{ctx}");
-        assert_eq!(rovl_sync(&b.mnt).0, 0, "{ctx}");
-        // The upper files lose the image blocks under their data, so
-        // overwrites fail too once the balloon is up.
-        for n in names.iter().step_by(2) {
-            disk.punch_holes_under(a.upper.join(n)).unwrap();
-        }
-        let passive: Vec<[File; 2]> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let second = if i % 2 == 1 { ro(&a.m(n)) } else { rw(&a.m(n)) };
-                [ro(&a.m(n)), second]
-            })
-            .collect();
-        let a_root = File::open(&a.mnt).unwrap();
-        let b_quiet = ro(&b.m("quiet"));
-        let b_root = File::open(&b.mnt).unwrap();
-        let b_told = std::sync::Mutex::new(Vec::new());
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        std::thread::scope(|sc| {
-            for w in 0..4u64 {
-                let (a, names, stop) = (&a, &names, &stop);
-                sc.spawn(move || {
-                    let mut r = difftest::rng::Rng::new(seed, w);
-                    let mut f: Option<File> = None;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        if f.is_none() || r.chance(10) {
-                            // The last two files are never written: their
-                            // observers must never be told anything.
-                            let n = &names[(w as usize + r.below(3) as usize) % (FILES - 2)];
-                            f = OpenOptions::new().read(true).write(true).open(a.m(n)).ok();
-                        }
-                        let Some(file) = f.as_mut() else { continue };
-                        let _ = match r.below(10) {
-                            0..=3 => {
-                                let len = r.range(1, 64 << 10) as usize;
-                                file.seek(SeekFrom::End(0))
-                                    .and_then(|_| file.write_all(&vec![0x6b; len]))
-                            }
-                            4..=5 => {
-                                let at = r.below(64 << 10);
-                                file.seek(SeekFrom::Start(at))
-                                    .and_then(|_| file.write_all(&[0x33; 4096]))
-                            }
-                            6 => file.set_len(r.range(32 << 10, 96 << 10)),
-                            7 => file.sync_all(),
-                            8 => file.sync_data(),
-                            _ => rovl::sys::ioctl_rovl_sync(file.as_fd())
-                                .map_err(|e| std::io::Error::from_raw_os_error(e.raw_os_error())),
-                        };
-                    }
-                });
-            }
-            for w in 0..2u64 {
-                let (a, names, stop) = (&a, &names, &stop);
-                sc.spawn(move || {
-                    let mut r = difftest::rng::Rng::new(seed, 100 + w);
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        if let Ok(f) = File::open(a.m(r.pick::<String>(names))) {
-                            let _ = f.sync_all();
-                        }
-                    }
-                });
-            }
-            {
-                let (b, b_quiet, b_root, b_told, stop) = (&b, &b_quiet, &b_root, &b_told, &stop);
-                sc.spawn(move || {
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let mut told = b_told.lock().unwrap();
-                        for (what, e) in [
-                            ("fsync of a held file", fsync(b_quiet)),
-                            ("fsync of a new open", fsync(&ro(&b.m("quiet")))),
-                            ("sync", ioc_sync(b_root)),
-                        ] {
-                            if e != 0 {
-                                told.push(format!("{what}: errno {e}"));
-                            }
-                        }
-                        drop(told);
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                });
-            }
-            std::thread::sleep(Duration::from_millis(500));
-            disk.balloon().unwrap();
-            std::thread::sleep(Duration::from_millis(1500));
-            disk.heal().unwrap();
-            std::thread::sleep(Duration::from_millis(500));
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        });
-        if disk.is_aborted() {
-            // ext4 gave up its journal: every later sync fails for all.
-            eprintln!("{ctx}: journal aborted, nothing to check");
-            drop((passive, a_root, b_quiet, b_root, ma, mb));
-            continue;
-        }
-        let outcome: Vec<[i32; 4]> = passive
-            .iter()
-            .map(|[x, y]| [fsync(x), fdatasync(y), fsync(x), fdatasync(y)])
-            .collect();
-        let root = [ioc_sync(&a_root), ioc_sync(&a_root)];
-        // Every error is in the journal (the status lists only the first).
-        let recorded: std::collections::BTreeSet<String> = journal(&a.work)
-            .iter()
-            .map(|e| {
-                e["path"]
-                    .as_str()
-                    .unwrap()
-                    .trim_start_matches('/')
-                    .to_string()
-            })
-            .collect();
-        let total = status(&a.mnt)["errors_total"].as_u64().unwrap();
-        eprintln!(
-            "{ctx}: {total} errors recorded on {recorded:?}, observers told {outcome:?}, root {root:?}"
-        );
-        let mut wrong = Vec::new();
-        for (n, o) in names.iter().zip(&outcome) {
-            let hit = recorded.contains(n);
-            let told_once = o[0] != 0 && o[1] != 0 && o[2] == 0 && o[3] == 0;
-            let untold = o.iter().all(|e| *e == 0);
-            if (hit && !told_once) || (!hit && !untold) {
-                wrong.push(format!(
-                    "{n}: error recorded {hit}, observers' fsyncs {o:?}"
-                ));
-            }
-        }
-        let any = total > 0;
-        if root[1] != 0 || (root[0] != 0) != any {
-            wrong.push(format!("A's root: errors recorded {any}, syncs {root:?}"));
-        }
-        assert!(wrong.is_empty(), "{ctx}: {wrong:#?}");
-        let told = b_told.lock().unwrap();
-        assert!(told.is_empty(), "{ctx}: B was told of A's errors: {told:?}");
-        assert_eq!(status(&b.mnt)["errors_total"], 0, "{ctx}");
-        assert_eq!(rovl_sync(&a.mnt).0, 0, "{ctx}: a fresh sync after healing");
-        drop((passive, a_root, b_quiet, b_root, ma, mb));
+        observers_told_after_a_race(mode, false);
     }
+}
+
+/// The same race, and the writers also rename the files over each other
+/// and remove and recreate them, so passive observers end up holding
+/// files under other names or under none. Paths no longer say which file
+/// an error hit, so the oracle goes by file identity: a passive observer
+/// of a file some writer was told an error on must be told too, both
+/// observers of a file agree, each is told at most once, and the two
+/// files no writer touches are never told.
+#[test]
+fn passive_observers_are_told_through_renames_and_removals() {
+    for mode in passthrough_modes() {
+        observers_told_after_a_race(mode, true);
+    }
+}
+
+/// The race of the two tests above; `churn` adds renames and removals.
+fn observers_told_after_a_race(mode: &str, churn: bool) {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    const FILES: usize = 8;
+    const WRITTEN: usize = FILES - 2;
+    let seed = support::seed_from_env("ROVL_STRESS_SEED");
+    let ctx = format!("{mode}, churn {churn}, seed {seed}");
+    let s = Scratch::new().unwrap();
+    let mut disk = FailingDisk::new().unwrap();
+    let a = disk_stack(&disk, &s, "a");
+    let b = disk_stack(&disk, &s, "b");
+    let ma = mount_rovl(&a, mode);
+    let mb = mount_rovl(&b, mode);
+    let names: Vec<String> = (0..FILES).map(|i| format!("obs/f{i}")).collect();
+    std::fs::create_dir_all(a.lower(0, "obs")).unwrap();
+    for (i, n) in names.iter().enumerate() {
+        let p = if i % 2 == 1 { a.lower(0, n) } else { a.m(n) };
+        put(&p, &"x".repeat(64 << 10));
+    }
+    put(&b.m("quiet"), "b's data");
+    assert_eq!(rovl_sync(&a.mnt).0, 0, "{ctx}");
+    assert_eq!(rovl_sync(&b.mnt).0, 0, "{ctx}");
+    for n in names.iter().step_by(2) {
+        disk.punch_holes_under(a.upper.join(n)).unwrap();
+    }
+    // A lower file's observers are both read-only: a read-write open
+    // would copy it up before the race.
+    let passive: Vec<[File; 2]> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let second = if i % 2 == 1 { ro(&a.m(n)) } else { rw(&a.m(n)) };
+            [ro(&a.m(n)), second]
+        })
+        .collect();
+    let ino = |f: &File| f.metadata().unwrap().ino();
+    let passive_inos: Vec<u64> = passive.iter().map(|[x, _]| ino(x)).collect();
+    let a_root = File::open(&a.mnt).unwrap();
+    let b_quiet = ro(&b.m("quiet"));
+    let b_root = File::open(&b.mnt).unwrap();
+    let b_told = std::sync::Mutex::new(Vec::new());
+    // Inode numbers of files a writer's fsync or fdatasync failed on.
+    let writers_told = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let stop = AtomicBool::new(false);
+    let failing = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        for w in 0..4u64 {
+            let (a, names, stop, failing, writers_told) =
+                (&a, &names, &stop, &failing, &writers_told);
+            sc.spawn(move || {
+                let mut r = difftest::rng::Rng::new(seed, w);
+                let mut f: Option<File> = None;
+                while !stop.load(Relaxed) {
+                    let n = &names[(w as usize + r.below(3) as usize) % WRITTEN];
+                    // Renames and removals start with the failures, so
+                    // that the files held passively have been written.
+                    if churn && failing.load(Relaxed) && r.chance(1) {
+                        if r.chance(50) {
+                            let to = &names[r.below(WRITTEN as u64) as usize];
+                            let _ = std::fs::rename(a.m(n), a.m(to));
+                        } else if std::fs::remove_file(a.m(n)).is_ok() {
+                            let _ = std::fs::write(a.m(n), [0x21; 8192]);
+                        }
+                        continue;
+                    }
+                    if f.is_none() || r.chance(10) {
+                        f = OpenOptions::new().read(true).write(true).open(a.m(n)).ok();
+                    }
+                    let Some(file) = f.as_mut() else { continue };
+                    let synced = match r.below(10) {
+                        0..=3 => {
+                            let len = r.range(1, 64 << 10) as usize;
+                            let _ = file
+                                .seek(SeekFrom::End(0))
+                                .and_then(|_| file.write_all(&vec![0x6b; len]));
+                            continue;
+                        }
+                        4..=5 => {
+                            let at = r.below(64 << 10);
+                            let _ = file
+                                .seek(SeekFrom::Start(at))
+                                .and_then(|_| file.write_all(&[0x33; 4096]));
+                            continue;
+                        }
+                        6 => {
+                            let _ = file.set_len(r.range(32 << 10, 96 << 10));
+                            continue;
+                        }
+                        7 => fsync(file),
+                        8 => fdatasync(file),
+                        _ => {
+                            let _ = ioc_sync(file);
+                            continue;
+                        }
+                    };
+                    if synced != 0 {
+                        writers_told.lock().unwrap().insert(ino(file));
+                    }
+                }
+            });
+        }
+        for w in 0..2u64 {
+            let (a, names, stop) = (&a, &names, &stop);
+            sc.spawn(move || {
+                let mut r = difftest::rng::Rng::new(seed, 100 + w);
+                while !stop.load(Relaxed) {
+                    if let Ok(f) = File::open(a.m(r.pick::<String>(names))) {
+                        let _ = f.sync_all();
+                    }
+                }
+            });
+        }
+        {
+            let (b, b_quiet, b_root, b_told, stop) = (&b, &b_quiet, &b_root, &b_told, &stop);
+            sc.spawn(move || {
+                while !stop.load(Relaxed) {
+                    let mut told = b_told.lock().unwrap();
+                    for (what, e) in [
+                        ("fsync of a held file", fsync(b_quiet)),
+                        ("fsync of a new open", fsync(&ro(&b.m("quiet")))),
+                        ("sync", ioc_sync(b_root)),
+                    ] {
+                        if e != 0 {
+                            told.push(format!("{what}: errno {e}"));
+                        }
+                    }
+                    drop(told);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        disk.balloon().unwrap();
+        failing.store(true, Relaxed);
+        std::thread::sleep(Duration::from_millis(1500));
+        disk.heal().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Relaxed);
+    });
+    if disk.is_aborted() {
+        // ext4 gave up its journal: every later sync fails for all.
+        eprintln!("{ctx}: journal aborted, nothing to check");
+        drop((passive, a_root, b_quiet, b_root, ma, mb));
+        return;
+    }
+    let outcome: Vec<[i32; 4]> = passive
+        .iter()
+        .map(|[x, y]| [fsync(x), fdatasync(y), fsync(x), fdatasync(y)])
+        .collect();
+    let root = [ioc_sync(&a_root), ioc_sync(&a_root)];
+    // Every error is in the journal (the status lists only the first).
+    let entries = journal(&a.work);
+    let recorded: std::collections::BTreeSet<String> = entries
+        .iter()
+        .map(|e| {
+            e["path"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches('/')
+                .to_string()
+        })
+        .collect();
+    let total = status(&a.mnt)["errors_total"].as_u64().unwrap();
+    let strange: Vec<_> = entries
+        .iter()
+        .filter(|e| !matches!(e["errno"].as_str(), Some("ENOSPC" | "EIO")))
+        .collect();
+    assert!(
+        strange.is_empty(),
+        "{ctx}: writeback errors no disk gives: {strange:?}"
+    );
+    let writers_told = writers_told.into_inner().unwrap();
+    let held_and_told = passive_inos
+        .iter()
+        .filter(|i| writers_told.contains(i))
+        .count();
+    eprintln!(
+        "{ctx}: {total} errors recorded on {recorded:?}, writers told on {held_and_told} \
+         passively held files, observers told {outcome:?}, root {root:?}"
+    );
+    let mut wrong = Vec::new();
+    for (i, (n, o)) in names.iter().zip(&outcome).enumerate() {
+        // What the failing disk gives: ENOSPC, EIO when ext4 gives up.
+        let disk_errno = |e: i32| e == ENOSPC || e == EIO;
+        let told_once = disk_errno(o[0]) && disk_errno(o[1]) && o[2] == 0 && o[3] == 0;
+        let untold = o.iter().all(|e| *e == 0);
+        let must_be_told = if churn {
+            writers_told.contains(&passive_inos[i])
+        } else {
+            recorded.contains(n)
+        };
+        let must_be_untold = i >= WRITTEN || (!churn && !must_be_told);
+        let right = if must_be_told {
+            told_once
+        } else if must_be_untold {
+            untold
+        } else {
+            told_once || untold
+        };
+        if !right {
+            wrong.push(format!(
+                "{n}: must be told {must_be_told}, must not be {must_be_untold}, \
+                 observers' fsyncs {o:?}"
+            ));
+        }
+    }
+    if root[1] != 0 || (root[0] != 0) != (total > 0) {
+        wrong.push(format!("A's root: {total} errors recorded, syncs {root:?}"));
+    }
+    assert!(wrong.is_empty(), "{ctx}: {wrong:#?}");
+    let told = b_told.lock().unwrap();
+    assert!(told.is_empty(), "{ctx}: B was told of A's errors: {told:?}");
+    assert_eq!(status(&b.mnt)["errors_total"], 0, "{ctx}");
+    assert_eq!(rovl_sync(&a.mnt).0, 0, "{ctx}: a fresh sync after healing");
+    drop((passive, a_root, b_quiet, b_root, ma, mb));
 }
 
 /// E6 over and over: volatile sessions of four threads of random
