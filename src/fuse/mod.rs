@@ -249,12 +249,13 @@ impl Filesystem for RovlFs {
         } else {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
             // With the writeback cache, an open with O_TRUNC done by the
-            // daemon (atomic O_TRUNC) raced with truncates of the same
-            // file on 6.18: the kernel kept the size of the truncating
-            // open and the upper file the size of the truncate (a file
-            // read as 3 bytes through the mount held 2,987; tests/
-            // FINDINGS.md F21). The kernel's own truncation, a SETATTR
-            // under the inode lock, has no such race.
+            // daemon (atomic O_TRUNC) races with truncates of the same
+            // file: after OPEN the kernel drops the inode lock, then sets
+            // its own size to 0 without a request, undoing in the kernel
+            // only a truncate that came in between (a file read as 3
+            // bytes through the mount held 2,987; tests/FINDINGS.md F21).
+            // The kernel's own truncation, a SETATTR under the inode
+            // lock, has no such race.
             want &= !InitFlags::FUSE_ATOMIC_O_TRUNC;
         }
         let want = want & caps;
