@@ -138,6 +138,42 @@ fn e1_each_observer_told_once() {
     }
 }
 
+/// E1 through hard links: observers of a file opened through any of its
+/// names are observers of the one file, so each is told of an error a
+/// writer met through another name, once. Both kinds of upper hard link:
+/// one made through the mount, and one the upper layer held before the
+/// mount (so the kernel looks the two names up separately).
+#[test]
+fn e1_observers_through_every_hard_link_are_told() {
+    for mode in passthrough_modes() {
+        let s = Scratch::new().unwrap();
+        let mut disk = FailingDisk::new().unwrap();
+        let st = disk_stack(&disk, &s, "a");
+        put(&st.upper.join("x"), "start");
+        std::fs::hard_link(st.upper.join("x"), st.upper.join("y")).unwrap();
+        let m = mount_rovl(&st, mode);
+        put(&st.m("f"), "start");
+        std::fs::hard_link(st.m("f"), st.m("g")).unwrap();
+        assert_eq!(rovl_sync(&st.mnt).0, 0, "{mode}");
+        let observers: Vec<(&str, File)> = ["f", "g", "x", "y"]
+            .into_iter()
+            .map(|n| (n, ro(&st.m(n))))
+            .collect();
+        disk.balloon().unwrap();
+        for n in ["f", "x"] {
+            let mut w = rw(&st.m(n));
+            grow(&mut w, 1 << 20);
+            assert_eq!(fsync(&w), ENOSPC, "{mode}: the writer through {n}");
+        }
+        for (n, o) in &observers {
+            assert_eq!(fsync(o), ENOSPC, "{mode}: the observer through {n}");
+            assert_eq!(fsync(o), 0, "{mode}: the observer through {n}, told once");
+        }
+        disk.heal().unwrap();
+        drop((observers, m));
+    }
+}
+
 /// E1: an error nobody was told yet is told to an observer that opens
 /// afterwards (rovl found it by checking background writeback, without
 /// telling anyone); once told, later openers are not.
