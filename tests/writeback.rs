@@ -1303,11 +1303,12 @@ fn observers_told_after_a_race(mode: &str, race: Race) {
         let disk_errno = |e: i32| e == ENOSPC || e == EIO;
         let told_once = disk_errno(o[0]) && disk_errno(o[1]) && o[2] == 0 && o[3] == 0;
         let untold = o.iter().all(|e| *e == 0);
-        let must_be_told = if churn {
-            writers_told.contains(&passive_inos[i])
-        } else {
-            recorded.contains(n)
-        };
+        let writer_told = writers_told.contains(&passive_inos[i]);
+        if !churn && writer_told && !recorded.contains(n) {
+            // E7: every error anyone was told of is in the journal.
+            wrong.push(format!("{n}: a writer was told, the journal has nothing"));
+        }
+        let must_be_told = writer_told || (!churn && recorded.contains(n));
         let must_be_untold = i >= written || (!churn && !must_be_told);
         let right = if must_be_told {
             told_once
