@@ -8,7 +8,7 @@ mod support;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -1089,11 +1089,29 @@ fn passive_observers_are_told_when_the_daemon_is_short_of_descriptors() {
     }
 }
 
+/// The same race, with the lower files copied up only once the disk
+/// fails: a copy-up that fails is its caller's error, not a writeback
+/// error, so observers of a file whose copy-up failed are told nothing
+/// (unless a later copy-up succeeded and its data then failed).
+#[test]
+fn passive_observers_of_lower_files_copied_up_while_the_disk_fails() {
+    for mode in passthrough_modes() {
+        let late = Race {
+            late_copy_up: true,
+            ..Race::default()
+        };
+        observers_told_after_a_race(mode, late);
+    }
+}
+
 /// What varies between the races of the tests above.
 struct Race {
     /// Writers also rename the files over each other and remove and
     /// recreate them.
     churn: bool,
+    /// Writers leave the lower files alone until the disk fails, so that
+    /// their copy-ups race the failures.
+    late_copy_up: bool,
     /// How many files are observed (the last two are never written).
     files: usize,
     /// The daemon's open-file limit.
@@ -1104,6 +1122,7 @@ impl Default for Race {
     fn default() -> Race {
         Race {
             churn: false,
+            late_copy_up: false,
             files: 8,
             nofile: None,
         }
@@ -1115,12 +1134,16 @@ fn observers_told_after_a_race(mode: &str, race: Race) {
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
     let Race {
         churn,
+        late_copy_up,
         files,
         nofile,
     } = race;
     let written = files - 2;
     let seed = support::seed_from_env("ROVL_STRESS_SEED");
-    let ctx = format!("{mode}, churn {churn}, {files} files, nofile {nofile:?}, seed {seed}");
+    let ctx = format!(
+        "{mode}, churn {churn}, late copy-up {late_copy_up}, {files} files, \
+         nofile {nofile:?}, seed {seed}"
+    );
     let s = Scratch::new().unwrap();
     let mut disk = FailingDisk::new().unwrap();
     let a = disk_stack(&disk, &s, "a");
@@ -1136,6 +1159,12 @@ fn observers_told_after_a_race(mode: &str, race: Race) {
         let p = if i % 2 == 1 { a.lower(0, n) } else { a.m(n) };
         put(&p, &"x".repeat(64 << 10));
     }
+    // A first copy-up into obs/ marks it impure: an xattr that no longer
+    // fits in the inode, so ext4 gives it a block of its own, which must
+    // not be new while the disk fails (writing it back would abort the
+    // journal).
+    put(&a.lower(0, "obs/primer"), "");
+    std::fs::set_permissions(a.m("obs/primer"), std::fs::Permissions::from_mode(0o600)).unwrap();
     put(&b.m("quiet"), "b's data");
     assert_eq!(rovl_sync(&a.mnt).0, 0, "{ctx}");
     assert_eq!(rovl_sync(&b.mnt).0, 0, "{ctx}");
@@ -1170,7 +1199,11 @@ fn observers_told_after_a_race(mode: &str, race: Race) {
                 let mut r = difftest::rng::Rng::new(seed, w);
                 let mut f: Option<File> = None;
                 while !stop.load(Relaxed) {
-                    let n = &names[r.below(written as u64) as usize];
+                    let i = r.below(written as u64) as usize;
+                    if late_copy_up && i % 2 == 1 && !failing.load(Relaxed) {
+                        continue;
+                    }
+                    let n = &names[i];
                     // Renames and removals start with the failures, so
                     // that the files held passively have been written.
                     if churn && failing.load(Relaxed) && r.chance(1) {
