@@ -1104,6 +1104,149 @@ fn passive_observers_of_lower_files_copied_up_while_the_disk_fails() {
     }
 }
 
+/// E5 under concurrency. On a volatile mount, writers race a failing and
+/// healing disk while the host starts writeback of their upper files, as
+/// its flusher would. Afterwards the mount is either clean or sticky, and
+/// which is exactly what rovl recorded: with an error recorded, the first
+/// sync fails with EIO and from then on every fsync and fdatasync (held
+/// observers, new opens) returns that errno and every sync EIO, again and
+/// again; with none, everything succeeds. Mount B on the same disk, in
+/// normal mode, is never told anything.
+#[test]
+fn a_volatile_mount_is_sticky_after_a_race_exactly_when_an_error_was_met() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    for mode in passthrough_modes() {
+        let seed = support::seed_from_env("ROVL_STRESS_SEED");
+        let ctx = format!("volatile, {mode}, seed {seed}");
+        let s = Scratch::new().unwrap();
+        let mut disk = FailingDisk::new().unwrap();
+        let a = disk_stack(&disk, &s, "a");
+        let b = disk_stack(&disk, &s, "b");
+        let ma = mount_rovl(&a, &format!("volatile,{mode}"));
+        let mb = mount_rovl(&b, mode);
+        let names: Vec<String> = (0..6).map(|i| format!("f{i}")).collect();
+        for n in &names {
+            put(&a.m(n), &"x".repeat(64 << 10));
+        }
+        put(&b.m("quiet"), "b's data");
+        assert_eq!(rovl_sync(&b.mnt).0, 0, "{ctx}");
+        let held: Vec<File> = names.iter().map(|n| ro(&a.m(n))).collect();
+        let a_root = File::open(&a.mnt).unwrap();
+        let b_quiet = ro(&b.m("quiet"));
+        let b_told = std::sync::Mutex::new(Vec::new());
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            for w in 0..4u64 {
+                let (a, names, stop) = (&a, &names, &stop);
+                sc.spawn(move || {
+                    let mut r = difftest::rng::Rng::new(seed, w);
+                    while !stop.load(Relaxed) {
+                        let Ok(mut f) = OpenOptions::new()
+                            .write(true)
+                            .open(a.m(r.pick::<String>(names)))
+                        else {
+                            continue;
+                        };
+                        // Appends need new blocks: they fail while the
+                        // disk does. Paced, so that the disk's room is
+                        // not used up before the failures.
+                        let at = if r.chance(50) {
+                            SeekFrom::End(0)
+                        } else {
+                            SeekFrom::Start(r.below(64 << 10))
+                        };
+                        let len = r.range(1, 16 << 10) as usize;
+                        let _ = f.seek(at).and_then(|_| f.write_all(&vec![0x6b; len]));
+                        if r.chance(30) {
+                            let _ = f.sync_all();
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                });
+            }
+            {
+                let (a, names, stop) = (&a, &names, &stop);
+                sc.spawn(move || {
+                    while !stop.load(Relaxed) {
+                        for n in names {
+                            if let Ok(f) = File::open(a.upper.join(n)) {
+                                let _ = rovl::sys::start_writeback(f.as_fd());
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                });
+            }
+            {
+                let (b_quiet, b_told, stop) = (&b_quiet, &b_told, &stop);
+                sc.spawn(move || {
+                    while !stop.load(Relaxed) {
+                        for e in [fsync(b_quiet), ioc_sync(b_quiet)] {
+                            if e != 0 {
+                                b_told.lock().unwrap().push(e);
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            disk.balloon().unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            disk.heal().unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            stop.store(true, Relaxed);
+        });
+        if disk.is_aborted() {
+            eprintln!("{ctx}: journal aborted, nothing to check");
+            drop((held, a_root, b_quiet, ma, mb));
+            continue;
+        }
+        let first_sync = ioc_sync(&a_root);
+        let v = status(&a.mnt);
+        let sticky = v["volatile_error"].as_str().map(|name| match name {
+            "ENOSPC" => ENOSPC,
+            "EIO" => EIO,
+            other => panic!("{ctx}: a volatile error no disk gives: {other}"),
+        });
+        let recorded = v["errors_total"].as_u64().unwrap();
+        eprintln!("{ctx}: first sync {first_sync}, sticky {sticky:?}, {recorded} errors recorded");
+        assert_eq!(sticky.is_some(), recorded > 0, "{ctx}: {v}");
+        let (want_fsync, want_sync) = match sticky {
+            Some(e) => (e, EIO),
+            None => (0, 0),
+        };
+        assert_eq!(first_sync, want_sync, "{ctx}: the first sync");
+        for round in 0..2 {
+            for (n, f) in names.iter().zip(&held) {
+                assert_eq!(fsync(f), want_fsync, "{ctx}, round {round}: fsync of {n}");
+                assert_eq!(
+                    fdatasync(&ro(&a.m(n))),
+                    want_fsync,
+                    "{ctx}: a new open of {n}"
+                );
+            }
+            assert_eq!(ioc_sync(&a_root), want_sync, "{ctx}, round {round}: sync");
+        }
+        // rovl's syncs checked every file the mount wrote, which marks
+        // any error there as seen: one the host still finds unseen is
+        // one rovl missed.
+        for n in &names {
+            let f = File::open(a.upper.join(n)).unwrap();
+            let unseen = rovl::sys::check_writeback(f.as_fd());
+            assert!(
+                unseen.is_ok(),
+                "{ctx}: rovl missed an error of {n}: {unseen:?}"
+            );
+        }
+        let told = b_told.lock().unwrap();
+        assert!(told.is_empty(), "{ctx}: B was told of A's errors: {told:?}");
+        assert_eq!(status(&b.mnt)["errors_total"], 0, "{ctx}");
+        drop(told);
+        drop((held, a_root, b_quiet, ma, mb));
+    }
+}
+
 /// What varies between the races of the tests above.
 struct Race {
     /// Writers also rename the files over each other and remove and
