@@ -1508,6 +1508,17 @@ fn observers_told_after_a_race(mode: &str, race: Race) {
     assert!(told.is_empty(), "{ctx}: B was told of A's errors: {told:?}");
     assert_eq!(status(&b.mnt)["errors_total"], 0, "{ctx}");
     assert_eq!(rovl_sync(&a.mnt).0, 0, "{ctx}: a fresh sync after healing");
+    // That sync checked every file the mount wrote, which marks any error
+    // there as seen: one the host still finds unseen is one rovl missed.
+    for n in &names {
+        if let Ok(f) = File::open(a.upper.join(n)) {
+            let unseen = rovl::sys::check_writeback(f.as_fd());
+            assert!(
+                unseen.is_ok(),
+                "{ctx}: rovl missed an error of {n}: {unseen:?}"
+            );
+        }
+    }
     drop((passive, a_root, b_quiet, b_root, ma, mb));
 }
 
