@@ -295,6 +295,77 @@ fn e2_sync_durable(mode: &str) {
     drop((open, cut, m));
 }
 
+/// E2 against the settling of synced files: while threads rewrite files
+/// (open, write, close) over and over, others fsync them and sync the
+/// mount, so that a sync may find a file closed and drop it from the
+/// dirty set just as it is opened again, or after it was written and
+/// closed again behind the sync's fsync (with passthrough the daemon
+/// never sees the write). Either way the entry was dropped with data
+/// unsynced, and a later `rovl sync` left that data dirty.
+#[test]
+fn a_file_reopened_while_an_fsync_settles_it_is_still_synced() {
+    for mode in passthrough_modes() {
+        let s = Scratch::new().unwrap();
+        let disk = FailingDisk::new().unwrap();
+        let st = disk_stack(&disk, &s, "a");
+        let _m = mount_rovl(&st, mode);
+        let names: Vec<String> = (0..3).map(|i| format!("f{i}")).collect();
+        for round in 0..10 {
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|sc| {
+                for n in &names {
+                    let (st, stop) = (&st, &stop);
+                    sc.spawn(move || {
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let _ = std::fs::write(st.m(n), b"new");
+                        }
+                    });
+                    sc.spawn(move || {
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            if let Ok(f) = File::open(st.m(n)) {
+                                let _ = f.sync_all();
+                                let _ = ioc_sync(&f);
+                            }
+                        }
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let (code, err) = rovl_sync(&st.mnt);
+            assert_eq!(code, 0, "{mode}: {err}");
+            let dirty = dirty_upper_files(&st.upper);
+            assert!(
+                dirty.is_empty(),
+                "{mode}, round {round}: dirty after a sync: {dirty:?}"
+            );
+        }
+    }
+}
+
+/// Regular files below `dir` with pages not yet written back.
+fn dirty_upper_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            out.extend(dirty_upper_files(&e.path()));
+        } else if t.is_file() {
+            let f = File::open(e.path()).unwrap();
+            let c = rovl::sys::cachestat(f.as_fd()).unwrap();
+            if c.dirty + c.writeback > 0 {
+                out.push(format!(
+                    "{}: {} dirty pages",
+                    e.path().display(),
+                    c.dirty + c.writeback
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Without a sync, a power cut right after a write loses it (the control
 /// for the test above: the power-cut image really shows what was durable).
 #[test]

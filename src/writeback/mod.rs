@@ -343,6 +343,17 @@ impl DirtyFile {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Registers a change (and with `writer` a new open for writing).
+    /// Called with the mount's file map locked and this entry in it, so
+    /// that a sync settling the entry (under the same lock) either sees
+    /// the change or has already let go of the entry.
+    fn mark(&self, writer: bool) {
+        if writer {
+            self.writers.fetch_add(1, Ordering::AcqRel);
+        }
+        self.touch();
+    }
+
     /// Whether this entry is of the upper object `upper`, and not of an
     /// earlier inode with the same number: a parked entry of a removed
     /// file stays in the map until a sync, while the upper filesystem may
@@ -590,35 +601,43 @@ impl MountWb {
     }
 
     /// The dirty entry of `node`, created (with rovl's own fd on `upper`)
-    /// when it has none.
+    /// when it has none, with a change registered on it (and with
+    /// `writer` a new open for writing) while it is in the mount's map: an
+    /// entry a sync settles concurrently is never handed out.
     fn dirty_file(
         &self,
         ov: &Overlay,
         node: &NodeRef,
         upper: BorrowedFd<'_>,
+        writer: bool,
     ) -> Option<Arc<DirtyFile>> {
         let wb = self.wb_of(node);
-        if let Some(df) = &wb.slots.lock().dirty {
-            return Some(df.clone());
+        if let Some(df) = self.marked(&wb.slots.lock().dirty, writer) {
+            return Some(df);
         }
         // Looked up before the slots' lock: `new_node` takes a node's
         // slots while it holds the node table's.
         let path = ov.path_of(node);
         let upper_obj = node.upper();
         let mut slot = wb.slots.lock();
-        if let Some(df) = &slot.dirty {
-            return Some(df.clone());
+        if let Some(df) = self.marked(&slot.dirty, writer) {
+            return Some(df);
         }
         let st = sys::stat_fd(upper).ok()?;
         let key = (st.st_dev, st.st_ino);
         // An entry of a removed file whose number this one got is not
         // this file's (nothing of it is left to make durable): replaced.
-        let existing = self
-            .files
-            .lock()
-            .get(&key)
-            .filter(|df| df.is_of(upper_obj.as_ref()))
-            .cloned();
+        let existing = {
+            let files = self.files.lock();
+            let df = files
+                .get(&key)
+                .filter(|df| df.is_of(upper_obj.as_ref()))
+                .cloned();
+            if let Some(df) = &df {
+                df.mark(writer);
+            }
+            df
+        };
         let df = match existing {
             Some(df) => df,
             None => {
@@ -636,8 +655,8 @@ impl MountWb {
                     handle: sys::name_to_handle(upper).ok(),
                     node: Mutex::new(node.downgrade()),
                     path: Mutex::new(path),
-                    writers: AtomicUsize::new(0),
-                    epoch: AtomicU64::new(0),
+                    writers: AtomicUsize::new(usize::from(writer)),
+                    epoch: AtomicU64::new(1),
                     open_fds: self.open_fds.clone(),
                 });
                 self.open_fds.fetch_add(1, Ordering::AcqRel);
@@ -654,11 +673,22 @@ impl MountWb {
         Some(df)
     }
 
+    /// `slot`'s entry with a change (and with `writer` an open for
+    /// writing) registered, if the mount's map still holds it; `None` when
+    /// there is none or a sync settled it (a new one is made then).
+    fn marked(&self, slot: &Option<Arc<DirtyFile>>, writer: bool) -> Option<Arc<DirtyFile>> {
+        let df = slot.as_ref()?;
+        let files = self.files.lock();
+        if !files.get(&df.key).is_some_and(|x| Arc::ptr_eq(x, df)) {
+            return None;
+        }
+        df.mark(writer);
+        Some(df.clone())
+    }
+
     /// `node` was opened for writing through the upper file `fd`.
     pub fn opened_for_write(&self, ov: &Overlay, node: &NodeRef, fd: &Arc<OwnedFd>) {
-        if let Some(df) = self.dirty_file(ov, node, fd.as_fd()) {
-            df.writers.fetch_add(1, Ordering::AcqRel);
-            df.touch();
+        if let Some(df) = self.dirty_file(ov, node, fd.as_fd(), true) {
             if df.unpark(ov) {
                 self.now_held(&df);
             }
@@ -672,6 +702,11 @@ impl MountWb {
             return;
         }
         if let Some(df) = self.dirty_of(node) {
+            // A change first: with passthrough the daemon never sees the
+            // writes, so a sync that fsynced before this close must not
+            // settle the entry after it (it checks the count, then the
+            // epoch).
+            df.touch();
             df.writers.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -685,16 +720,12 @@ impl MountWb {
 
     /// `node` changed through `fd` outside an open file (truncate).
     pub fn truncated(&self, ov: &Overlay, node: &NodeRef, fd: &OwnedFd) {
-        if let Some(df) = self.dirty_file(ov, node, fd.as_fd()) {
-            df.touch();
-        }
+        self.dirty_file(ov, node, fd.as_fd(), false);
     }
 
     /// A copy-up in volatile mode left `node`'s copy unsynced.
     pub fn file_copied_up(&self, ov: &Overlay, node: &NodeRef, fd: BorrowedFd<'_>) {
-        if let Some(df) = self.dirty_file(ov, node, fd) {
-            df.touch();
-        }
+        self.dirty_file(ov, node, fd, false);
     }
 
     /// The upper directory `fd` of `dir` had its entries changed.
@@ -823,8 +854,9 @@ impl MountWb {
             let df = self.dirty_of(node);
             match df {
                 Some(df) => {
+                    let epoch = df.epoch.load(Ordering::Acquire);
                     if self.sync_file(ov, &df, datasync)? {
-                        self.settle(&df, None);
+                        self.settle(&df, epoch);
                     }
                 }
                 None => {
@@ -937,22 +969,18 @@ impl MountWb {
         }
     }
 
-    /// After a successful fsync that began at `epoch` (or now): a file
-    /// nobody has open for writing and that did not change since is durable
-    /// and leaves the dirty set.
-    fn settle(&self, df: &Arc<DirtyFile>, epoch: Option<u64>) {
-        if df.writers.load(Ordering::Acquire) != 0 {
-            return;
-        }
-        if let Some(e) = epoch {
-            if df.epoch.load(Ordering::Acquire) != e {
-                return;
-            }
-        }
+    /// After a successful fsync that began at `epoch`: a file nobody has
+    /// open for writing and that did not change since is durable and
+    /// leaves the dirty set. Decided under the map's lock, under which
+    /// every change and open for writing is registered ([`DirtyFile::mark`]).
+    fn settle(&self, df: &Arc<DirtyFile>, epoch: u64) {
         if self.mode == Mode::Volatile {
             return;
         }
         let mut files = self.files.lock();
+        if df.writers.load(Ordering::Acquire) != 0 || df.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
         let settled = files.get(&df.key).is_some_and(|x| Arc::ptr_eq(x, df));
         if settled {
             files.remove(&df.key);
@@ -1034,7 +1062,7 @@ impl MountWb {
                 s.spawn(move || {
                     for (df, e) in part.iter().zip(ep) {
                         match self.sync_file(ov, df, false) {
-                            Ok(true) => self.settle(df, Some(*e)),
+                            Ok(true) => self.settle(df, *e),
                             Ok(false) => {}
                             Err(err) => {
                                 failed.lock().get_or_insert(err);
@@ -1091,6 +1119,10 @@ impl MountWb {
                     // Written back without error; only a commit of its
                     // metadata may be missing, which the next sync does by
                     // reopening it. Park it: close the fd.
+                    // Under the map's lock, like every open for writing
+                    // (which unparks): one racing this either comes first
+                    // and is seen, or finds the file parked.
+                    let _files = self.files.lock();
                     if df.writers.load(Ordering::Acquire) == 0
                         && df.epoch.load(Ordering::Acquire) == epoch
                     {
