@@ -309,7 +309,7 @@ impl Filesystem for RovlFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
+        _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -333,7 +333,6 @@ impl Filesystem for RovlFs {
             }
             return;
         }
-        let of = fh.and_then(|fh| self.handles.file(fh).ok());
         let set = SetAttr {
             mode,
             uid,
@@ -342,7 +341,7 @@ impl Filesystem for RovlFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.ov.setattr(ino.0, of.as_deref(), set, caller(req)) {
+        match self.ov.setattr(ino.0, set, caller(req)) {
             Ok(a) => reply.attr(&self.cfg.ttl, &fattr(&a)),
             Err(e) => reply.error(err(e)),
         }

@@ -212,13 +212,7 @@ impl Overlay {
     }
 
     /// Applies attribute changes; copies the object up first.
-    pub fn setattr(
-        &self,
-        node_id: NodeId,
-        of: Option<&OpenFile>,
-        set: SetAttr,
-        caller: Caller,
-    ) -> SysResult<Attr> {
+    pub fn setattr(&self, node_id: NodeId, set: SetAttr, caller: Caller) -> SysResult<Attr> {
         if self.opts.readonly {
             return Err(Errno::ROFS);
         }
@@ -263,10 +257,6 @@ impl Overlay {
                 // POSIX: a size change marks mtime and ctime for update.
                 sys::set_times(up.as_fd(), Time::Omit, Time::Now)?;
             }
-            if !of.is_some_and(|f| f.writable && f.on_upper()) {
-                let fd = self.stack.proc.reopen(up.as_fd(), OFlags::RDONLY)?;
-                self.wb.truncated(self, &node, &fd);
-            }
             if caller.uid != 0 {
                 let st = sys::stat_fd(up.as_fd())?;
                 let mode = st.st_mode & 0o7777;
@@ -286,7 +276,29 @@ impl Overlay {
                 set.mtime.map(to_time).unwrap_or(Time::Omit),
             )?;
         }
+        self.attrs_written(&node, up.as_fd());
         self.getattr(&node)
+    }
+
+    /// The attributes of `node`'s upper object `up` (mode, owner, times,
+    /// size, xattrs, flags) changed: the next sync makes the change
+    /// durable (SPEC E2: everything the mount wrote). A file or directory
+    /// is fsynced itself; other kinds cannot be opened for an fsync, so
+    /// their directory is, which on ext4 commits every change made before
+    /// it (elsewhere it may not cover theirs).
+    fn attrs_written(&self, node: &NodeRef, up: BorrowedFd<'_>) {
+        match node.kind() {
+            FileType::RegularFile => self.wb.file_changed(self, node, up),
+            FileType::Directory => self.wb.dir_changed(self, node, up),
+            _ => {
+                let parent = node.state.read().parent;
+                if let Ok(p) = self.node(parent) {
+                    if let Ok(Some(pup)) = p.upper_fd() {
+                        self.wb.dir_changed(self, &p, pup.as_fd());
+                    }
+                }
+            }
+        }
     }
 
     /// No name leads to `node` any more and it was never copied up.
@@ -328,6 +340,7 @@ impl Overlay {
         // fchown(-1, -1) as root: the upper filesystem clears exactly what
         // the kernel clears for a chown.
         sys::chown_fd(up.as_fd(), None, None)?;
+        self.attrs_written(&node, up.as_fd());
         self.getattr(&node)
     }
 
@@ -398,6 +411,7 @@ impl Overlay {
         let up = node.upper_fd()?.ok_or(Errno::IO)?;
         let r = xattr::set(up.as_fd(), name, value, flags);
         xattrs_changed(&node);
+        self.attrs_written(&node, up.as_fd());
         r
     }
 
@@ -422,6 +436,7 @@ impl Overlay {
         let up = node.upper_fd()?.ok_or(Errno::IO)?;
         let r = xattr::remove_strict(up.as_fd(), name);
         xattrs_changed(&node);
+        self.attrs_written(&node, up.as_fd());
         r
     }
 
@@ -458,6 +473,7 @@ impl Overlay {
         };
         // The change time moved.
         self.attributes_changed(node.id());
+        self.attrs_written(&node, up.as_fd());
         r
     }
 

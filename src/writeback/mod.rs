@@ -718,9 +718,11 @@ impl MountWb {
         }
     }
 
-    /// `node` changed through `fd` outside an open file (truncate).
-    pub fn truncated(&self, ov: &Overlay, node: &NodeRef, fd: &OwnedFd) {
-        self.dirty_file(ov, node, fd.as_fd(), false);
+    /// The upper file `fd` of `node` changed outside an open file for
+    /// writing (a truncate, its mode, owner, times, xattrs or flags): the
+    /// next sync makes it durable.
+    pub fn file_changed(&self, ov: &Overlay, node: &NodeRef, fd: BorrowedFd<'_>) {
+        self.dirty_file(ov, node, fd, false);
     }
 
     /// A copy-up in volatile mode left `node`'s copy unsynced.
