@@ -1451,6 +1451,64 @@ fn a_volatile_mount_is_sticky_after_a_race_exactly_when_an_error_was_met() {
     }
 }
 
+/// E5 short of descriptors: with more files open for writing than the
+/// daemon may keep descriptors for, rovl closes its own descriptors of
+/// some of them (they stay open through the kernel). Their writes (with
+/// passthrough the daemon never sees them) failing in background
+/// writeback must still make the volatile mount sticky, and leave no
+/// error unseen.
+#[test]
+fn a_volatile_mount_short_of_descriptors_still_sees_background_errors() {
+    for mode in passthrough_modes() {
+        let s = Scratch::new().unwrap();
+        let mut disk = FailingDisk::new().unwrap();
+        let a = disk_stack(&disk, &s, "a");
+        let _m = mount_rovl_limited(&a, &format!("volatile,{mode}"), 128);
+        let names: Vec<String> = (0..80).map(|i| format!("f{i}")).collect();
+        let mut files: Vec<File> = names
+            .iter()
+            .map(|n| {
+                put(&a.m(n), "x");
+                rw(&a.m(n))
+            })
+            .collect();
+        disk.balloon().unwrap();
+        for f in &mut files {
+            grow(f, 64 << 10);
+            f.flush().unwrap();
+        }
+        if mode == "passthrough=off" {
+            // The kernel's cached pages reach the upper files.
+            for f in &files {
+                let _ = rovl::sys::start_writeback(f.as_fd());
+            }
+        }
+        // Written back (and failed), without anyone being told.
+        wait_for("the writeback to end", || {
+            names.iter().all(|n| {
+                let f = File::open(a.upper.join(n)).unwrap();
+                let _ = rovl::sys::start_writeback(f.as_fd());
+                let c = rovl::sys::cachestat(f.as_fd()).unwrap();
+                c.dirty + c.writeback == 0
+            })
+        });
+        disk.heal().unwrap();
+        let root = File::open(&a.mnt).unwrap();
+        assert_eq!(ioc_sync(&root), EIO, "{mode}: the sync after the errors");
+        assert_eq!(fsync(&files[0]), ENOSPC, "{mode}: sticky");
+        // The sync checked every file: an error still unseen was missed.
+        for n in &names {
+            let f = File::open(a.upper.join(n)).unwrap();
+            let unseen = rovl::sys::check_writeback(f.as_fd());
+            assert!(
+                unseen.is_ok(),
+                "{mode}: rovl missed an error of {n}: {unseen:?}"
+            );
+        }
+        drop((files, root));
+    }
+}
+
 /// What varies between the races of the tests above.
 struct Race {
     /// Writers also rename the files over each other and remove and

@@ -29,7 +29,7 @@ use rustc_hash::FxHashMap as HashMap;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use std::time::{Duration, Instant, SystemTime};
@@ -160,6 +160,9 @@ pub struct DirtyFile {
     path: Mutex<PathBuf>,
     /// Opens for writing right now.
     writers: AtomicUsize,
+    /// Parked after its writeback ended cleanly (not for want of
+    /// descriptors).
+    parked_written_back: AtomicBool,
     /// Bumped by every change; a sync that saw the same value before and
     /// after made everything durable.
     epoch: AtomicU64,
@@ -312,12 +315,17 @@ impl DirtyFile {
     }
 
     /// Closes rovl's descriptor of the file (it can be reopened by handle).
-    fn park(&self) -> bool {
+    /// `written_back`: its writeback ended without error and no writer
+    /// has it open (else, parked for want of descriptors, it may still
+    /// meet errors that the volatile check must see).
+    fn park(&self, written_back: bool) -> bool {
         if self.handle.is_none() {
             return false;
         }
         let mut g = self.fd.lock();
         if g.take().is_some() {
+            self.parked_written_back
+                .store(written_back, Ordering::Release);
             self.open_fds.fetch_sub(1, Ordering::AcqRel);
             return true;
         }
@@ -447,7 +455,7 @@ impl MountWb {
             }
             if n > 0 && df.handle.is_some() {
                 if df.writers.load(Ordering::Acquire) == 0 {
-                    if df.park() {
+                    if df.park(false) {
                         n -= 1;
                         continue;
                     }
@@ -465,7 +473,7 @@ impl MountWb {
             if n == 0 {
                 break;
             }
-            if df.park() {
+            if df.park(false) {
                 n -= 1;
             }
         }
@@ -656,6 +664,7 @@ impl MountWb {
                     node: Mutex::new(node.downgrade()),
                     path: Mutex::new(path),
                     writers: AtomicUsize::new(usize::from(writer)),
+                    parked_written_back: AtomicBool::new(false),
                     epoch: AtomicU64::new(1),
                     open_fds: self.open_fds.clone(),
                 });
@@ -797,8 +806,21 @@ impl MountWb {
     pub fn check_background(&self, ov: &Overlay) {
         let files: Vec<Arc<DirtyFile>> = self.files.lock().values().cloned().collect();
         for df in files {
-            let fd = df.fd.lock().clone();
-            let Some(fd) = fd else { continue };
+            let held = df.fd.lock().clone();
+            let fd = match held {
+                Some(fd) => fd,
+                // Parked for want of descriptors, perhaps with writeback
+                // (or, open for writing through passthrough, writes the
+                // daemon never sees) still to come: checked through a new
+                // descriptor, which is told an error nobody has seen. One
+                // parked after a clean writeback cannot change before an
+                // open for writing unparks it.
+                None if !df.parked_written_back.load(Ordering::Acquire) => match df.reopen(ov) {
+                    Ok(fd) => Arc::new(fd),
+                    Err(_) => continue,
+                },
+                None => continue,
+            };
             if let Err(e) = sys::check_writeback(fd.as_fd()) {
                 let path = df.current_path(ov);
                 self.record(Some(&df.errs), &path, wb_errno(e));
@@ -1129,7 +1151,7 @@ impl MountWb {
                         && df.epoch.load(Ordering::Acquire) == epoch
                     {
                         drop(fd);
-                        df.park();
+                        df.park(true);
                     }
                 }
             }
@@ -1217,6 +1239,7 @@ impl MountWb {
                 node: Mutex::new(WeakNode::new()),
                 path: Mutex::new(PathBuf::from(&f.path)),
                 writers: AtomicUsize::new(0),
+                parked_written_back: AtomicBool::new(false),
                 epoch: AtomicU64::new(1),
                 open_fds: self.open_fds.clone(),
             });
