@@ -305,66 +305,83 @@ fn e2_sync_durable(mode: &str) {
 #[test]
 fn e2_sync_after_a_race_makes_everything_durable() {
     for mode in passthrough_modes() {
-        let seed = support::seed_from_env("ROVL_STRESS_SEED");
-        let ctx = format!("{mode}, seed {seed}");
-        let s = Scratch::new().unwrap();
-        let disk = FailingDisk::new().unwrap();
-        let mut st = Stack::under(s.path(), 2);
-        st.upper = disk.path().join("upper");
-        st.work = disk.path().join("work");
-        std::fs::create_dir_all(&st.upper).unwrap();
-        std::fs::create_dir_all(&st.work).unwrap();
-        support::lay_out_for_random_operations(&st);
-        let m = mount_rovl(&st, mode);
-        std::thread::scope(|sc| {
-            for w in 0..4 {
-                let st = &st;
-                sc.spawn(move || {
-                    let mut r = difftest::rng::Rng::new(seed, w);
-                    let until = Instant::now() + Duration::from_millis(1000);
-                    while Instant::now() < until {
-                        let _ = support::random_operation(&mut r, st);
-                    }
-                });
-            }
-        });
-        let (code, err) = rovl_sync(&st.mnt);
-        assert_eq!(code, 0, "{ctx}: {err}");
-        let dirty = dirty_upper_files(&st.upper);
-        assert!(dirty.is_empty(), "{ctx}: dirty after the sync: {dirty:?}");
-        let live = support::brief(&support::view(&st.mnt));
-        let cut = disk.power_cut().unwrap();
-        drop(m);
-        let after = Stack {
-            lowers: st.lowers.clone(),
-            upper: cut.path().join("upper"),
-            work: cut.path().join("work"),
-            mnt: st.mnt.clone(),
-        };
-        {
-            let _m = mount_rovl(&after, mode);
-            let d = support::diff(
-                "synced",
-                &live,
-                "after a power cut",
-                &support::brief(&support::view(&after.mnt)),
-            );
-            assert!(d.is_empty(), "{ctx}: the sync left something out:\n{d}");
+        sync_after_a_race_then_power_cut(mode, None);
+    }
+}
+
+/// The same with a daemon limited to 128 descriptors, so that it parks
+/// and reopens dirty files throughout.
+#[test]
+fn e2_sync_after_a_race_short_of_descriptors_makes_everything_durable() {
+    for mode in passthrough_modes() {
+        sync_after_a_race_then_power_cut(mode, Some(128));
+    }
+}
+
+/// The race, sync and power cut of the two tests above.
+fn sync_after_a_race_then_power_cut(mode: &str, nofile: Option<u32>) {
+    let seed = support::seed_from_env("ROVL_STRESS_SEED");
+    let ctx = format!("{mode}, nofile {nofile:?}, seed {seed}");
+    let s = Scratch::new().unwrap();
+    let disk = FailingDisk::new().unwrap();
+    let mut st = Stack::under(s.path(), 2);
+    st.upper = disk.path().join("upper");
+    st.work = disk.path().join("work");
+    std::fs::create_dir_all(&st.upper).unwrap();
+    std::fs::create_dir_all(&st.work).unwrap();
+    support::lay_out_for_random_operations(&st);
+    let m = match nofile {
+        Some(n) => mount_rovl_limited(&st, mode, n),
+        None => mount_rovl(&st, mode),
+    };
+    std::thread::scope(|sc| {
+        for w in 0..4 {
+            let st = &st;
+            sc.spawn(move || {
+                let mut r = difftest::rng::Rng::new(seed, w);
+                let until = Instant::now() + Duration::from_millis(1000);
+                while Instant::now() < until {
+                    let _ = support::random_operation(&mut r, st);
+                }
+            });
         }
-        let k = Stack {
-            work: cut.path().join("kernel-work"),
-            ..after
-        };
-        std::fs::create_dir_all(&k.work).unwrap();
-        let _k = mount_kernel(&k, "");
+    });
+    let (code, err) = rovl_sync(&st.mnt);
+    assert_eq!(code, 0, "{ctx}: {err}");
+    let dirty = dirty_upper_files(&st.upper);
+    assert!(dirty.is_empty(), "{ctx}: dirty after the sync: {dirty:?}");
+    let live = support::brief(&support::view(&st.mnt));
+    let cut = disk.power_cut().unwrap();
+    drop(m);
+    let after = Stack {
+        lowers: st.lowers.clone(),
+        upper: cut.path().join("upper"),
+        work: cut.path().join("work"),
+        mnt: st.mnt.clone(),
+    };
+    {
+        let _m = mount_rovl(&after, mode);
         let d = support::diff(
             "synced",
             &live,
-            "kernel overlayfs after a power cut",
-            &support::brief(&support::view(&k.mnt)),
+            "after a power cut",
+            &support::brief(&support::view(&after.mnt)),
         );
         assert!(d.is_empty(), "{ctx}: the sync left something out:\n{d}");
     }
+    let k = Stack {
+        work: cut.path().join("kernel-work"),
+        ..after
+    };
+    std::fs::create_dir_all(&k.work).unwrap();
+    let _k = mount_kernel(&k, "");
+    let d = support::diff(
+        "synced",
+        &live,
+        "kernel overlayfs after a power cut",
+        &support::brief(&support::view(&k.mnt)),
+    );
+    assert!(d.is_empty(), "{ctx}: the sync left something out:\n{d}");
 }
 
 /// E2 against the settling of synced files: while threads rewrite files
