@@ -359,15 +359,18 @@ fn sync_after_a_race_then_power_cut(mode: &str, nofile: Option<u32>) {
         work: cut.path().join("work"),
         mnt: st.mnt.clone(),
     };
-    {
-        let _m = mount_rovl(&after, mode);
+    let same_as_synced = |reader: &str, mnt: &Path| {
         let d = support::diff(
             "synced",
             &live,
-            "after a power cut",
-            &support::brief(&support::view(&after.mnt)),
+            reader,
+            &support::brief(&support::view(mnt)),
         );
         assert!(d.is_empty(), "{ctx}: the sync left something out:\n{d}");
+    };
+    {
+        let _m = mount_rovl(&after, mode);
+        same_as_synced("rovl after a power cut", &after.mnt);
     }
     let k = Stack {
         work: cut.path().join("kernel-work"),
@@ -375,13 +378,7 @@ fn sync_after_a_race_then_power_cut(mode: &str, nofile: Option<u32>) {
     };
     std::fs::create_dir_all(&k.work).unwrap();
     let _k = mount_kernel(&k, "");
-    let d = support::diff(
-        "synced",
-        &live,
-        "kernel overlayfs after a power cut",
-        &support::brief(&support::view(&k.mnt)),
-    );
-    assert!(d.is_empty(), "{ctx}: the sync left something out:\n{d}");
+    same_as_synced("kernel overlayfs after a power cut", &k.mnt);
 }
 
 /// E2 against the settling of synced files: while threads rewrite files
@@ -1276,9 +1273,7 @@ fn random_operations_while_the_disk_fails_and_heals() {
 /// fails, fsyncs and syncs throughout and is never told anything.
 #[test]
 fn concurrent_writers_leave_every_passive_observer_told_exactly_what_happened() {
-    for mode in passthrough_modes() {
-        observers_told_after_a_race(mode, Race::default());
-    }
+    observers_told_after_a_race(Race::default());
 }
 
 /// The same race, and the writers also rename the files over each other
@@ -1290,13 +1285,10 @@ fn concurrent_writers_leave_every_passive_observer_told_exactly_what_happened() 
 /// files no writer touches are never told.
 #[test]
 fn passive_observers_are_told_through_renames_and_removals() {
-    for mode in passthrough_modes() {
-        let churn = Race {
-            churn: true,
-            ..Race::default()
-        };
-        observers_told_after_a_race(mode, churn);
-    }
+    observers_told_after_a_race(Race {
+        churn: true,
+        ..Race::default()
+    });
 }
 
 /// The same race with more files open than the daemon may keep
@@ -1306,14 +1298,11 @@ fn passive_observers_are_told_through_renames_and_removals() {
 /// still told exactly once.
 #[test]
 fn passive_observers_are_told_when_the_daemon_is_short_of_descriptors() {
-    for mode in passthrough_modes() {
-        let crowded = Race {
-            files: 48,
-            nofile: Some(128),
-            ..Race::default()
-        };
-        observers_told_after_a_race(mode, crowded);
-    }
+    observers_told_after_a_race(Race {
+        files: 48,
+        nofile: Some(128),
+        ..Race::default()
+    });
 }
 
 /// The same race, with the lower files copied up only once the disk
@@ -1322,13 +1311,10 @@ fn passive_observers_are_told_when_the_daemon_is_short_of_descriptors() {
 /// (unless a later copy-up succeeded and its data then failed).
 #[test]
 fn passive_observers_of_lower_files_copied_up_while_the_disk_fails() {
-    for mode in passthrough_modes() {
-        let late = Race {
-            late_copy_up: true,
-            ..Race::default()
-        };
-        observers_told_after_a_race(mode, late);
-    }
+    observers_told_after_a_race(Race {
+        late_copy_up: true,
+        ..Race::default()
+    });
 }
 
 /// E5 under concurrency. On a volatile mount, writers race a failing and
@@ -1404,25 +1390,9 @@ fn a_volatile_mount_is_sticky_after_a_race_exactly_when_an_error_was_met() {
                     }
                 });
             }
-            {
-                let (b_quiet, b_told, stop) = (&b_quiet, &b_told, &stop);
-                sc.spawn(move || {
-                    while !stop.load(Relaxed) {
-                        for e in [fsync(b_quiet), ioc_sync(b_quiet)] {
-                            if e != 0 {
-                                b_told.lock().unwrap().push(e);
-                            }
-                        }
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                });
-            }
-            std::thread::sleep(Duration::from_millis(500));
-            disk.balloon().unwrap();
-            std::thread::sleep(Duration::from_millis(1500));
-            disk.heal().unwrap();
-            std::thread::sleep(Duration::from_millis(300));
-            stop.store(true, Relaxed);
+            let (b, b_quiet, b_told, stop) = (&b, &b_quiet, &b_told, &stop);
+            sc.spawn(move || quiet_neighbour(b, b_quiet, stop, b_told));
+            fail_and_heal(&mut disk, &AtomicBool::new(false), stop);
         });
         if disk.is_aborted() {
             eprintln!("{ctx}: journal aborted, nothing to check");
@@ -1532,7 +1502,49 @@ fn a_volatile_mount_short_of_descriptors_still_sees_background_errors() {
     }
 }
 
+/// Mount B's part in the races: until `stop`, every 5 ms, an fsync of
+/// `held` (its file `quiet`), of a new open of it, and a sync of the
+/// mount. B writes nothing meanwhile, so whatever fails is pushed to
+/// `told` as a wrong answer.
+fn quiet_neighbour(
+    b: &Stack,
+    held: &File,
+    stop: &std::sync::atomic::AtomicBool,
+    told: &std::sync::Mutex<Vec<String>>,
+) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        for (what, e) in [
+            ("fsync of a held file", fsync(held)),
+            ("fsync of a new open", fsync(&ro(&b.m("quiet")))),
+            ("sync", ioc_sync(held)),
+        ] {
+            if e != 0 {
+                told.lock().unwrap().push(format!("{what}: errno {e}"));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The disk's part in the races: healthy for 0.5 s, failing for 1.5 s
+/// (`failing` set meanwhile), healed for 0.5 s, then `stop`.
+fn fail_and_heal(
+    disk: &mut FailingDisk,
+    failing: &std::sync::atomic::AtomicBool,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    std::thread::sleep(Duration::from_millis(500));
+    disk.balloon().unwrap();
+    failing.store(true, Relaxed);
+    std::thread::sleep(Duration::from_millis(1500));
+    disk.heal().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Relaxed);
+}
+
 /// What varies between the races of the tests above.
+#[derive(Clone, Copy)]
 struct Race {
     /// Writers also rename the files over each other and remove and
     /// recreate them.
@@ -1557,8 +1569,15 @@ impl Default for Race {
     }
 }
 
-/// The race of the tests above.
-fn observers_told_after_a_race(mode: &str, race: Race) {
+/// The race of the tests above, in both io modes.
+fn observers_told_after_a_race(race: Race) {
+    for mode in passthrough_modes() {
+        observers_race_in(mode, race);
+    }
+}
+
+/// The race of the tests above, in io mode `mode`.
+fn observers_race_in(mode: &str, race: Race) {
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
     let Race {
         churn,
@@ -1613,7 +1632,6 @@ fn observers_told_after_a_race(mode: &str, race: Race) {
     let passive_inos: Vec<u64> = passive.iter().map(|[x, _]| ino(x)).collect();
     let a_root = File::open(&a.mnt).unwrap();
     let b_quiet = ro(&b.m("quiet"));
-    let b_root = File::open(&b.mnt).unwrap();
     let b_told = std::sync::Mutex::new(Vec::new());
     // Inode numbers of files a writer's fsync or fdatasync failed on.
     let writers_told = std::sync::Mutex::new(std::collections::BTreeSet::new());
@@ -1690,37 +1708,14 @@ fn observers_told_after_a_race(mode: &str, race: Race) {
                 }
             });
         }
-        {
-            let (b, b_quiet, b_root, b_told, stop) = (&b, &b_quiet, &b_root, &b_told, &stop);
-            sc.spawn(move || {
-                while !stop.load(Relaxed) {
-                    let mut told = b_told.lock().unwrap();
-                    for (what, e) in [
-                        ("fsync of a held file", fsync(b_quiet)),
-                        ("fsync of a new open", fsync(&ro(&b.m("quiet")))),
-                        ("sync", ioc_sync(b_root)),
-                    ] {
-                        if e != 0 {
-                            told.push(format!("{what}: errno {e}"));
-                        }
-                    }
-                    drop(told);
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            });
-        }
-        std::thread::sleep(Duration::from_millis(500));
-        disk.balloon().unwrap();
-        failing.store(true, Relaxed);
-        std::thread::sleep(Duration::from_millis(1500));
-        disk.heal().unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, Relaxed);
+        let (b, b_quiet, b_told, stop) = (&b, &b_quiet, &b_told, &stop);
+        sc.spawn(move || quiet_neighbour(b, b_quiet, stop, b_told));
+        fail_and_heal(&mut disk, &failing, stop);
     });
     if disk.is_aborted() {
         // ext4 gave up its journal: every later sync fails for all.
         eprintln!("{ctx}: journal aborted, nothing to check");
-        drop((passive, a_root, b_quiet, b_root, ma, mb));
+        drop((passive, a_root, b_quiet, ma, mb));
         return;
     }
     let outcome: Vec<[i32; 4]> = passive
@@ -1804,7 +1799,7 @@ fn observers_told_after_a_race(mode: &str, race: Race) {
             );
         }
     }
-    drop((passive, a_root, b_quiet, b_root, ma, mb));
+    drop((passive, a_root, b_quiet, ma, mb));
 }
 
 /// E6 over and over: volatile sessions of four threads of random
