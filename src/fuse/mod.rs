@@ -11,6 +11,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -79,8 +80,48 @@ pub struct FuseConfig {
 #[derive(Debug)]
 struct DirHandle {
     node: crate::overlay::node::NodeRef,
-    entries: Mutex<Option<Arc<Vec<ListEntry>>>>,
+    /// The listing being read, and its id (see [`Listing`]).
+    entries: Mutex<Option<Listing>>,
     observer: crate::writeback::Observer,
+}
+
+/// A snapshot of a directory's entries, taken when a reader starts at
+/// offset 0 (opendir, rewinddir). The offset of its entry `i` is
+/// `id << 32 | (i + 1)`: the kernel's directory cache appends entries
+/// from any reader whose offsets continue the ones it holds, so two
+/// snapshots of one directory must never share offsets, or a reader still
+/// in an older snapshot would complete the cache with entries that no
+/// longer exist and leave out new ones, for every later reader.
+#[derive(Debug, Clone)]
+struct Listing {
+    id: u64,
+    entries: Arc<Vec<ListEntry>>,
+}
+
+impl Listing {
+    /// Offsets fit in the kernel's `loff_t` with room to spare.
+    const ID_BITS: u32 = 30;
+
+    fn new(entries: Vec<ListEntry>) -> Listing {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        // 0 would make the first offsets small numbers again.
+        let id = NEXT.fetch_add(1, Ordering::Relaxed) % ((1 << Self::ID_BITS) - 1) + 1;
+        Listing {
+            id,
+            entries: Arc::new(entries),
+        }
+    }
+
+    /// The offset that follows entry `i`.
+    fn offset_after(&self, i: usize) -> u64 {
+        self.id << 32 | (i as u64 + 1)
+    }
+
+    /// The index of the entry after offset `off` (0: the first); an offset
+    /// of another snapshot (a seekdir across a rewind) counts by its index.
+    fn index_after(off: u64) -> usize {
+        (off & 0xffff_ffff) as usize
+    }
 }
 
 impl DirHandle {
@@ -88,7 +129,7 @@ impl DirHandle {
     /// (`None` when it holds none, or shares it).
     fn listing_bytes(&self) -> Option<usize> {
         let e = self.entries.lock();
-        let list = e.as_ref()?;
+        let list = &e.as_ref()?.entries;
         if Arc::strong_count(list) > 1 {
             return None;
         }
@@ -212,17 +253,20 @@ impl RovlFs {
         }
     }
 
-    /// The listing of the open directory `fh`, made at its first read and
-    /// kept with the handle.
-    fn listing(&self, fh: FileHandle) -> Result<Arc<Vec<ListEntry>>, FErrno> {
+    /// The listing of the open directory `fh` to read from `offset`: a
+    /// new one when a reader starts (offset 0: opendir or rewinddir, which
+    /// must show what changed since), else the one it is reading.
+    fn listing(&self, fh: FileHandle, offset: u64) -> Result<Listing, FErrno> {
         let d = self.handles.dir(fh)?;
         let mut g = d.entries.lock();
-        if let Some(e) = &*g {
-            return Ok(e.clone());
+        if offset != 0 {
+            if let Some(l) = &*g {
+                return Ok(l.clone());
+            }
         }
-        let e = Arc::new(self.ov.list_dir(&d.node).map_err(err)?);
-        *g = Some(e.clone());
-        Ok(e)
+        let l = Listing::new(self.ov.list_dir(&d.node).map_err(err)?);
+        *g = Some(l.clone());
+        Ok(l)
     }
 }
 
@@ -616,15 +660,17 @@ impl Filesystem for RovlFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.listing(fh) {
-            Ok(e) => e,
+        let listing = match self.listing(fh, offset) {
+            Ok(l) => l,
             Err(e) => {
                 reply.error(e);
                 return;
             }
         };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(e.ino), (i + 1) as u64, kind(e.kind), &e.name) {
+        let from = Listing::index_after(offset);
+        for (i, e) in listing.entries.iter().enumerate().skip(from) {
+            let off = listing.offset_after(i);
+            if reply.add(INodeNo(e.ino), off, kind(e.kind), &e.name) {
                 break;
             }
         }
@@ -639,15 +685,16 @@ impl Filesystem for RovlFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.listing(fh) {
-            Ok(e) => e,
+        let listing = match self.listing(fh, offset) {
+            Ok(l) => l,
             Err(e) => {
                 reply.error(e);
                 return;
             }
         };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let off = (i + 1) as u64;
+        let from = Listing::index_after(offset);
+        for (i, e) in listing.entries.iter().enumerate().skip(from) {
+            let off = listing.offset_after(i);
             if e.name.as_bytes() == b"." || e.name.as_bytes() == b".." {
                 // The kernel takes only the name, inode number and type of
                 // these two (`fuse_direntplus_link` skips them before it
