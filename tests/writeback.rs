@@ -305,7 +305,7 @@ fn e2_sync_durable(mode: &str) {
 #[test]
 fn e2_sync_after_a_race_makes_everything_durable() {
     for mode in passthrough_modes() {
-        sync_after_a_race_then_power_cut(mode, None);
+        sync_after_a_race_then_power_cut(mode, None, false);
     }
 }
 
@@ -314,14 +314,23 @@ fn e2_sync_after_a_race_makes_everything_durable() {
 #[test]
 fn e2_sync_after_a_race_short_of_descriptors_makes_everything_durable() {
     for mode in passthrough_modes() {
-        sync_after_a_race_then_power_cut(mode, Some(128));
+        sync_after_a_race_then_power_cut(mode, Some(128), false);
     }
 }
 
-/// The race, sync and power cut of the two tests above.
-fn sync_after_a_race_then_power_cut(mode: &str, nofile: Option<u32>) {
+/// The same ended by `rovl umount` instead of `rovl sync`: a normal
+/// unmount makes everything durable (its final sync) before it says 0.
+#[test]
+fn an_unmount_after_a_race_makes_everything_durable() {
+    for mode in passthrough_modes() {
+        sync_after_a_race_then_power_cut(mode, None, true);
+    }
+}
+
+/// The race, sync (or `umount`) and power cut of the tests above.
+fn sync_after_a_race_then_power_cut(mode: &str, nofile: Option<u32>, umount: bool) {
     let seed = support::seed_from_env("ROVL_STRESS_SEED");
-    let ctx = format!("{mode}, nofile {nofile:?}, seed {seed}");
+    let ctx = format!("{mode}, nofile {nofile:?}, umount {umount}, seed {seed}");
     let s = Scratch::new().unwrap();
     let disk = FailingDisk::new().unwrap();
     let mut st = Stack::under(s.path(), 2);
@@ -346,12 +355,34 @@ fn sync_after_a_race_then_power_cut(mode: &str, nofile: Option<u32>) {
             });
         }
     });
-    let (code, err) = rovl_sync(&st.mnt);
+    let live = support::brief(&support::view(&st.mnt));
+    let (code, err) = if umount {
+        let (c, _, e) = run_rovl([Path::new("umount"), &st.mnt]);
+        (c, e)
+    } else {
+        rovl_sync(&st.mnt)
+    };
     assert_eq!(code, 0, "{ctx}: {err}");
     let dirty = dirty_upper_files(&st.upper);
     assert!(dirty.is_empty(), "{ctx}: dirty after the sync: {dirty:?}");
-    let live = support::brief(&support::view(&st.mnt));
     let cut = disk.power_cut().unwrap();
+    // The live view is what kernel overlayfs reads from the same layers
+    // (the upper as the top lower, read-only).
+    {
+        let kmnt = s.path().join("kernel-view");
+        std::fs::create_dir_all(&kmnt).unwrap();
+        let layers: Vec<&Path> = std::iter::once(st.upper.as_path())
+            .chain(st.lowers.iter().map(PathBuf::as_path))
+            .collect();
+        let _k = testbed::KernelOverlay::mount(&layers, None, None, "", &kmnt).unwrap();
+        let d = support::diff(
+            "live rovl",
+            &live,
+            "kernel overlayfs",
+            &support::brief(&support::view(&kmnt)),
+        );
+        assert!(d.is_empty(), "{ctx}: the live view is stale:\n{d}");
+    }
     drop(m);
     let after = Stack {
         lowers: st.lowers.clone(),

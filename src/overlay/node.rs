@@ -364,17 +364,22 @@ impl NodeState {
 
     /// Whether this node stands for the object with identity `ident` and
     /// layers `layers`: `None` when the identity differs, `Some(false)`
-    /// when the node is a removed object's (no name leads to it) that only
-    /// shares the number (the upper filesystem handed it out again: the
-    /// handles differ), `Some(true)` otherwise. A nameless node whose
-    /// handle is the object's stands for it: the object has a name the
-    /// table did not know (an upper hard link made before this mount, a
-    /// lower hard link).
+    /// when the node is a removed object's that only shares the number
+    /// (the upper filesystem handed it out again: the handles differ),
+    /// `Some(true)` when it is the same object. The handles decide also
+    /// for a node that still has a name: a node whose object was removed
+    /// through another of its names keeps the one it had, and taking it
+    /// for a new object with its number gave that object the removed
+    /// one's layers (a directory looked up as the removed regular file,
+    /// ESTALE, and left out of listings). A nameless node whose handle is
+    /// the object's stands for it: the object has a name the table did not
+    /// know (an upper hard link made before this mount, a lower hard
+    /// link).
     pub fn stands_for(&self, ident: (u64, u64), layers: &Layers) -> Option<bool> {
         if !self.same_ident(ident) {
             return None;
         }
-        Some(!self.unlinked() || self.layers.same_top_inode(layers))
+        Some(self.layers.same_top_inode(layers))
     }
 
     fn flag(&self, f: u32) -> bool {
