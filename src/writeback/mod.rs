@@ -649,18 +649,26 @@ impl MountWb {
         let df = match existing {
             Some(df) => df,
             None => {
-                let fd = match ov.stack.proc.reopen(upper, OFlags::RDONLY) {
-                    Ok(fd) => fd,
-                    Err(e) => {
+                let handle = sys::name_to_handle(upper).ok();
+                // Short of descriptors even after making room, the entry
+                // starts parked: a sync reopens it by handle. Only an
+                // entry that could be neither held nor reopened is lost.
+                let fd = match short_of_descriptors_retry(ov, || {
+                    ov.stack.proc.reopen(upper, OFlags::RDONLY)
+                }) {
+                    Ok(fd) => Some(Arc::new(fd)),
+                    Err(e) if handle.is_none() => {
                         warn!(?e, "cannot hold the upper file for writeback tracking");
                         return None;
                     }
+                    Err(_) => None,
                 };
+                let held = fd.is_some();
                 let df = Arc::new(DirtyFile {
                     key,
                     errs: slot.errs.get_or_insert_with(Default::default).clone(),
-                    fd: Mutex::new(Some(Arc::new(fd))),
-                    handle: sys::name_to_handle(upper).ok(),
+                    fd: Mutex::new(fd),
+                    handle,
                     node: Mutex::new(node.downgrade()),
                     path: Mutex::new(path),
                     writers: AtomicUsize::new(usize::from(writer)),
@@ -668,13 +676,17 @@ impl MountWb {
                     epoch: AtomicU64::new(1),
                     open_fds: self.open_fds.clone(),
                 });
-                self.open_fds.fetch_add(1, Ordering::AcqRel);
+                if held {
+                    self.open_fds.fetch_add(1, Ordering::AcqRel);
+                }
                 let stale = self.files.lock().insert(key, df.clone());
                 if let Some(old) = stale {
                     crate::heap::freed(old.footprint());
                 }
-                self.now_held(&df);
-                self.make_room();
+                if held {
+                    self.now_held(&df);
+                    self.make_room();
+                }
                 df
             }
         };
