@@ -112,15 +112,16 @@ impl Listing {
         }
     }
 
-    /// The offset that follows entry `i`.
-    fn offset_after(&self, i: usize) -> u64 {
-        self.id << 32 | (i as u64 + 1)
-    }
-
-    /// The index of the entry after offset `off` (0: the first); an offset
-    /// of another snapshot (a seekdir across a rewind) counts by its index.
-    fn index_after(off: u64) -> usize {
-        (off & 0xffff_ffff) as usize
+    /// The entries after offset `off` (0: all), each with the offset that
+    /// follows it. An offset of another snapshot (a seekdir across a
+    /// rewind) counts by its index.
+    fn after(&self, off: u64) -> impl Iterator<Item = (u64, &ListEntry)> {
+        let from = (off & 0xffff_ffff) as usize;
+        self.entries
+            .iter()
+            .enumerate()
+            .skip(from)
+            .map(|(i, e)| (self.id << 32 | (i as u64 + 1), e))
     }
 }
 
@@ -667,9 +668,7 @@ impl Filesystem for RovlFs {
                 return;
             }
         };
-        let from = Listing::index_after(offset);
-        for (i, e) in listing.entries.iter().enumerate().skip(from) {
-            let off = listing.offset_after(i);
+        for (off, e) in listing.after(offset) {
             if reply.add(INodeNo(e.ino), off, kind(e.kind), &e.name) {
                 break;
             }
@@ -692,9 +691,7 @@ impl Filesystem for RovlFs {
                 return;
             }
         };
-        let from = Listing::index_after(offset);
-        for (i, e) in listing.entries.iter().enumerate().skip(from) {
-            let off = listing.offset_after(i);
+        for (off, e) in listing.after(offset) {
             if e.name.as_bytes() == b"." || e.name.as_bytes() == b".." {
                 // The kernel takes only the name, inode number and type of
                 // these two (`fuse_direntplus_link` skips them before it

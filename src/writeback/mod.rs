@@ -382,6 +382,11 @@ impl DirtyDir {
     fn is_of(&self, upper: Option<&Obj>) -> bool {
         upper.is_none_or(|u| self.obj.same_inode(u))
     }
+
+    /// About how much heap this entry holds (for [`crate::heap::freed`]).
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<DirtyDir>() + self.path.as_os_str().len()
+    }
 }
 
 impl MountWb {
@@ -799,7 +804,7 @@ impl MountWb {
     pub fn dir_removed(&self, key: (u64, u64)) {
         let gone = self.dirs.lock().remove(&key);
         if let Some(d) = gone {
-            crate::heap::freed(std::mem::size_of::<DirtyDir>() + d.path.as_os_str().len());
+            crate::heap::freed(d.footprint());
         }
     }
 
@@ -989,7 +994,7 @@ impl MountWb {
                 }
                 drop(dirs);
                 if settled {
-                    crate::heap::freed(std::mem::size_of::<DirtyDir>() + d.path.as_os_str().len());
+                    crate::heap::freed(d.footprint());
                 }
                 Ok(true)
             }
