@@ -35,17 +35,7 @@ fn writer_during_lower_passthrough_never_writes_lower() {
     assert_eq!(read_at(&mut reader, 4), b"OLD!");
     let mut w = OpenOptions::new().read(true).write(true).open(&p).unwrap();
     w.write_all(b"NEW!").unwrap();
-    // SAFETY (test): a shared writable mapping of 4 KiB of an open file.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            w.as_raw_fd(),
-            0,
-        )
-    };
+    let map = map_shared(w.as_raw_fd(), 4096);
     assert_ne!(map, libc::MAP_FAILED);
     // SAFETY (test): the mapping is 4096 bytes long and writable.
     unsafe {

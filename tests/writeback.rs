@@ -539,18 +539,7 @@ fn a_write_through_a_mapping_after_the_close_is_synced() {
         put(&st.m("f"), &"a".repeat(8192));
         assert_eq!(rovl_sync(&st.mnt).0, 0, "{mode}");
         let f = rw(&st.m("f"));
-        // SAFETY: a fresh shared mapping of 8192 bytes of an open file,
-        // written within its length and unmapped before the end.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                8192,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                0,
-            )
-        };
+        let p = map_shared(std::os::fd::AsRawFd::as_raw_fd(&f), 8192);
         assert_ne!(p, libc::MAP_FAILED);
         drop(f);
         // The close's RELEASE reaches rovl; two syncs settle the file.

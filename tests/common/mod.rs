@@ -223,3 +223,21 @@ pub fn whiteout(p: &Path) {
     )
     .unwrap();
 }
+
+/// A shared, readable and writable mapping of the first `len` bytes of
+/// the file open as `fd` (`MAP_FAILED` on failure). Only the mmap call:
+/// usable in a forked child.
+pub fn map_shared(fd: std::os::fd::RawFd, len: usize) -> *mut libc::c_void {
+    // SAFETY: a new mapping at an address the kernel picks; no memory of
+    // ours is touched.
+    unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    }
+}

@@ -953,14 +953,7 @@ fn write_through_mapping(f: std::fs::File, at: usize, close_first: bool) -> io::
         // SAFETY: in the child, on its copy of the descriptor; the store
         // stays inside the `len` bytes mapped.
         unsafe {
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            );
+            let p = crate::common::map_shared(f.as_raw_fd(), len);
             if p == libc::MAP_FAILED {
                 libc::_exit(1);
             }
