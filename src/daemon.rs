@@ -313,6 +313,7 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
     let budget = (nofile.saturating_sub(RESERVED_FDS) / 4).clamp(4, 1 << 16);
     rustix::process::umask(sys::Mode::empty());
     sys::block_termination_signals();
+    sys::ignore_lease_breaks();
 
     let (upper, wd) = match (&c.upperdir, &c.workdir) {
         (Some(u), Some(w)) => match open_upper_and_work(u, w) {

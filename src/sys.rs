@@ -375,6 +375,44 @@ pub fn write_back_and_wait(fd: BorrowedFd<'_>) -> SysResult<()> {
     )
 }
 
+/// Whether some open file description of `fd`'s inode is open for
+/// writing, `fd` (read-only) aside: probed by taking a read lease, which
+/// the kernel refuses (EAGAIN) while the inode's write count is not zero,
+/// and giving it back at once. Mappings count: a shared writable mapping
+/// keeps its file open for writing after the last close.
+///
+/// Someone opening the file for writing in between breaks the lease: that
+/// open waits the few microseconds the lease is held, and the kernel
+/// signals the process with SIGIO, which [`ignore_lease_breaks`] ignores.
+/// Errors: EINVAL where the filesystem or `fs.leases-enable` allows no
+/// leases.
+pub fn open_for_writing(fd: BorrowedFd<'_>) -> SysResult<bool> {
+    // SAFETY: fcntl with an integer argument on a valid fd.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
+    if r != 0 {
+        return match last_errno() {
+            Errno::AGAIN => Ok(true),
+            e => Err(e),
+        };
+    }
+    // SAFETY: as above; gives back the lease just taken.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+    if r != 0 {
+        return Err(last_errno());
+    }
+    Ok(false)
+}
+
+/// Ignores SIGIO, which the kernel sends the holder of a lease an open
+/// breaks (see [`open_for_writing`]); its default action would end the
+/// process.
+pub fn ignore_lease_breaks() {
+    // SAFETY: sets the disposition of one signal to SIG_IGN; no handler.
+    unsafe {
+        libc::signal(libc::SIGIO, libc::SIG_IGN);
+    }
+}
+
 /// `sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`: starts writeback of
 /// the file's dirty pages without waiting for it.
 pub fn start_writeback(fd: BorrowedFd<'_>) -> SysResult<()> {

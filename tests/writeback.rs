@@ -347,9 +347,6 @@ fn sync_after_a_race_then_power_cut(mode: &str, nofile: Option<u32>, umount: boo
         for w in 0..4 {
             let st = &st;
             sc.spawn(move || {
-                // F29 (open): with passthrough, rovl cannot see writes
-                // through a mapping whose file was closed.
-                support::MAPPINGS_OUTLIVE_CLOSES.set(false);
                 let mut r = difftest::rng::Rng::new(seed, w);
                 let until = Instant::now() + Duration::from_millis(1000);
                 while Instant::now() < until {
@@ -524,12 +521,13 @@ fn e2_sync_makes_attribute_changes_durable() {
     }
 }
 
-/// F29 (open): with passthrough, a shared mapping of a file outlives the
-/// file's last close (the kernel maps the upper file itself), so the close
-/// ends rovl's knowledge of writers; a sync then drops the file from the
-/// dirty set, and a write through the mapping afterwards is never synced.
+/// F29: with passthrough a shared mapping of a file outlives the file's
+/// last close (the kernel maps the upper file itself, so the close's
+/// RELEASE ends rovl's count of writers). A sync after that close must
+/// not drop the file from the dirty set while the mapping can still write
+/// it: a store through the mapping afterwards is synced by the next sync.
+/// Once the mapping is gone, a sync lets the file go.
 #[test]
-#[ignore = "rovl bug F29: writes through a mapping after the last close are not synced with passthrough"]
 fn a_write_through_a_mapping_after_the_close_is_synced() {
     for mode in passthrough_modes() {
         let s = Scratch::new().unwrap();
@@ -538,22 +536,140 @@ fn a_write_through_a_mapping_after_the_close_is_synced() {
         let _m = mount_rovl(&st, mode);
         put(&st.m("f"), &"a".repeat(8192));
         assert_eq!(rovl_sync(&st.mnt).0, 0, "{mode}");
-        let f = rw(&st.m("f"));
-        let p = map_shared(std::os::fd::AsRawFd::as_raw_fd(&f), 8192);
-        assert_ne!(p, libc::MAP_FAILED);
-        drop(f);
-        // The close's RELEASE reaches rovl; two syncs settle the file.
+        let map = MappedAfterClose::new(&st.m("f"), 8192);
+        // The close's RELEASE reaches rovl; two syncs would settle the
+        // file if only the opens counted.
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(rovl_sync(&st.mnt).0, 0, "{mode}");
         assert_eq!(rovl_sync(&st.mnt).0, 0, "{mode}");
-        // SAFETY: inside the mapping made above, which is then unmapped.
-        unsafe {
-            *(p as *mut u8) = b'm';
-            libc::munmap(p, 8192);
-        }
+        map.store(0, b'm');
+        drop(map);
         assert_eq!(rovl_sync(&st.mnt).0, 0, "{mode}");
         let dirty = dirty_upper_files(&st.upper);
         assert!(dirty.is_empty(), "{mode}: dirty after the sync: {dirty:?}");
+        assert_eq!(get(&st.m("f")).as_bytes()[0], b'm', "{mode}");
+        // Unmapped, the file is no longer written by anyone: it leaves the
+        // dirty set (the kernel may drop the mapping's file a little
+        // after the munmap).
+        wait_for("the file to leave the dirty set", || {
+            assert_eq!(rovl_sync(&st.mnt).0, 0, "{mode}");
+            status(&st.mnt)["dirty_files"] == 0
+        });
+    }
+}
+
+/// F29, errors: stores through a mapping after the file's last close,
+/// into holes whose blocks the failing disk cannot give, fail their
+/// writeback; the next sync reports it (E2) and the journal has it (E7),
+/// whether the mapping is still there or gone.
+#[test]
+fn an_error_of_a_write_through_a_mapping_after_the_close_is_reported() {
+    for mode in passthrough_modes() {
+        for unmap_first in [false, true] {
+            let s = Scratch::new().unwrap();
+            let mut disk = FailingDisk::new().unwrap();
+            let st = disk_stack(&disk, &s, "a");
+            let _m = mount_rovl(&st, mode);
+            let len = 256 << 10;
+            File::create(st.m("f"))
+                .unwrap()
+                .set_len(len as u64)
+                .unwrap();
+            assert_eq!(rovl_sync(&st.mnt).0, 0, "{mode}");
+            let map = MappedAfterClose::new(&st.m("f"), len);
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(rovl_sync(&st.mnt).0, 0, "{mode}");
+            assert_eq!(rovl_sync(&st.mnt).0, 0, "{mode}");
+            disk.balloon().unwrap();
+            for page in 0..len / 4096 {
+                map.store(page * 4096, b'm');
+            }
+            if unmap_first {
+                drop(map);
+                let (code, err) = rovl_sync(&st.mnt);
+                assert_eq!(code, 1, "{mode}, unmapped: the sync said {err:?}");
+            } else {
+                let (code, err) = rovl_sync(&st.mnt);
+                assert_eq!(code, 1, "{mode}, mapped: the sync said {err:?}");
+                drop(map);
+            }
+            let logged = journal(&st.work);
+            assert!(
+                logged.iter().any(|e| e["path"] == "/f"),
+                "{mode}: journal {logged:?}"
+            );
+            disk.heal().unwrap();
+        }
+    }
+}
+
+/// F29, volatile (E5): a file whose writeback ended cleanly and that no
+/// open has for writing is parked (rovl closes its descriptor) and not
+/// checked again until an open for writing; one still mapped for writing
+/// after its last close must stay checked, so an error of the background
+/// writeback of stores through the mapping makes the mount sticky.
+#[test]
+fn a_volatile_mount_sees_errors_of_writes_through_a_mapping_after_the_close() {
+    let s = Scratch::new().unwrap();
+    let mut disk = FailingDisk::new().unwrap();
+    let st = disk_stack(&disk, &s, "a");
+    let _m = mount_rovl(&st, "volatile,passthrough=on");
+    let len = 256 << 10;
+    File::create(st.m("f"))
+        .unwrap()
+        .set_len(len as u64)
+        .unwrap();
+    let map = MappedAfterClose::new(&st.m("f"), len);
+    // Past the background pass (every second) that would park the file.
+    std::thread::sleep(Duration::from_millis(2500));
+    disk.balloon().unwrap();
+    for page in 0..len / 4096 {
+        map.store(page * 4096, b'm');
+    }
+    let upper = st.upper.join("f");
+    wait_for("the writeback to end", || {
+        let f = File::open(&upper).unwrap();
+        let _ = rovl::sys::start_writeback(f.as_fd());
+        let c = rovl::sys::cachestat(f.as_fd()).unwrap();
+        c.dirty + c.writeback == 0
+    });
+    let root = File::open(&st.mnt).unwrap();
+    assert_eq!(ioc_sync(&root), EIO, "the sync after the error");
+    let f = File::open(&upper).unwrap();
+    assert!(
+        rovl::sys::check_writeback(f.as_fd()).is_ok(),
+        "rovl missed the error"
+    );
+    drop((map, f, root));
+    disk.heal().unwrap();
+}
+
+/// A shared writable mapping of a file whose descriptor is closed at once
+/// (its RELEASE follows); unmapped when dropped.
+struct MappedAfterClose {
+    p: *mut libc::c_void,
+    len: usize,
+}
+
+impl MappedAfterClose {
+    fn new(path: &Path, len: usize) -> MappedAfterClose {
+        let f = rw(path);
+        let p = map_shared(std::os::fd::AsRawFd::as_raw_fd(&f), len);
+        assert_ne!(p, libc::MAP_FAILED, "mmap {}", path.display());
+        MappedAfterClose { p, len }
+    }
+
+    fn store(&self, at: usize, b: u8) {
+        assert!(at < self.len);
+        // SAFETY: inside the live mapping.
+        unsafe { *(self.p as *mut u8).add(at) = b }
+    }
+}
+
+impl Drop for MappedAfterClose {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.p, self.len) };
     }
 }
 

@@ -265,6 +265,8 @@ pub struct MountWb {
     mount_dev: std::sync::atomic::AtomicU64,
     /// Whether the kernel caches writes (writeback cache negotiated).
     writeback_cache: std::sync::atomic::AtomicBool,
+    /// Whether a lease probe failed (warned once).
+    no_leases: AtomicBool,
     /// Dirty files holding a descriptor, and how many may.
     open_fds: Arc<AtomicUsize>,
     fd_budget: AtomicUsize,
@@ -408,6 +410,7 @@ impl MountWb {
             last_sync: Mutex::new(None),
             mountpoint,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
+            no_leases: AtomicBool::new(false),
             mount_dev: AtomicU64::new(0),
             open_fds: Arc::new(AtomicUsize::new(0)),
             fd_budget: AtomicUsize::new(4096),
@@ -936,7 +939,9 @@ impl MountWb {
             .check_and_advance(&mut obs.file.lock())
     }
 
-    /// fsync of one dirty file; records an error it meets.
+    /// fsync of one dirty file; records an error it meets. True when it
+    /// succeeded and nothing unseen by rovl could write the file meanwhile
+    /// (see [`MountWb::written_unseen`]): then the entry may settle.
     ///
     /// A parked file is reopened for the fsync only. Failing to reopen it
     /// (out of descriptors) is not a writeback error: it is returned.
@@ -951,13 +956,16 @@ impl MountWb {
                 Err(e) => return Err(wb_errno(e)),
             },
         };
+        // Before the fsync: a writer unseen then may have written behind
+        // it. One that appears later is an open, which changes the epoch.
+        let unseen = df.writers.load(Ordering::Acquire) == 0 && self.written_unseen(fd.as_fd());
         let r = if datasync {
             rustix::fs::fdatasync(&*fd)
         } else {
             rustix::fs::fsync(&*fd)
         };
         match r {
-            Ok(()) => Ok(true),
+            Ok(()) => Ok(!unseen),
             Err(e) => {
                 self.record(Some(&df.errs), &df.current_path(ov), wb_errno(e));
                 Ok(false)
@@ -1036,6 +1044,34 @@ impl MountWb {
             let mut s = wb.slots.lock();
             if s.dirty.as_ref().is_some_and(|x| Arc::ptr_eq(x, df)) {
                 s.dirty = None;
+            }
+        }
+    }
+
+    /// Whether the upper file `fd` (rovl's read-only descriptor of a file
+    /// no open of this mount has for writing) may still be written without
+    /// rovl knowing: with passthrough, a shared writable mapping maps the
+    /// upper file itself and outlives the file's last close, whose RELEASE
+    /// ended rovl's count of writers (tests/FINDINGS.md F29). Such a file
+    /// must neither leave the dirty set nor be parked as written back.
+    ///
+    /// Without passthrough the mapping is of the FUSE file, whose RELEASE
+    /// waits for the mapping to go. Where the upper filesystem gives no
+    /// leases to probe with, every file counts as possibly written.
+    fn written_unseen(&self, fd: BorrowedFd<'_>) -> bool {
+        if self.writeback_cache.load(Ordering::Acquire) {
+            return false;
+        }
+        match sys::open_for_writing(fd) {
+            Ok(open) => open,
+            Err(e) => {
+                if !self.no_leases.swap(true, Ordering::AcqRel) {
+                    warn!(
+                        ?e,
+                        "the upper filesystem gives no leases: files written through passthrough stay in the dirty set"
+                    );
+                }
+                true
             }
         }
     }
@@ -1147,6 +1183,11 @@ impl MountWb {
             }
             let fd = df.fd.lock().clone();
             let Some(fd) = fd else { continue };
+            // First: with no writer, nothing can dirty it again unseen
+            // after the checks below (an open changes the epoch).
+            if self.written_unseen(fd.as_fd()) {
+                continue;
+            }
             let Ok(cs) = sys::cachestat(fd.as_fd()) else {
                 continue;
             };

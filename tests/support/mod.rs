@@ -862,7 +862,7 @@ pub fn random_operation(r: &mut difftest::rng::Rng, st: &Stack) -> io::Result<()
             .and_then(|f| Ok(rovl::sys::ioctl_rovl_status(f.as_fd()).map(drop)?)),
         18 => lstat(&a).map(drop),
         19 => open(&a, libc::O_RDWR).and_then(|f| {
-            let close_first = r.below(2) == 0 && MAPPINGS_OUTLIVE_CLOSES.get();
+            let close_first = r.below(2) == 0;
             write_through_mapping(f, r.below(8192) as usize, close_first)
         }),
         20 => open(&a, libc::O_RDWR).and_then(|f| {
@@ -922,14 +922,6 @@ pub fn random_operation(r: &mut difftest::rng::Rng, st: &Stack) -> io::Result<()
             })
         }),
     }
-}
-
-thread_local! {
-    /// Whether [`random_operation`] on this thread may write through a
-    /// mapping after closing the file. Off where a test checks that a sync
-    /// leaves nothing dirty: with passthrough such writes are invisible to
-    /// rovl (open bug F29 in tests/FINDINGS.md).
-    pub static MAPPINGS_OUTLIVE_CLOSES: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
 }
 
 /// Writes a byte at `at` through a shared mapping of `f` (if the file is
