@@ -375,6 +375,23 @@ pub fn write_back_and_wait(fd: BorrowedFd<'_>) -> SysResult<()> {
     )
 }
 
+/// Opens `path`, relative to the directory `dir`, without leaving it:
+/// no `..` above it, no symlink, no other mount on the way.
+pub fn open_beneath(
+    dir: BorrowedFd<'_>,
+    path: &std::path::Path,
+    flags: OFlags,
+) -> SysResult<OwnedFd> {
+    use rustix::fs::ResolveFlags;
+    rustix::fs::openat2(
+        dir,
+        path,
+        flags | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::NONBLOCK,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV,
+    )
+}
+
 /// Whether some open file description of `fd`'s inode is open for
 /// writing, `fd` (read-only) aside: probed by taking a read lease, which
 /// the kernel refuses (EAGAIN) while the inode's write count is not zero,

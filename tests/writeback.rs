@@ -295,6 +295,42 @@ fn e2_sync_durable(mode: &str) {
     drop((open, cut, m));
 }
 
+/// E2 for data the kernel is still sending: with the writeback cache, the
+/// kernel writes a big write's pages back to rovl in the background while
+/// the file stays open, and a syncfs(2) of the mount does not wait for
+/// those already on their way (Linux 6.18). A sync right after such a
+/// write must still find every byte in the upper file, written back.
+#[test]
+fn a_sync_right_after_a_big_write_through_an_open_file_has_all_of_it() {
+    for mode in passthrough_modes() {
+        let s = Scratch::new().unwrap();
+        let disk = FailingDisk::new().unwrap();
+        let st = disk_stack(&disk, &s, "a");
+        let _m = mount_rovl(&st, mode);
+        let mut f = File::create(st.m("f")).unwrap();
+        let root = File::open(&st.mnt).unwrap();
+        let len = 1 << 20;
+        for round in 0..40u8 {
+            let data = vec![b'a' + round % 26; len];
+            f.seek(SeekFrom::Start(0)).unwrap();
+            f.write_all(&data).unwrap();
+            assert_eq!(ioc_sync(&root), 0, "{mode}");
+            let upper = std::fs::read(st.upper.join("f")).unwrap();
+            let missing = upper
+                .chunks(4096)
+                .zip(data.chunks(4096))
+                .filter(|(u, d)| u != d)
+                .count();
+            assert_eq!(
+                missing, 0,
+                "{mode}, round {round}: pages of the write not in the upper file after the sync"
+            );
+            let dirty = dirty_upper_files(&st.upper);
+            assert!(dirty.is_empty(), "{mode}, round {round}: {dirty:?}");
+        }
+    }
+}
+
 /// E2 after a race: four threads of random operations (writes, copy-ups,
 /// renames, removals, links, mappings, xattrs, fsyncs and syncs...), then
 /// `rovl sync`, then a power cut. What a fresh mount over the cut image

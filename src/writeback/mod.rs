@@ -1079,7 +1079,16 @@ impl MountWb {
     /// Flushes the pages the kernel still caches for this mount (writeback
     /// cache), so that they reach the upper files before they are synced.
     /// Must not run on a FUSE request thread (it sends requests to us).
-    fn flush_kernel_cache(&self) -> Result<(), Errno> {
+    ///
+    /// A syncfs(2) of the mount writes the dirty pages back but, on Linux
+    /// 6.18, does not wait for FUSE pages already under writeback: a big
+    /// write through a file still open is on its way to rovl in the
+    /// background, and the sync found it neither in the upper file nor
+    /// dirty (tests/FINDINGS.md F30). So each file open for writing, the
+    /// only ones whose pages the kernel can still hold (a close writes
+    /// them back and waits), is then written back and waited for through
+    /// an open of it on the mount.
+    fn flush_kernel_cache(&self, ov: &Overlay, files: &[Arc<DirtyFile>]) -> Result<(), Errno> {
         if !self.writeback_cache.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -1101,6 +1110,28 @@ impl MountWb {
         // An error here is the kernel's record of a failed FUSE_WRITE,
         // already told to the writers' observers by the kernel itself.
         let _ = rustix::fs::syncfs(&fd);
+        for df in files {
+            if df.writers.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            let Some(node) = df.node.lock().upgrade() else {
+                continue;
+            };
+            let path = ov.path_of(&node);
+            let rel = path.strip_prefix("/").unwrap_or(&path);
+            // Only that very file of this mount (a rename may have moved
+            // it since the path was read; a removed one has nothing left
+            // to make durable).
+            let Ok(f) = sys::open_beneath(fd.as_fd(), rel, OFlags::RDONLY) else {
+                continue;
+            };
+            match sys::stat_fd(f.as_fd()) {
+                Ok(st) if st.st_dev == dev && st.st_ino == node.id() => {}
+                _ => continue,
+            }
+            // As above, an error is the kernel's to tell.
+            let _ = sys::write_back_and_wait(f.as_fd());
+        }
         Ok(())
     }
 
@@ -1116,8 +1147,8 @@ impl MountWb {
         }
         let _g = self.sync_lock.lock();
         let start = Instant::now();
-        self.flush_kernel_cache()?;
         let files: Vec<Arc<DirtyFile>> = self.files.lock().values().cloned().collect();
+        self.flush_kernel_cache(ov, &files)?;
         let dirs: Vec<Arc<DirtyDir>> = self.dirs.lock().values().cloned().collect();
         // Start writeback of every file first, so the fsyncs below find the
         // I/O already in flight, then fsync from several threads so the
