@@ -331,6 +331,88 @@ fn a_sync_right_after_a_big_write_through_an_open_file_has_all_of_it() {
     }
 }
 
+/// E2 for pages the kernel caches even with passthrough: an open by a
+/// writer whose writes must clear setuid bits is answered without
+/// passthrough (only rovl can clear them), and stores through a shared
+/// mapping of it sit in the mount's page cache. A sync while the mapping
+/// is there must write them back (it did not look at them: F31).
+#[test]
+fn a_sync_writes_back_a_mapping_the_kernel_caches_with_passthrough() {
+    for mode in passthrough_modes() {
+        let s = Scratch::new().unwrap();
+        let disk = FailingDisk::new().unwrap();
+        let st = disk_stack(&disk, &s, "a");
+        let _m = mount_rovl(&st, mode);
+        let len = 64 << 10;
+        File::create(st.m("f"))
+            .unwrap()
+            .set_len(len as u64)
+            .unwrap();
+        std::fs::set_permissions(st.m("f"), std::fs::Permissions::from_mode(0o4777)).unwrap();
+        assert_eq!(rovl_sync(&st.mnt).0, 0, "{mode}");
+        let path = std::ffi::CString::new(st.m("f").as_os_str().as_encoded_bytes()).unwrap();
+        let (mut stored, mut go_on) = ([0; 2], [0; 2]);
+        // SAFETY: two pipes of two descriptors each.
+        unsafe {
+            assert_eq!(libc::pipe(stored.as_mut_ptr()), 0);
+            assert_eq!(libc::pipe(go_on.as_mut_ptr()), 0);
+        }
+        // SAFETY: the child makes only async-signal-safe calls (setresuid,
+        // open, mmap, write, read, munmap, _exit) and stores into its own
+        // mapping of `len` bytes.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: as said at the fork.
+            unsafe {
+                if libc::setresgid(1000, 1000, 1000) != 0 || libc::setresuid(1000, 1000, 1000) != 0
+                {
+                    libc::_exit(1);
+                }
+                let fd = libc::open(path.as_ptr(), libc::O_RDWR);
+                if fd < 0 {
+                    libc::_exit(2);
+                }
+                let p = map_shared(fd, len);
+                if p == libc::MAP_FAILED {
+                    libc::_exit(3);
+                }
+                for page in 0..len / 4096 {
+                    *(p as *mut u8).add(page * 4096) = b'z';
+                }
+                libc::write(stored[1], b"x".as_ptr().cast(), 1);
+                let mut b = 0u8;
+                libc::read(go_on[0], (&mut b as *mut u8).cast(), 1);
+                libc::munmap(p, len);
+                libc::_exit(0);
+            }
+        }
+        let mut b = 0u8;
+        // SAFETY: reads one byte into `b` from the pipe made above.
+        let n = unsafe { libc::read(stored[0], (&mut b as *mut u8).cast(), 1) };
+        let synced = rovl_sync(&st.mnt);
+        let upper = std::fs::read(st.upper.join("f")).unwrap();
+        let dirty = dirty_upper_files(&st.upper);
+        let mut status = 0;
+        // SAFETY: lets the child go, waits for it, closes the pipes.
+        unsafe {
+            libc::write(go_on[1], b"x".as_ptr().cast(), 1);
+            libc::waitpid(pid, &mut status, 0);
+            for fd in stored.into_iter().chain(go_on) {
+                libc::close(fd);
+            }
+        }
+        assert_eq!(n, 1, "{mode}: the child failed (status {status})");
+        assert_eq!(synced.0, 0, "{mode}: {}", synced.1);
+        let missing = (0..len / 4096).filter(|p| upper[p * 4096] != b'z').count();
+        assert_eq!(
+            missing, 0,
+            "{mode}: pages stored before the sync not in the upper file"
+        );
+        assert!(dirty.is_empty(), "{mode}: {dirty:?}");
+    }
+}
+
 /// E2 after a race: four threads of random operations (writes, copy-ups,
 /// renames, removals, links, mappings, xattrs, fsyncs and syncs...), then
 /// `rovl sync`, then a power cut. What a fresh mount over the cut image

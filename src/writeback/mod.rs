@@ -1076,22 +1076,22 @@ impl MountWb {
         }
     }
 
-    /// Flushes the pages the kernel still caches for this mount (writeback
-    /// cache), so that they reach the upper files before they are synced.
-    /// Must not run on a FUSE request thread (it sends requests to us).
+    /// Flushes the pages the kernel still caches for this mount, so that
+    /// they reach the upper files before they are synced. Must not run on
+    /// a FUSE request thread (it sends requests to us).
     ///
-    /// A syncfs(2) of the mount writes the dirty pages back but, on Linux
-    /// 6.18, does not wait for FUSE pages already under writeback: a big
-    /// write through a file still open is on its way to rovl in the
-    /// background, and the sync found it neither in the upper file nor
-    /// dirty (tests/FINDINGS.md F30). So each file open for writing, the
-    /// only ones whose pages the kernel can still hold (a close writes
-    /// them back and waits), is then written back and waited for through
-    /// an open of it on the mount.
+    /// With the writeback cache, a syncfs(2) of the mount writes the dirty
+    /// pages back but, on Linux 6.18, does not wait for FUSE pages already
+    /// under writeback: a big write through a file still open is on its
+    /// way to rovl in the background, and the sync found it neither in the
+    /// upper file nor dirty (tests/FINDINGS.md F30). With passthrough the
+    /// kernel caches pages only of opens answered without it (a writer
+    /// whose writes must clear setuid bits), stored through a shared
+    /// mapping; a sync left them out altogether (F31). Both can only be
+    /// pages of files open for writing (a close writes back and waits with
+    /// the writeback cache, an munmap without it), so each of those is then
+    /// written back and waited for through an open of it on the mount.
     fn flush_kernel_cache(&self, ov: &Overlay, files: &[Arc<DirtyFile>]) -> Result<(), Errno> {
-        if !self.writeback_cache.load(Ordering::Acquire) {
-            return Ok(());
-        }
         let dev = self.mount_dev.load(Ordering::Acquire);
         if dev == 0 {
             return Ok(());
@@ -1107,9 +1107,11 @@ impl MountWb {
         if sys::stat_fd(fd.as_fd()).map(|s| s.st_dev).ok() != Some(dev) {
             return Ok(());
         }
-        // An error here is the kernel's record of a failed FUSE_WRITE,
-        // already told to the writers' observers by the kernel itself.
-        let _ = rustix::fs::syncfs(&fd);
+        if self.writeback_cache.load(Ordering::Acquire) {
+            // An error here is the kernel's record of a failed FUSE_WRITE,
+            // already told to the writers' observers by the kernel itself.
+            let _ = rustix::fs::syncfs(&fd);
+        }
         for df in files {
             if df.writers.load(Ordering::Acquire) == 0 {
                 continue;
@@ -1129,7 +1131,8 @@ impl MountWb {
                 Ok(st) if st.st_dev == dev && st.st_ino == node.id() => {}
                 _ => continue,
             }
-            // As above, an error is the kernel's to tell.
+            // An error is the kernel's record of a failed FUSE_WRITE,
+            // which it tells the file's writers itself.
             let _ = sys::write_back_and_wait(f.as_fd());
         }
         Ok(())
