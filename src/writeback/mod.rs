@@ -1056,8 +1056,9 @@ impl MountWb {
     /// must neither leave the dirty set nor be parked as written back.
     ///
     /// Without passthrough the mapping is of the FUSE file, whose RELEASE
-    /// waits for the mapping to go. Where the upper filesystem gives no
-    /// leases to probe with, every file counts as possibly written.
+    /// waits for the mapping to go. Where no lease can be taken to probe
+    /// with (a filesystem without leases, `fs.leases-enable=0`), every
+    /// file counts as possibly written.
     fn written_unseen(&self, fd: BorrowedFd<'_>) -> bool {
         if self.writeback_cache.load(Ordering::Acquire) {
             return false;
@@ -1068,7 +1069,7 @@ impl MountWb {
                 if !self.no_leases.swap(true, Ordering::AcqRel) {
                     warn!(
                         ?e,
-                        "the upper filesystem gives no leases: files written through passthrough stay in the dirty set"
+                        "cannot probe upper files with a lease: files written through passthrough stay in the dirty set"
                     );
                 }
                 true
