@@ -1092,7 +1092,7 @@ impl MountWb {
     /// pages of files open for writing (a close writes back and waits with
     /// the writeback cache, an munmap without it), so each of those is then
     /// written back and waited for through an open of it on the mount.
-    fn flush_kernel_cache(&self, ov: &Overlay, files: &[Arc<DirtyFile>]) -> Result<(), Errno> {
+    fn flush_kernel_cache(&self, ov: &Overlay) -> Result<(), Errno> {
         let dev = self.mount_dev.load(Ordering::Acquire);
         if dev == 0 {
             return Ok(());
@@ -1113,10 +1113,14 @@ impl MountWb {
             // already told to the writers' observers by the kernel itself.
             let _ = rustix::fs::syncfs(&fd);
         }
-        for df in files {
-            if df.writers.load(Ordering::Acquire) == 0 {
-                continue;
-            }
+        let writing: Vec<Arc<DirtyFile>> = self
+            .files
+            .lock()
+            .values()
+            .filter(|df| df.writers.load(Ordering::Acquire) != 0)
+            .cloned()
+            .collect();
+        for df in writing {
             let Some(node) = df.node.lock().upgrade() else {
                 continue;
             };
@@ -1151,8 +1155,8 @@ impl MountWb {
         }
         let _g = self.sync_lock.lock();
         let start = Instant::now();
+        self.flush_kernel_cache(ov)?;
         let files: Vec<Arc<DirtyFile>> = self.files.lock().values().cloned().collect();
-        self.flush_kernel_cache(ov, &files)?;
         let dirs: Vec<Arc<DirtyDir>> = self.dirs.lock().values().cloned().collect();
         // Start writeback of every file first, so the fsyncs below find the
         // I/O already in flight, then fsync from several threads so the
