@@ -398,9 +398,7 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
         Ok(d) => d,
         Err(e) => return notify.fail(&e),
     };
-    if let Some(minor) = mount::fuse_connection(&c.mountpoint) {
-        ov.wb.set_mount_dev(rustix::fs::makedev(0, minor));
-    }
+    let minor = mount::fuse_connection(&c.mountpoint);
     let mut config = fuser::Config::default();
     config.n_threads = Some(c.opts.threads.unwrap_or_else(default_threads));
     config.clone_fd = true;
@@ -424,6 +422,13 @@ pub fn run(c: Checked, notify: Notify, daemonized: bool, debug: bool) -> i32 {
         warn!(%e, "syncing the files adopted from the volatile session failed");
     } else if let Some(w) = &c.workdir {
         let _ = std::fs::remove_dir_all(mount::volatile_marker(w));
+    }
+    // Only now may a sync flush the kernel's cache through the mount: the
+    // sync above ran before any request is served, and an open of the
+    // mount would have waited for an answer forever. Nothing was written
+    // through the mount yet, so it had nothing to flush.
+    if let Some(minor) = minor {
+        ov.wb.set_mount_dev(rustix::fs::makedev(0, minor));
     }
     info!(mountpoint = %c.mountpoint.display(), "mounted");
     notify.ok();

@@ -1120,6 +1120,45 @@ fn e6_reuse_after_clean_unmount() {
     drop(m);
 }
 
+/// E6: a normal mount after a clean volatile session syncs the files it
+/// adopts before it serves anything, in both io modes. That sync must not
+/// reach into the mount (nobody answers yet): once it did, with the
+/// writeback cache, and then with passthrough too, and the mount hung.
+#[test]
+fn e6_a_normal_mount_syncs_what_it_adopts_before_it_serves() {
+    for mode in passthrough_modes() {
+        let s = Scratch::new().unwrap();
+        let disk = FailingDisk::new().unwrap();
+        let st = disk_stack(&disk, &s, "a");
+        let m = mount_rovl(&st, &format!("volatile,{mode}"));
+        put(&st.m("f"), "dirty data");
+        let (code, _, err) = run_rovl([Path::new("umount"), &st.mnt]);
+        assert_eq!(code, 0, "{mode}: {err}");
+        drop(m);
+        let m = mount_rovl(&st, mode);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = st.m("f");
+        std::thread::spawn(move || {
+            let _ = tx.send(std::fs::read_to_string(f));
+        });
+        // A hung daemon: its end (the mount's drop, as the panic unwinds)
+        // frees the reader.
+        let read = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                panic!("{mode}: the mount after the volatile session does not answer")
+            });
+        assert_eq!(read.unwrap(), "dirty data", "{mode}");
+        assert!(
+            !st.work.join("work/incompat/volatile").exists(),
+            "{mode}: the adopted files were synced, the marker goes"
+        );
+        let cut = disk.power_cut().unwrap();
+        assert_eq!(get(&cut.path().join("a/upper/f")), "dirty data", "{mode}");
+        drop((cut, m));
+    }
+}
+
 /// E6: a daemon killed with SIGKILL (or a reboot) makes the next mount of
 /// a volatile stack fail with a message that says why and how to recover.
 #[test]
