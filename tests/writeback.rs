@@ -1220,9 +1220,13 @@ fn e6_refused_after_errors() {
 }
 
 fn journal(work: &Path) -> Vec<serde_json::Value> {
-    get(&work.join("rovl/journal"))
+    let raw = std::fs::read(work.join("rovl/journal")).unwrap_or_default();
+    String::from_utf8_lossy(&raw)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("journal line {l:?}: {e}; the whole journal: {raw:?}"))
+        })
         .collect()
 }
 
