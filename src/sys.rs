@@ -402,7 +402,7 @@ pub fn open_beneath(
 /// open waits the few microseconds the lease is held, and the kernel
 /// signals the process with SIGIO, which [`ignore_lease_breaks`] ignores.
 /// Errors: EINVAL where the filesystem or `fs.leases-enable` allows no
-/// leases.
+/// leases, EACCES for another owner's file without CAP_LEASE.
 pub fn open_for_writing(fd: BorrowedFd<'_>) -> SysResult<bool> {
     // SAFETY: fcntl with an integer argument on a valid fd.
     let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
