@@ -32,6 +32,21 @@ fn disk_stack(disk: &FailingDisk, s: &Scratch, name: &str) -> Stack {
     st
 }
 
+/// Creates `p` as a file of `len` bytes with no block: writing any of it
+/// needs new blocks, which a ballooned failing disk cannot give.
+fn sparse(p: &Path, len: usize) {
+    File::create(p).unwrap().set_len(len as u64).unwrap();
+}
+
+/// A new failing disk with the stack "a" on it ([`disk_stack`]), and the
+/// scratch directory its lower layers live in (kept as long as they are).
+fn failing_stack() -> (Scratch, FailingDisk, Stack) {
+    let s = Scratch::new().unwrap();
+    let disk = FailingDisk::new().unwrap();
+    let st = disk_stack(&disk, &s, "a");
+    (s, disk, st)
+}
+
 fn rw(p: &Path) -> File {
     OpenOptions::new().read(true).write(true).open(p).unwrap()
 }
@@ -115,9 +130,7 @@ fn passthrough_modes() -> [&'static str; 2] {
 #[test]
 fn e1_each_observer_told_once() {
     for mode in passthrough_modes() {
-        let s = Scratch::new().unwrap();
-        let mut disk = FailingDisk::new().unwrap();
-        let st = disk_stack(&disk, &s, "a");
+        let (_s, mut disk, st) = failing_stack();
         let m = mount_rovl(&st, mode);
         let f = st.m("f");
         put(&f, "start");
@@ -146,9 +159,7 @@ fn e1_each_observer_told_once() {
 #[test]
 fn e1_observers_through_every_hard_link_are_told() {
     for mode in passthrough_modes() {
-        let s = Scratch::new().unwrap();
-        let mut disk = FailingDisk::new().unwrap();
-        let st = disk_stack(&disk, &s, "a");
+        let (_s, mut disk, st) = failing_stack();
         put(&st.upper.join("x"), "start");
         std::fs::hard_link(st.upper.join("x"), st.upper.join("y")).unwrap();
         let m = mount_rovl(&st, mode);
@@ -180,9 +191,7 @@ fn e1_observers_through_every_hard_link_are_told() {
 #[test]
 fn e1_untold_error_reaches_late_opener() {
     for mode in passthrough_modes() {
-        let s = Scratch::new().unwrap();
-        let mut disk = FailingDisk::new().unwrap();
-        let st = disk_stack(&disk, &s, "a");
+        let (_s, mut disk, st) = failing_stack();
         let m = mount_rovl(&st, mode);
         let f = st.m("f");
         put(&f, "start");
@@ -218,9 +227,7 @@ fn e1_untold_error_reaches_late_opener() {
 /// before the error, once; a fresh `rovl sync` after that succeeds.
 #[test]
 fn e2_sync_reports_errors_per_observer() {
-    let s = Scratch::new().unwrap();
-    let mut disk = FailingDisk::new().unwrap();
-    let st = disk_stack(&disk, &s, "a");
+    let (_s, mut disk, st) = failing_stack();
     let m = mount_rovl(&st, "");
     put(&st.m("f"), "start");
     put(&st.m("g"), "other");
@@ -262,9 +269,7 @@ fn e2_sync_makes_everything_durable() {
 }
 
 fn e2_sync_durable(mode: &str) {
-    let s = Scratch::new().unwrap();
-    let disk = FailingDisk::new().unwrap();
-    let st = disk_stack(&disk, &s, "a");
+    let (_s, disk, st) = failing_stack();
     put(&st.lower(0, "dir/lowerfile"), "lower data");
     let m = mount_rovl(&st, mode);
     put(&st.m("new/file"), "fresh");
@@ -303,9 +308,7 @@ fn e2_sync_durable(mode: &str) {
 #[test]
 fn a_sync_right_after_a_big_write_through_an_open_file_has_all_of_it() {
     for mode in passthrough_modes() {
-        let s = Scratch::new().unwrap();
-        let disk = FailingDisk::new().unwrap();
-        let st = disk_stack(&disk, &s, "a");
+        let (_s, _disk, st) = failing_stack();
         let _m = mount_rovl(&st, mode);
         let mut f = File::create(st.m("f")).unwrap();
         let root = File::open(&st.mnt).unwrap();
@@ -339,15 +342,10 @@ fn a_sync_right_after_a_big_write_through_an_open_file_has_all_of_it() {
 #[test]
 fn a_sync_writes_back_a_mapping_the_kernel_caches_with_passthrough() {
     for mode in passthrough_modes() {
-        let s = Scratch::new().unwrap();
-        let disk = FailingDisk::new().unwrap();
-        let st = disk_stack(&disk, &s, "a");
+        let (_s, _disk, st) = failing_stack();
         let _m = mount_rovl(&st, mode);
         let len = 64 << 10;
-        File::create(st.m("f"))
-            .unwrap()
-            .set_len(len as u64)
-            .unwrap();
+        sparse(&st.m("f"), len);
         std::fs::set_permissions(st.m("f"), std::fs::Permissions::from_mode(0o4777)).unwrap();
         assert_eq!(rovl_sync(&st.mnt).0, 0, "{mode}");
         let path = std::ffi::CString::new(st.m("f").as_os_str().as_encoded_bytes()).unwrap();
@@ -540,9 +538,7 @@ fn sync_after_a_race_then_power_cut(mode: &str, nofile: Option<u32>, umount: boo
 #[test]
 fn a_file_reopened_while_an_fsync_settles_it_is_still_synced() {
     for mode in passthrough_modes() {
-        let s = Scratch::new().unwrap();
-        let disk = FailingDisk::new().unwrap();
-        let st = disk_stack(&disk, &s, "a");
+        let (_s, _disk, st) = failing_stack();
         let _m = mount_rovl(&st, mode);
         let names: Vec<String> = (0..3).map(|i| format!("f{i}")).collect();
         for round in 0..10 {
@@ -586,9 +582,7 @@ fn a_file_reopened_while_an_fsync_settles_it_is_still_synced() {
 #[test]
 fn e2_sync_makes_attribute_changes_durable() {
     for mode in passthrough_modes() {
-        let s = Scratch::new().unwrap();
-        let disk = FailingDisk::new().unwrap();
-        let st = disk_stack(&disk, &s, "a");
+        let (_s, disk, st) = failing_stack();
         put(&st.lower(0, "lower"), "lower data");
         let m = mount_rovl(&st, mode);
         put(&st.m("file"), "data");
@@ -648,9 +642,7 @@ fn e2_sync_makes_attribute_changes_durable() {
 #[test]
 fn a_write_through_a_mapping_after_the_close_is_synced() {
     for mode in passthrough_modes() {
-        let s = Scratch::new().unwrap();
-        let disk = FailingDisk::new().unwrap();
-        let st = disk_stack(&disk, &s, "a");
+        let (_s, _disk, st) = failing_stack();
         let _m = mount_rovl(&st, mode);
         put(&st.m("f"), &"a".repeat(8192));
         assert_eq!(rovl_sync(&st.mnt).0, 0, "{mode}");
@@ -684,15 +676,10 @@ fn a_write_through_a_mapping_after_the_close_is_synced() {
 fn an_error_of_a_write_through_a_mapping_after_the_close_is_reported() {
     for mode in passthrough_modes() {
         for unmap_first in [false, true] {
-            let s = Scratch::new().unwrap();
-            let mut disk = FailingDisk::new().unwrap();
-            let st = disk_stack(&disk, &s, "a");
+            let (_s, mut disk, st) = failing_stack();
             let _m = mount_rovl(&st, mode);
             let len = 256 << 10;
-            File::create(st.m("f"))
-                .unwrap()
-                .set_len(len as u64)
-                .unwrap();
+            sparse(&st.m("f"), len);
             assert_eq!(rovl_sync(&st.mnt).0, 0, "{mode}");
             let map = MappedAfterClose::new(&st.m("f"), len);
             std::thread::sleep(Duration::from_millis(200));
@@ -728,15 +715,10 @@ fn an_error_of_a_write_through_a_mapping_after_the_close_is_reported() {
 /// writeback of stores through the mapping makes the mount sticky.
 #[test]
 fn a_volatile_mount_sees_errors_of_writes_through_a_mapping_after_the_close() {
-    let s = Scratch::new().unwrap();
-    let mut disk = FailingDisk::new().unwrap();
-    let st = disk_stack(&disk, &s, "a");
+    let (_s, mut disk, st) = failing_stack();
     let _m = mount_rovl(&st, "volatile,passthrough=on");
     let len = 256 << 10;
-    File::create(st.m("f"))
-        .unwrap()
-        .set_len(len as u64)
-        .unwrap();
+    sparse(&st.m("f"), len);
     let map = MappedAfterClose::new(&st.m("f"), len);
     // Past the background pass (every second) that would park the file.
     std::thread::sleep(Duration::from_millis(2500));
@@ -818,9 +800,7 @@ fn dirty_upper_files(dir: &Path) -> Vec<String> {
 /// for the test above: the power-cut image really shows what was durable).
 #[test]
 fn power_cut_without_sync_loses_data() {
-    let s = Scratch::new().unwrap();
-    let disk = FailingDisk::new().unwrap();
-    let st = disk_stack(&disk, &s, "a");
+    let (_s, disk, st) = failing_stack();
     let m = mount_rovl(&st, "");
     put(&st.m("unsynced"), &"x".repeat(100_000));
     let cut = disk.power_cut().unwrap();
@@ -837,9 +817,7 @@ fn power_cut_without_sync_loses_data() {
 /// Copy-up is durable before the operation that caused it returns.
 #[test]
 fn copy_up_is_durable_before_returning() {
-    let s = Scratch::new().unwrap();
-    let disk = FailingDisk::new().unwrap();
-    let st = disk_stack(&disk, &s, "a");
+    let (_s, disk, st) = failing_stack();
     put(&st.lower(0, "d/e/big"), &"L".repeat(300_000));
     put(&st.lower(0, "d/e/small"), "s");
     std::os::unix::fs::symlink("small", st.lower(0, "d/e/link")).unwrap();
@@ -988,9 +966,7 @@ fn e3_neighbour_isolated() {
 /// that opens it after rovl synced (and was told) still gets the error.
 #[test]
 fn e4_host_late_opener_still_told() {
-    let s = Scratch::new().unwrap();
-    let mut disk = FailingDisk::new().unwrap();
-    let st = disk_stack(&disk, &s, "a");
+    let (_s, mut disk, st) = failing_stack();
     let m = mount_rovl(&st, "");
     put(&st.m("f"), "start");
     assert_eq!(rovl_sync(&st.mnt).0, 0);
@@ -1094,9 +1070,7 @@ fn mount_fails(st: &Stack, extra: &str) -> String {
 /// kernel overlayfs away meanwhile.
 #[test]
 fn e6_reuse_after_clean_unmount() {
-    let s = Scratch::new().unwrap();
-    let disk = FailingDisk::new().unwrap();
-    let st = disk_stack(&disk, &s, "a");
+    let (_s, _disk, st) = failing_stack();
     let m = mount_rovl(&st, "volatile");
     put(&st.m("f"), "dirty data");
     let (code, _, err) = run_rovl([Path::new("umount"), &st.mnt]);
@@ -1127,9 +1101,7 @@ fn e6_reuse_after_clean_unmount() {
 #[test]
 fn e6_a_normal_mount_syncs_what_it_adopts_before_it_serves() {
     for mode in passthrough_modes() {
-        let s = Scratch::new().unwrap();
-        let disk = FailingDisk::new().unwrap();
-        let st = disk_stack(&disk, &s, "a");
+        let (_s, disk, st) = failing_stack();
         let m = mount_rovl(&st, &format!("volatile,{mode}"));
         put(&st.m("f"), "dirty data");
         let (code, _, err) = run_rovl([Path::new("umount"), &st.mnt]);
@@ -1163,9 +1135,7 @@ fn e6_a_normal_mount_syncs_what_it_adopts_before_it_serves() {
 /// a volatile stack fail with a message that says why and how to recover.
 #[test]
 fn e6_refused_after_kill_or_reboot() {
-    let s = Scratch::new().unwrap();
-    let disk = FailingDisk::new().unwrap();
-    let st = disk_stack(&disk, &s, "a");
+    let (_s, _disk, st) = failing_stack();
     let mut m = mount_rovl(&st, "volatile");
     put(&st.m("f"), "dirty data");
     m.kill9().unwrap();
@@ -1198,9 +1168,7 @@ fn e6_refused_after_kill_or_reboot() {
 /// non-zero `rovl umount`, and the next mount is refused.
 #[test]
 fn e6_refused_after_errors() {
-    let s = Scratch::new().unwrap();
-    let mut disk = FailingDisk::new().unwrap();
-    let st = disk_stack(&disk, &s, "a");
+    let (_s, mut disk, st) = failing_stack();
     let m = mount_rovl(&st, "volatile");
     put(&st.m("f"), "x");
     disk.balloon().unwrap();
@@ -1234,9 +1202,7 @@ fn journal(work: &Path) -> Vec<serde_json::Value> {
 /// name), which survives the daemon's death; `rovl status WORKDIR` reads it.
 #[test]
 fn e7_journal_survives_daemon_death() {
-    let s = Scratch::new().unwrap();
-    let mut disk = FailingDisk::new().unwrap();
-    let st = disk_stack(&disk, &s, "a");
+    let (_s, mut disk, st) = failing_stack();
     let mut m = mount_rovl(&st, "");
     put(&st.m("dir/f"), "x");
     assert_eq!(rovl_sync(&st.mnt).0, 0);
@@ -1267,9 +1233,7 @@ fn e7_journal_survives_daemon_death() {
 /// `rovl umount` fail.
 #[test]
 fn final_sync_error_fails_umount() {
-    let s = Scratch::new().unwrap();
-    let mut disk = FailingDisk::new().unwrap();
-    let st = disk_stack(&disk, &s, "a");
+    let (_s, mut disk, st) = failing_stack();
     let m = mount_rovl(&st, "");
     put(&st.m("f"), "x");
     assert_eq!(rovl_sync(&st.mnt).0, 0);
@@ -1290,9 +1254,7 @@ fn final_sync_error_fails_umount() {
 /// A clean normal unmount makes data durable (the final sync).
 #[test]
 fn clean_unmount_is_durable() {
-    let s = Scratch::new().unwrap();
-    let disk = FailingDisk::new().unwrap();
-    let st = disk_stack(&disk, &s, "a");
+    let (_s, disk, st) = failing_stack();
     let m = mount_rovl(&st, "");
     put(&st.m("f"), "kept");
     let (code, _, err) = run_rovl([Path::new("umount"), &st.mnt]);
@@ -1308,9 +1270,7 @@ fn clean_unmount_is_durable() {
 #[test]
 fn fsync_err_many_descriptors() {
     for mode in passthrough_modes() {
-        let s = Scratch::new().unwrap();
-        let mut disk = FailingDisk::new().unwrap();
-        let st = disk_stack(&disk, &s, "a");
+        let (_s, mut disk, st) = failing_stack();
         let m = mount_rovl(&st, mode);
         let p = st.m("f");
         put(&p, "");
@@ -1357,9 +1317,7 @@ fn fsync_err_many_descriptors() {
 fn fsync_err_with_more_writers_than_daemon_descriptors() {
     const FILES: usize = 300;
     for mode in passthrough_modes() {
-        let s = Scratch::new().unwrap();
-        let mut disk = FailingDisk::new().unwrap();
-        let st = disk_stack(&disk, &s, "a");
+        let (_s, mut disk, st) = failing_stack();
         let mut cmd = std::process::Command::new("prlimit");
         cmd.arg("--nofile=256:256")
             .arg(rovl_bin())
@@ -1443,9 +1401,7 @@ fn a_status_too_long_for_the_reply_is_cut_to_fit() {
 /// every one.
 #[test]
 fn many_writeback_errors_are_counted_and_listed_as_far_as_they_fit() {
-    let s = Scratch::new().unwrap();
-    let mut disk = FailingDisk::new().unwrap();
-    let st = disk_stack(&disk, &s, "a");
+    let (_s, mut disk, st) = failing_stack();
     let m = mount_rovl(&st, "");
     let dir = "d".repeat(200);
     std::fs::create_dir(st.m(&dir)).unwrap();
@@ -1488,9 +1444,7 @@ fn many_writeback_errors_are_counted_and_listed_as_far_as_they_fit() {
 /// `rovl status` shows dirty files and bytes, mode, and the last sync.
 #[test]
 fn status_reports_dirty_data_and_last_sync() {
-    let s = Scratch::new().unwrap();
-    let disk = FailingDisk::new().unwrap();
-    let st = disk_stack(&disk, &s, "a");
+    let (_s, _disk, st) = failing_stack();
     let m = mount_rovl(&st, "");
     {
         let mut f = File::create(st.m("f")).unwrap();
@@ -2229,9 +2183,7 @@ fn volatile_sessions_of_random_operations_reuse_cleanly() {
 #[test]
 fn a_new_file_with_a_removed_files_inode_number_is_synced() {
     const N: usize = 32;
-    let s = Scratch::new().unwrap();
-    let disk = FailingDisk::new().unwrap();
-    let st = disk_stack(&disk, &s, "a");
+    let (_s, _disk, st) = failing_stack();
     let m = mount_rovl(&st, "");
     for i in 0..N {
         put(&st.m(&format!("old{i}")), "old data");
