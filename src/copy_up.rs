@@ -259,7 +259,7 @@ fn copy_up_one(
     if ov.opts.volatile {
         ov.wb.dir_changed(ov, &parent, pup.as_fd());
         if kind == FileType::RegularFile {
-            ov.wb.file_copied_up(ov, node, copy.as_fd());
+            ov.wb.file_changed(ov, node, copy.as_fd());
         }
         return Ok(None);
     }

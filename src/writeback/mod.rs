@@ -748,14 +748,10 @@ impl MountWb {
     }
 
     /// The upper file `fd` of `node` changed outside an open file for
-    /// writing (a truncate, its mode, owner, times, xattrs or flags): the
-    /// next sync makes it durable.
+    /// writing (a truncate, its mode, owner, times, xattrs or flags, or a
+    /// copy-up a volatile mount left unsynced): the next sync makes it
+    /// durable.
     pub fn file_changed(&self, ov: &Overlay, node: &NodeRef, fd: BorrowedFd<'_>) {
-        self.dirty_file(ov, node, fd, false);
-    }
-
-    /// A copy-up in volatile mode left `node`'s copy unsynced.
-    pub fn file_copied_up(&self, ov: &Overlay, node: &NodeRef, fd: BorrowedFd<'_>) {
         self.dirty_file(ov, node, fd, false);
     }
 
